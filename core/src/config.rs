@@ -1,0 +1,397 @@
+//! Typed configuration: every field, its default (in `config/default.toml`), layering and checks.
+//!
+//! Layers, later wins: the compiled-in `config/default.toml`, `./config/default.toml` when present,
+//! the file named by `--config` or `REALTIME_CONFIG`, then `REALTIME_<SECTION>__<KEY>` variables.
+//! Unknown keys and wrong types are rejected by serde (`deny_unknown_fields`); the checks in
+//! [`Settings::validate`] name the offending key too.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The shipped defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Environment variable that names an extra configuration file.
+pub const CONFIG_FILE_ENV: &str = "REALTIME_CONFIG";
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The whole configuration. Field documentation and defaults live in `config/default.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub auth: AuthSettings,
+    pub api: ApiSettings,
+    pub limits: LimitSettings,
+    pub presence: PresenceSettings,
+    pub room_types: BTreeMap<String, RoomTypeSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub node_id: String,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_frame_bytes: usize,
+    pub requests_per_sec: u32,
+    pub request_burst: u32,
+    pub rate_limit_close_after: u32,
+    pub outbox_frames: usize,
+    pub max_rooms_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSettings {
+    pub ttl_secs: u64,
+    pub heartbeat_interval_secs: u64,
+    pub sweep_interval_secs: u64,
+}
+
+impl PresenceSettings {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_secs)
+    }
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.sweep_interval_secs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomTypeSettings {
+    pub capacity: u32,
+    pub client_publish: bool,
+    pub presence: bool,
+    pub join: JoinPolicy,
+}
+
+/// Who may join a room of a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinPolicy {
+    /// Any authenticated user.
+    Open,
+    /// Only users whose JWT `rooms` claim lists the room id or `<type>:*`.
+    Claims,
+}
+
+/// The development secret shipped in `config/default.toml`; startup warns while it is in use.
+pub const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
+
+/// Shortest HS256 secret accepted: RFC 7518 asks for a key as long as the hash output.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// Room type names follow the same alphabet as room names.
+fn is_valid_room_type_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+}
+
+impl Settings {
+    /// Loads every layer. `explicit_file` is `--config`; without it `REALTIME_CONFIG` is used.
+    pub fn load(explicit_file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        let local_defaults = Path::new("config/default.toml");
+        if local_defaults.is_file() {
+            figment = figment.merge(Toml::file(local_defaults));
+        }
+        let named_file = explicit_file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+        if let Some(file) = named_file {
+            if !file.is_file() {
+                return Err(ConfigError::invalid(
+                    "--config",
+                    format!("file {} does not exist", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("REALTIME_").split("__").ignore(&["config"]));
+        Self::from_figment(figment)
+    }
+
+    /// Only the built-in defaults: what tests start from.
+    pub fn defaults() -> Settings {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)))
+            .expect("the compiled-in config/default.toml is valid")
+    }
+
+    /// Extracts and validates a prepared figment (also used by tests with their own layers).
+    pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let settings: Settings = figment
+            .extract()
+            .map_err(|error| ConfigError::Parse(Box::new(error)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that serde cannot express: ranges, key material, cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        match (&self.auth.jwt_secret, &self.auth.jwt_public_key_file) {
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "auth.jwt_secret",
+                    "no key material: set auth.jwt_secret or auth.jwt_public_key_file",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "auth.jwt_public_key_file",
+                    "set either auth.jwt_secret or auth.jwt_public_key_file, not both",
+                ));
+            }
+            (Some(secret), None) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(ConfigError::invalid(
+                    "auth.jwt_secret",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                ));
+            }
+            _ => {}
+        }
+        if self.api.key.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::invalid(
+                "api.key",
+                "must not be empty when set",
+            ));
+        }
+        if self.limits.max_frame_bytes < 256 {
+            return Err(ConfigError::invalid(
+                "limits.max_frame_bytes",
+                "must be at least 256",
+            ));
+        }
+        if self.limits.requests_per_sec == 0 || self.limits.request_burst == 0 {
+            return Err(ConfigError::invalid(
+                "limits.requests_per_sec",
+                "requests_per_sec and request_burst must be at least 1",
+            ));
+        }
+        if self.limits.outbox_frames == 0 {
+            return Err(ConfigError::invalid(
+                "limits.outbox_frames",
+                "must be at least 1",
+            ));
+        }
+        if self.presence.ttl_secs == 0 || self.presence.sweep_interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "presence.ttl_secs",
+                "ttl_secs and sweep_interval_secs must be at least 1",
+            ));
+        }
+        if self.presence.heartbeat_interval_secs == 0
+            || self.presence.heartbeat_interval_secs >= self.presence.ttl_secs
+        {
+            return Err(ConfigError::invalid(
+                "presence.heartbeat_interval_secs",
+                "must be at least 1 and below presence.ttl_secs",
+            ));
+        }
+        if self.room_types.is_empty() {
+            return Err(ConfigError::invalid(
+                "room_types",
+                "define at least one room type",
+            ));
+        }
+        for (name, room_type) in &self.room_types {
+            if !is_valid_room_type_name(name) {
+                return Err(ConfigError::invalid(
+                    "room_types",
+                    format!("type name {name:?} must be 1-32 characters of [A-Za-z0-9_-]"),
+                ));
+            }
+            if room_type.capacity == 0 {
+                return Err(ConfigError::invalid(
+                    "room_types.<type>.capacity",
+                    format!("room type {name:?}: capacity must be at least 1"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the shipped development secret is what signs tokens.
+    pub fn uses_development_secret(&self) -> bool {
+        self.auth.jwt_secret.as_deref() == Some(DEVELOPMENT_JWT_SECRET)
+    }
+
+    /// The effective configuration as TOML, with every secret replaced by `"***"`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        let mask = |value: &mut Option<String>| {
+            if value.is_some() {
+                *value = Some("***".to_owned());
+            }
+        };
+        mask(&mut masked.auth.jwt_secret);
+        mask(&mut masked.api.key);
+        toml::to_string_pretty(&masked).unwrap_or_else(|error| format!("# cannot render: {error}"))
+    }
+
+    /// The node name: configured, or `<hostname>-<random>` so two local nodes never collide.
+    pub fn resolved_node_id(&self) -> String {
+        if !self.server.node_id.is_empty() {
+            return self.server.node_id.clone();
+        }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".to_owned());
+        format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn with(key: &str, value: impl Serialize) -> Result<Settings, ConfigError> {
+        Settings::from_figment(
+            Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::default(key, value)),
+        )
+    }
+
+    #[test]
+    fn shipped_defaults_are_valid_and_define_the_three_room_types() {
+        let settings = Settings::defaults();
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.server.max_connections, 10_000);
+        for name in ["chat", "competition", "lesson"] {
+            assert!(settings.room_types.contains_key(name), "missing {name}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = Settings::from_figment(
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Toml::string("[server]\nlisten_on = 1")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let error = with("server.max_connections", "lots")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_connections"), "{error}");
+    }
+
+    #[test]
+    fn short_secret_is_rejected_by_name() {
+        let error = with("auth.jwt_secret", "short").unwrap_err().to_string();
+        assert!(error.contains("auth.jwt_secret"), "{error}");
+    }
+
+    #[test]
+    fn missing_key_material_is_rejected() {
+        let mut settings = Settings::defaults();
+        settings.auth.jwt_secret = None;
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("no key material"), "{error}");
+    }
+
+    #[test]
+    fn heartbeat_must_be_below_ttl() {
+        let error = with("presence.heartbeat_interval_secs", 600)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("presence.heartbeat_interval_secs"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let mut settings = Settings::defaults();
+        settings.api.key = Some("api-secret-value".to_owned());
+        let shown = settings.to_masked_toml();
+        assert!(!shown.contains("api-secret-value"));
+        assert!(!shown.contains(DEVELOPMENT_JWT_SECRET));
+        assert!(shown.contains("***"));
+    }
+}

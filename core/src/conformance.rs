@@ -1,0 +1,385 @@
+//! Conformance suites for the backend traits: one suite per trait, run against every backend.
+//!
+//! Each suite takes a factory that makes one more "node" attached to the same backend, so the
+//! cross-node guarantees are tested too. Names are random per run, so suites can share a real
+//! Redis or NATS with other tests. A failed guarantee panics with the guarantee's name.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::protocol::Frame;
+use crate::room::RoomId;
+use crate::stores::{
+    Arrival, Broker, DeliveryHandler, JoinOutcome, LeaveOutcome, Member, PresenceStore, RoomStore,
+    SocketEntry, Topic,
+};
+
+/// How long a networked backend may take to deliver before the suite calls it lost.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the suite waits to be sure something that must not arrive does not.
+const SILENCE_WINDOW: Duration = Duration::from_millis(300);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+fn frame(text: &str) -> Frame {
+    Frame::from_encoded(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+/// A delivery handler that forwards into a channel the suite reads.
+fn recording_handler() -> (DeliveryHandler, mpsc::UnboundedReceiver<(Topic, Frame)>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let handler: DeliveryHandler = Arc::new(move |topic: &Topic, frame: Frame| {
+        let _ = sender.send((topic.clone(), frame));
+    });
+    (handler, receiver)
+}
+
+async fn expect_frame(
+    receiver: &mut mpsc::UnboundedReceiver<(Topic, Frame)>,
+    guarantee: &str,
+) -> (Topic, Frame) {
+    tokio::time::timeout(DELIVERY_DEADLINE, receiver.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{guarantee}: nothing delivered within {DELIVERY_DEADLINE:?}"))
+        .expect("handler channel closed")
+}
+
+async fn expect_silence(receiver: &mut mpsc::UnboundedReceiver<(Topic, Frame)>, guarantee: &str) {
+    if let Ok(Some((topic, frame))) = tokio::time::timeout(SILENCE_WINDOW, receiver.recv()).await {
+        panic!("{guarantee}: unexpected delivery on {topic:?}: {frame:?}");
+    }
+}
+
+/// The `Broker` guarantees. `make_node` attaches one more node to the shared backend.
+pub async fn broker_suite<F, Fut>(make_node: F)
+where
+    F: Fn(DeliveryHandler) -> Fut,
+    Fut: Future<Output = Arc<dyn Broker>>,
+{
+    let (handler_a, mut received_a) = recording_handler();
+    let (handler_b, mut received_b) = recording_handler();
+    let node_a = make_node(handler_a).await;
+    let node_b = make_node(handler_b).await;
+    let room = Topic::Room(RoomId::parse(&unique("chat:conf")).unwrap());
+    let other_room = Topic::Room(RoomId::parse(&unique("chat:conf")).unwrap());
+    let user = Topic::User(Arc::from(unique("user-")));
+
+    // Subscribing twice must still deliver once.
+    node_b.subscribe(&room).await.expect("subscribe");
+    node_b
+        .subscribe(&room)
+        .await
+        .expect("subscribe is idempotent");
+    node_b.subscribe(&user).await.expect("subscribe user topic");
+
+    for sequence in 0..50 {
+        let body = format!("{{\"n\":{sequence}}}");
+        node_a.publish(&room, frame(&body)).await.expect("publish");
+    }
+    for sequence in 0..50 {
+        let (topic, delivered) =
+            expect_frame(&mut received_b, "delivery to a subscribed node").await;
+        assert_eq!(topic, room, "delivery carries its topic");
+        assert_eq!(
+            delivered.bytes().as_ref(),
+            format!("{{\"n\":{sequence}}}").as_bytes(),
+            "frames arrive exactly once, byte for byte, in publish order"
+        );
+    }
+    expect_silence(&mut received_b, "exactly once (no duplicates)").await;
+    expect_silence(&mut received_a, "an unsubscribed node receives nothing").await;
+
+    node_a
+        .publish(&other_room, frame("{\"other\":true}"))
+        .await
+        .expect("publish");
+    expect_silence(&mut received_b, "topics are isolated").await;
+
+    node_a
+        .publish(&user, frame("{\"to\":\"user\"}"))
+        .await
+        .expect("publish to user");
+    let (topic, delivered) = expect_frame(&mut received_b, "user topic delivery").await;
+    assert_eq!(topic, user);
+    assert_eq!(delivered.bytes().as_ref(), b"{\"to\":\"user\"}");
+
+    // A publisher that is itself subscribed receives its own frames too.
+    node_a.subscribe(&room).await.expect("subscribe");
+    node_a
+        .publish(&room, frame("{\"both\":1}"))
+        .await
+        .expect("publish");
+    expect_frame(&mut received_a, "publisher subscribed to its own topic").await;
+    expect_frame(&mut received_b, "second subscriber").await;
+
+    node_b.unsubscribe(&room).await.expect("unsubscribe");
+    node_b
+        .unsubscribe(&room)
+        .await
+        .expect("unsubscribe is idempotent");
+    node_a
+        .publish(&room, frame("{\"after\":1}"))
+        .await
+        .expect("publish");
+    expect_frame(&mut received_a, "remaining subscriber still receives").await;
+    expect_silence(&mut received_b, "no delivery after unsubscribe").await;
+}
+
+fn socket(user_id: &str, socket_id: &str, node_id: &str) -> SocketEntry {
+    SocketEntry {
+        user_id: Arc::from(user_id),
+        socket_id: Arc::from(socket_id),
+        node_id: Arc::from(node_id),
+    }
+}
+
+async fn offline_among(store: &dyn PresenceStore, users: &[&str]) -> Vec<String> {
+    let mut taken: Vec<String> = store
+        .take_offline()
+        .await
+        .expect("take_offline")
+        .into_iter()
+        .filter(|user| users.contains(&user.as_str()))
+        .collect();
+    taken.sort();
+    taken
+}
+
+/// The `PresenceStore` guarantees, on the real clock (TTLs of a few hundred milliseconds).
+pub async fn presence_suite<F, Fut>(make_node: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn PresenceStore>>,
+{
+    let node_a = make_node().await;
+    let node_b = make_node().await;
+    let ttl = Duration::from_millis(600);
+    let alice = unique("alice-");
+    let bob = unique("bob-");
+    let users = [alice.as_str(), bob.as_str()];
+
+    let first = socket(&alice, "s1", "node-a");
+    let second = socket(&alice, "s2", "node-b");
+    assert_eq!(
+        node_a.connect(&first, ttl).await.unwrap(),
+        Arrival::CameOnline,
+        "first socket brings the user online"
+    );
+    assert_eq!(
+        node_b.connect(&second, ttl).await.unwrap(),
+        Arrival::AlreadyOnline,
+        "second socket on another node does not"
+    );
+    let listed = node_a.sockets_of(&alice).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![first.clone(), second.clone()],
+        "sockets_of lists live sockets with their nodes"
+    );
+
+    node_b.disconnect(&second).await.unwrap();
+    assert_eq!(
+        node_a.sockets_of(&alice).await.unwrap(),
+        vec![first.clone()],
+        "disconnect removes the socket"
+    );
+
+    // Heartbeats keep the user online well past one TTL.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node_a.heartbeat(&first, ttl).await.unwrap();
+        assert!(
+            offline_among(node_b.as_ref(), &users).await.is_empty(),
+            "heartbeat keeps the user online"
+        );
+    }
+
+    // After the last socket leaves, the user is online until the TTL runs out, then offline once.
+    node_a.disconnect(&first).await.unwrap();
+    assert!(
+        offline_among(node_a.as_ref(), &users).await.is_empty(),
+        "online until the TTL runs out"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let (from_a, from_b) = tokio::join!(
+        offline_among(node_a.as_ref(), &users),
+        offline_among(node_b.as_ref(), &users)
+    );
+    let mut all: Vec<String> = from_a.into_iter().chain(from_b).collect();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![alice.clone()],
+        "each offline user is taken exactly once across nodes"
+    );
+    assert!(
+        offline_among(node_a.as_ref(), &users).await.is_empty(),
+        "taken users are removed"
+    );
+
+    // A silent socket (no heartbeat) goes offline too, even without a disconnect.
+    let silent = socket(&bob, "s3", "node-a");
+    assert_eq!(
+        node_a.connect(&silent, ttl).await.unwrap(),
+        Arrival::CameOnline
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert_eq!(
+        offline_among(node_b.as_ref(), &users).await,
+        vec![bob.clone()],
+        "expired sockets do not keep a user online"
+    );
+    assert!(
+        node_a.sockets_of(&bob).await.unwrap().is_empty(),
+        "expired sockets are not listed"
+    );
+
+    // A heartbeat after being taken offline brings the user back online.
+    assert_eq!(
+        node_a.heartbeat(&silent, ttl).await.unwrap(),
+        Arrival::CameOnline,
+        "heartbeat after offline is a new arrival"
+    );
+    node_a.disconnect(&silent).await.unwrap();
+}
+
+/// The `RoomStore` guarantees.
+pub async fn room_suite<F, Fut>(make_node: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn RoomStore>>,
+{
+    let node_a = make_node().await;
+    let node_b = make_node().await;
+    let room = RoomId::parse(&unique("chat:conf")).unwrap();
+    let member = |user: &str, socket: &str| Member {
+        user_id: Arc::from(user),
+        socket_id: Arc::from(socket),
+    };
+
+    let joined_first = JoinOutcome::Joined {
+        first_for_user: true,
+    };
+    assert_eq!(
+        node_a.join(&room, &member("u1", "s1"), 2).await.unwrap(),
+        joined_first
+    );
+    assert_eq!(
+        node_b.join(&room, &member("u2", "s2"), 2).await.unwrap(),
+        joined_first
+    );
+    assert_eq!(
+        node_a.join(&room, &member("u3", "s3"), 2).await.unwrap(),
+        JoinOutcome::Full,
+        "capacity counts users across nodes"
+    );
+    assert_eq!(
+        node_b.join(&room, &member("u1", "s4"), 2).await.unwrap(),
+        JoinOutcome::Joined {
+            first_for_user: false
+        },
+        "a member's second socket joins a full room"
+    );
+    assert_eq!(
+        node_a.join(&room, &member("u1", "s1"), 2).await.unwrap(),
+        JoinOutcome::AlreadyMember
+    );
+    assert_eq!(
+        node_b.members(&room).await.unwrap(),
+        vec!["u1".to_owned(), "u2".to_owned()],
+        "members are distinct and sorted"
+    );
+
+    assert_eq!(
+        node_a.leave(&room, &member("u1", "s1")).await.unwrap(),
+        LeaveOutcome::Left {
+            last_for_user: false
+        }
+    );
+    assert_eq!(
+        node_a.leave(&room, &member("u1", "s4")).await.unwrap(),
+        LeaveOutcome::Left {
+            last_for_user: true
+        }
+    );
+    assert_eq!(
+        node_a.leave(&room, &member("u1", "s4")).await.unwrap(),
+        LeaveOutcome::NotMember
+    );
+    assert_eq!(
+        node_a.leave(&room, &member("nobody", "s9")).await.unwrap(),
+        LeaveOutcome::NotMember
+    );
+    assert_eq!(node_a.members(&room).await.unwrap(), vec!["u2".to_owned()]);
+    assert_eq!(
+        node_a.join(&room, &member("u3", "s3"), 2).await.unwrap(),
+        joined_first,
+        "a freed place can be taken"
+    );
+
+    // Concurrent joins from two nodes never overfill a room.
+    let crowded = RoomId::parse(&unique("chat:crowd")).unwrap();
+    let attempts = (0..40).map(|index| {
+        let store = if index % 2 == 0 {
+            node_a.clone()
+        } else {
+            node_b.clone()
+        };
+        let crowded = crowded.clone();
+        let candidate = member(&format!("user{index}"), &format!("sock{index}"));
+        tokio::spawn(async move { store.join(&crowded, &candidate, 10).await.unwrap() })
+    });
+    let mut joined = 0;
+    for attempt in attempts.collect::<Vec<_>>() {
+        if attempt.await.unwrap() == joined_first {
+            joined += 1;
+        }
+    }
+    assert_eq!(
+        joined, 10,
+        "exactly capacity joins succeed under concurrency"
+    );
+    assert_eq!(node_a.members(&crowded).await.unwrap().len(), 10);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stores::memory::{MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRoomStore};
+
+    #[tokio::test]
+    async fn memory_broker_conforms() {
+        let bus = MemoryBus::new();
+        broker_suite(|handler| {
+            let bus = bus.clone();
+            async move { Arc::new(MemoryBroker::new(bus, handler)) as Arc<dyn Broker> }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn memory_presence_conforms() {
+        let shared = Arc::new(MemoryPresenceStore::new());
+        presence_suite(|| {
+            let shared = shared.clone();
+            async move { shared as Arc<dyn PresenceStore> }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn memory_rooms_conform() {
+        let shared = Arc::new(MemoryRoomStore::new());
+        room_suite(|| {
+            let shared = shared.clone();
+            async move { shared as Arc<dyn RoomStore> }
+        })
+        .await;
+    }
+}

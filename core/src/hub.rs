@@ -1,0 +1,269 @@
+//! This node's connection registry: socket handles, and which local sockets are in which room or
+//! belong to which user. Fan-out of an already-encoded frame to local sockets happens here.
+//!
+//! Maps are sharded by key hash so joins, leaves and fan-outs on different rooms do not contend;
+//! each shard is a `parking_lot::RwLock` held only for the map operation (never across `.await`).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{CloseCode, Frame};
+use crate::room::RoomId;
+use crate::stores::Topic;
+
+/// Shard count: a power of two well above the core count, so writers rarely meet.
+const SHARDS: usize = 64;
+
+/// The node's handle to one connected socket: its bounded outbox and its close signal.
+pub struct SocketHandle {
+    pub socket_id: Arc<str>,
+    pub user_id: Arc<str>,
+    outbox: mpsc::Sender<Frame>,
+    close_requested: CancellationToken,
+    /// The close code requested from outside the socket's own loop; 0 = none yet.
+    close_code: AtomicU16,
+}
+
+impl SocketHandle {
+    pub fn new(
+        socket_id: Arc<str>,
+        user_id: Arc<str>,
+        outbox: mpsc::Sender<Frame>,
+    ) -> SocketHandle {
+        SocketHandle {
+            socket_id,
+            user_id,
+            outbox,
+            close_requested: CancellationToken::new(),
+            close_code: AtomicU16::new(0),
+        }
+    }
+
+    /// Queues a frame without waiting. A full outbox means the client is not reading fast
+    /// enough: the socket is closed as a slow consumer rather than buffering without bound.
+    pub fn deliver(&self, frame: Frame) {
+        match self.outbox.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.request_close(CloseCode::SlowConsumer),
+            // The socket loop has ended; its cleanup removes this handle shortly.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Asks the socket's loop to close with `code`; the first request wins.
+    pub fn request_close(&self, code: CloseCode) {
+        if self
+            .close_code
+            .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.close_requested.cancel();
+        }
+    }
+
+    /// Resolves once a close was requested; used by the socket's loop.
+    pub async fn close_requested(&self) -> CloseCode {
+        self.close_requested.cancelled().await;
+        CloseCode::from_code(self.close_code.load(Ordering::Acquire)).unwrap_or(CloseCode::Restart)
+    }
+}
+
+type SocketMap = HashMap<Arc<str>, Arc<SocketHandle>>;
+
+/// A map split into independently locked shards.
+struct Sharded<K> {
+    shards: Box<[RwLock<HashMap<K, SocketMap>>]>,
+    hasher: RandomState,
+}
+
+impl<K: Hash + Eq + Clone> Sharded<K> {
+    fn new() -> Self {
+        Sharded {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &K) -> &RwLock<HashMap<K, SocketMap>> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    /// Adds the socket under `key`; true when it is the first socket there.
+    fn insert(&self, key: &K, socket: &Arc<SocketHandle>) -> bool {
+        let mut shard = self.shard(key).write();
+        let sockets = shard.entry(key.clone()).or_default();
+        let first = sockets.is_empty();
+        sockets.insert(socket.socket_id.clone(), socket.clone());
+        first
+    }
+
+    /// Removes the socket from `key`; true when no socket remains there.
+    fn remove(&self, key: &K, socket_id: &str) -> bool {
+        let mut shard = self.shard(key).write();
+        let Some(sockets) = shard.get_mut(key) else {
+            return false;
+        };
+        if sockets.remove(socket_id).is_none() {
+            return false;
+        }
+        let now_empty = sockets.is_empty();
+        if now_empty {
+            shard.remove(key);
+        }
+        now_empty
+    }
+
+    fn contains(&self, key: &K, socket_id: &str) -> bool {
+        self.shard(key)
+            .read()
+            .get(key)
+            .is_some_and(|sockets| sockets.contains_key(socket_id))
+    }
+
+    /// Hands the frame to every socket under `key`; returns how many.
+    fn fan_out(&self, key: &K, frame: &Frame) -> usize {
+        let shard = self.shard(key).read();
+        let Some(sockets) = shard.get(key) else {
+            return 0;
+        };
+        // try_send never blocks, so holding the read lock here is short and safe.
+        for socket in sockets.values() {
+            socket.deliver(frame.clone());
+        }
+        sockets.len()
+    }
+
+    fn all_sockets(&self) -> Vec<Arc<SocketHandle>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .values()
+                    .flat_map(|sockets| sockets.values().cloned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// Local sockets by room and by user.
+pub struct Hub {
+    rooms: Sharded<RoomId>,
+    users: Sharded<Arc<str>>,
+    connections: AtomicUsize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub {
+            rooms: Sharded::new(),
+            users: Sharded::new(),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// Registers a connected socket; true when it is the user's first socket on this node.
+    pub fn register(&self, socket: &Arc<SocketHandle>) -> bool {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.users.insert(&socket.user_id, socket)
+    }
+
+    /// Unregisters a socket; true when the user has no socket left on this node.
+    pub fn unregister(&self, socket: &SocketHandle) -> bool {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        self.users.remove(&socket.user_id, &socket.socket_id)
+    }
+
+    /// Sockets registered on this node.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Adds a socket to a room; true when it is the room's first socket on this node.
+    pub fn add_to_room(&self, room: &RoomId, socket: &Arc<SocketHandle>) -> bool {
+        self.rooms.insert(room, socket)
+    }
+
+    /// Removes a socket from a room; true when the room has no socket left on this node.
+    pub fn remove_from_room(&self, room: &RoomId, socket_id: &str) -> bool {
+        self.rooms.remove(room, socket_id)
+    }
+
+    pub fn is_in_room(&self, room: &RoomId, socket_id: &str) -> bool {
+        self.rooms.contains(room, socket_id)
+    }
+
+    /// Delivers a frame the broker brought to the local sockets of its topic.
+    pub fn deliver(&self, topic: &Topic, frame: &Frame) -> usize {
+        match topic {
+            Topic::Room(room) => self.rooms.fan_out(room, frame),
+            Topic::User(user) => self.users.fan_out(user, frame),
+        }
+    }
+
+    /// Asks every local socket to close (shutdown).
+    pub fn close_all(&self, code: CloseCode) {
+        for socket in self.users.all_sockets() {
+            socket.request_close(code);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(id: &str, user: &str, capacity: usize) -> (Arc<SocketHandle>, mpsc::Receiver<Frame>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        (
+            Arc::new(SocketHandle::new(Arc::from(id), Arc::from(user), sender)),
+            receiver,
+        )
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_one_buffer_and_reaches_only_members() {
+        let hub = Hub::new();
+        let room = RoomId::parse("chat:a").unwrap();
+        let (first, mut first_rx) = socket("s1", "u1", 4);
+        let (second, mut second_rx) = socket("s2", "u2", 4);
+        let (outsider, mut outsider_rx) = socket("s3", "u3", 4);
+        assert!(hub.add_to_room(&room, &first));
+        assert!(!hub.add_to_room(&room, &second));
+        hub.register(&outsider);
+        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}"));
+        assert_eq!(hub.deliver(&Topic::Room(room.clone()), &frame), 2);
+        let got_first = first_rx.recv().await.unwrap();
+        let got_second = second_rx.recv().await.unwrap();
+        assert_eq!(
+            got_first.bytes().as_ptr(),
+            got_second.bytes().as_ptr(),
+            "one buffer shared"
+        );
+        assert!(outsider_rx.try_recv().is_err());
+        assert!(!hub.remove_from_room(&room, "s1"));
+        assert!(hub.remove_from_room(&room, "s2"));
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_closes_the_socket_as_slow_consumer() {
+        let (slow, _receiver) = socket("s1", "u1", 1);
+        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}"));
+        slow.deliver(frame.clone());
+        slow.deliver(frame);
+        assert_eq!(slow.close_requested().await, CloseCode::SlowConsumer);
+    }
+}

@@ -1,0 +1,36 @@
+//! realtime: a WebSocket realtime server for live notifications, lesson progress, tournaments and
+//! match scores.
+//!
+//! Code map, from the edge inwards:
+//!
+//! - [`transport`]: the only module that knows salvo: `GET /ws`, `POST /api/publish`, `/metrics`,
+//!   `/health`; maps errors to HTTP statuses once.
+//! - [`session`]: one connection's loop (`select!` over socket, outbox, timers, shutdown);
+//!   request dispatch, rate limiting, token expiry, heartbeats.
+//! - [`protocol`]: the wire types: requests, replies, pushes, error codes, close codes. Frames are
+//!   encoded once and shared.
+//! - [`node`]: shared state and every operation (join, leave, publish, presence, sweeps), used by
+//!   sessions and the HTTP API alike.
+//! - [`hub`]: this node's sockets by room and by user; local fan-out into bounded outboxes.
+//! - [`stores`]: the backend traits [`stores::Broker`], [`stores::PresenceStore`],
+//!   [`stores::RoomStore`] and their in-memory implementations.
+//! - [`conformance`]: one test suite per backend trait (feature `conformance`).
+//! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
+//! - [`auth`]: JWT verification and minting; [`room`]: room ids and grants.
+//! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
+//! - [`server`]: start and stop a node.
+
+pub mod auth;
+pub mod config;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod events;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod stores;
+mod transport;

@@ -1,0 +1,149 @@
+//! The `realtime` binary: `serve` (default), `gentoken`, `checkconfig`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use realtime_core::auth::{TokenRequest, mint_token};
+use realtime_core::config::{LogFormat, Settings};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "realtime",
+    version,
+    about = "Realtime WebSocket server: rooms, presence, events"
+)]
+struct Cli {
+    /// Extra configuration file (TOML), layered over config/default.toml; also REALTIME_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print a token signed with the configured key (development convenience).
+    Gentoken {
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Comma-separated `rooms` claim: exact room ids or `type:*`.
+        #[arg(long, default_value = "")]
+        rooms: String,
+        /// PEM private key, when auth uses a public key (RS256/ES256).
+        #[arg(long, value_name = "FILE")]
+        private_key: Option<PathBuf>,
+    },
+    /// Validate the configuration and print the effective one, secrets masked.
+    Checkconfig,
+}
+
+fn init_logging(settings: &Settings) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: every socket is a file descriptor.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            tracing::info!(open_files = limit.rlim_cur, "open-file limit");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler can be installed");
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings);
+    if settings.uses_development_secret() {
+        tracing::warn!(
+            "auth.jwt_secret is the development secret from config/default.toml: \
+             set REALTIME_AUTH__JWT_SECRET before exposing this server"
+        );
+    }
+    raise_open_file_limit();
+    let listener = tokio::net::TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "configuration key `server.listen`: cannot bind {}",
+                settings.server.listen
+            )
+        })?;
+    realtime_core::server::run(settings, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(settings)),
+        Command::Gentoken {
+            sub,
+            ttl,
+            rooms,
+            private_key,
+        } => {
+            let pem = private_key
+                .map(|path| {
+                    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+                })
+                .transpose()?;
+            let request = TokenRequest {
+                user_id: sub,
+                ttl,
+                rooms: rooms
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|room| !room.is_empty())
+                    .map(String::from)
+                    .collect(),
+            };
+            println!("{}", mint_token(&settings.auth, pem.as_deref(), &request)?);
+            Ok(())
+        }
+        Command::Checkconfig => {
+            realtime_core::auth::TokenVerifier::from_settings(&settings.auth)?;
+            println!("# configuration is valid\n{}", settings.to_masked_toml());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Metric names and the Prometheus recorder behind `/metrics`.
+//!
+//! Names are constants so dashboards and code agree. The recorder is process-global (the
+//! `metrics` facade allows one), installed on first use.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: open WebSocket connections on this node.
+pub const CONNECTIONS: &str = "realtime_connections";
+/// Counter: connection state transitions, label `state` (connecting, authenticated, connected,
+/// disconnected, rejected).
+pub const CONNECTION_STATES: &str = "realtime_connection_states_total";
+/// Counter: handshakes by `result` (ok, invalid_token, node_full).
+pub const HANDSHAKES: &str = "realtime_handshakes_total";
+/// Histogram: seconds from the upgrade request to the `connected` frame being written.
+pub const HANDSHAKE_SECONDS: &str = "realtime_handshake_duration_seconds";
+/// Counter: frames received from clients, label `kind` (the op, or `invalid`).
+pub const MESSAGES_IN: &str = "realtime_messages_in_total";
+/// Counter: frames sent to clients, label `kind` (reply, event, connected).
+pub const MESSAGES_OUT: &str = "realtime_messages_out_total";
+/// Counter: successful room joins.
+pub const JOINS: &str = "realtime_joins_total";
+/// Counter: error replies and HTTP errors by `code`.
+pub const ERRORS: &str = "realtime_errors_total";
+/// Counter: server-initiated closes by `reason`.
+pub const CLOSES: &str = "realtime_closes_total";
+/// Counter: events published, label `source` (client, http).
+pub const PUBLISHES: &str = "realtime_publishes_total";
+
+/// Handshakes are expected in single-digit milliseconds; buckets resolve that range.
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder once per process and returns the handle `/metrics` renders.
+pub fn prometheus_handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(HANDSHAKE_SECONDS.to_owned()),
+                    HANDSHAKE_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program's); then ours only
+            // renders what it sees, which is nothing. Say so instead of failing.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}

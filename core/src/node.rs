@@ -1,0 +1,596 @@
+//! The node: shared state and every operation on rooms, users and presence, used by the socket
+//! sessions and the HTTP API alike. Transport-free: it takes parsed values and returns frames or
+//! [`WireError`]s.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, Identity, TokenVerifier};
+use crate::config::{JoinPolicy, RoomTypeSettings, Settings};
+use crate::events::{EventBus, PlatformEvent};
+use crate::hub::{Hub, SocketHandle};
+use crate::metrics as names;
+use crate::protocol::{
+    ErrorCode, EventPush, Frame, WireError, is_reserved_event_name, is_valid_event_name,
+    unix_now_millis,
+};
+use crate::room::RoomId;
+use crate::stores::{
+    Arrival, Broker, JoinOutcome, LeaveOutcome, Member, PresenceStore, RoomStore, SocketEntry,
+    StoreError, Topic,
+};
+
+/// Stripes of the interest lock; see [`Node::interest_lock`].
+const INTEREST_LOCK_STRIPES: usize = 64;
+
+/// The backends a node runs on.
+pub struct Backends {
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub rooms: Arc<dyn RoomStore>,
+}
+
+/// Who is publishing an event, which decides checks and the `from` field.
+#[derive(Debug, Clone, Copy)]
+pub enum Publisher<'a> {
+    /// A connected client; its user id becomes `from`.
+    Client { user_id: &'a str },
+    /// An internal service (HTTP API or NATS); trusted, no `from`.
+    Service,
+}
+
+/// One connected socket as the node tracks it for the socket's own session.
+pub struct SocketSession {
+    pub handle: Arc<SocketHandle>,
+    pub entry: SocketEntry,
+    pub identity: Identity,
+    /// Rooms this socket is in, for limits, membership checks and cleanup.
+    pub rooms: HashSet<RoomId>,
+}
+
+/// Keeps a connection slot until dropped (see [`Node::try_admit`]).
+pub struct ConnectionPermit {
+    admitted: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct Node {
+    settings: Arc<Settings>,
+    node_id: Arc<str>,
+    verifier: TokenVerifier,
+    hub: Arc<Hub>,
+    backends: Backends,
+    events: EventBus,
+    /// Sockets admitted (handshaking or connected); bounded by `server.max_connections`.
+    admitted: Arc<AtomicUsize>,
+    /// Serializes "first local member -> subscribe" and "last local member -> unsubscribe" per
+    /// topic, so a leave and a join racing on one topic can never end unsubscribed with a member
+    /// present. Held across the broker call on purpose; striped so unrelated topics do not wait.
+    interest_locks: Box<[tokio::sync::Mutex<()>]>,
+    interest_hasher: RandomState,
+    shutdown: CancellationToken,
+}
+
+fn unavailable(error: StoreError) -> WireError {
+    tracing::warn!(%error, "backend call failed");
+    WireError::new(
+        ErrorCode::Unavailable,
+        "a backend is unavailable; retry shortly",
+    )
+}
+
+impl Node {
+    pub fn new(
+        settings: Arc<Settings>,
+        node_id: Arc<str>,
+        verifier: TokenVerifier,
+        hub: Arc<Hub>,
+        backends: Backends,
+    ) -> Node {
+        Node {
+            settings,
+            node_id,
+            verifier,
+            hub,
+            backends,
+            events: EventBus::new(),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            interest_locks: (0..INTEREST_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            interest_hasher: RandomState::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Cancelled when the node shuts down; sessions watch it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Reserves a connection slot, or `None` when the node is full.
+    pub fn try_admit(&self) -> Option<ConnectionPermit> {
+        let limit = self.settings.server.max_connections;
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current < limit).then_some(current + 1)
+            })
+            .ok()
+            .map(|_| ConnectionPermit {
+                admitted: self.admitted.clone(),
+            })
+    }
+
+    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verifier.verify(token)
+    }
+
+    fn room_type(&self, room: &RoomId) -> Result<&RoomTypeSettings, WireError> {
+        self.settings
+            .room_types
+            .get(room.room_type())
+            .ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::UnknownRoomType,
+                    format!("room type `{}` is not configured", room.room_type()),
+                )
+            })
+    }
+
+    fn parse_room(text: &str) -> Result<RoomId, WireError> {
+        RoomId::parse(text)
+            .map_err(|error| WireError::new(ErrorCode::InvalidRoomId, error.to_string()))
+    }
+
+    fn interest_lock(&self, topic: &Topic) -> &tokio::sync::Mutex<()> {
+        let stripe = self.interest_hasher.hash_one(topic) as usize % INTEREST_LOCK_STRIPES;
+        &self.interest_locks[stripe]
+    }
+
+    /// Runs `add_local`; when it reports the topic's first local socket, subscribes the node.
+    /// A failed subscribe undoes the local change through `undo_local`.
+    async fn add_interest(
+        &self,
+        topic: &Topic,
+        add_local: impl FnOnce() -> bool,
+        undo_local: impl FnOnce(),
+    ) -> Result<(), StoreError> {
+        let _ordered = self.interest_lock(topic).lock().await;
+        if add_local()
+            && let Err(error) = self.backends.broker.subscribe(topic).await
+        {
+            undo_local();
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Runs `remove_local`; when it reports the topic's last local socket gone, unsubscribes.
+    async fn remove_interest(&self, topic: &Topic, remove_local: impl FnOnce() -> bool) {
+        let _ordered = self.interest_lock(topic).lock().await;
+        if remove_local()
+            && let Err(error) = self.backends.broker.unsubscribe(topic).await
+        {
+            // Harmless beyond extra traffic: frames for a topic with no local socket are dropped.
+            tracing::warn!(%error, ?topic, "unsubscribe failed");
+        }
+    }
+
+    /// Registers an authenticated socket: hub, user topic, presence, events.
+    pub async fn open_socket(
+        &self,
+        identity: Identity,
+        outbox: mpsc::Sender<Frame>,
+    ) -> Result<SocketSession, WireError> {
+        let socket_id: Arc<str> = Arc::from(format!("{:016x}", rand::random::<u64>()));
+        let user_id: Arc<str> = Arc::from(identity.user_id.as_str());
+        let handle = Arc::new(SocketHandle::new(
+            socket_id.clone(),
+            user_id.clone(),
+            outbox,
+        ));
+        let topic = Topic::User(user_id.clone());
+        self.add_interest(
+            &topic,
+            || self.hub.register(&handle),
+            || {
+                self.hub.unregister(&handle);
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+        metrics::gauge!(names::CONNECTIONS).increment(1.0);
+        let entry = SocketEntry {
+            user_id: user_id.clone(),
+            socket_id: socket_id.clone(),
+            node_id: self.node_id.clone(),
+        };
+        self.events.emit(PlatformEvent::SocketConnect {
+            user_id: user_id.to_string(),
+            socket_id: socket_id.to_string(),
+            node: self.node_id.to_string(),
+        });
+        let ttl = self.settings.presence.ttl();
+        match self.backends.presence.connect(&entry, ttl).await {
+            Ok(arrival) => self.note_arrival(&entry, arrival),
+            // Delivery does not depend on presence: keep the socket, the next heartbeat retries.
+            Err(error) => tracing::warn!(%error, "presence connect failed"),
+        }
+        Ok(SocketSession {
+            handle,
+            entry,
+            identity,
+            rooms: HashSet::new(),
+        })
+    }
+
+    fn note_arrival(&self, entry: &SocketEntry, arrival: Arrival) {
+        if arrival == Arrival::CameOnline {
+            self.events.emit(PlatformEvent::UserOnline {
+                user_id: entry.user_id.to_string(),
+                node: self.node_id.to_string(),
+            });
+        }
+    }
+
+    /// Refreshes the socket's presence TTL.
+    pub async fn heartbeat(&self, entry: &SocketEntry) -> Result<(), WireError> {
+        let arrival = self
+            .backends
+            .presence
+            .heartbeat(entry, self.settings.presence.ttl())
+            .await
+            .map_err(unavailable)?;
+        self.note_arrival(entry, arrival);
+        Ok(())
+    }
+
+    /// Tears a socket down: leaves its rooms, unregisters it, records the disconnect.
+    pub async fn close_socket(&self, session: &mut SocketSession, reason: &str) {
+        let rooms: Vec<RoomId> = session.rooms.drain().collect();
+        for room in rooms {
+            if let Err(error) = self.leave_room(session, &room, reason).await {
+                tracing::warn!(room = %room, message = %error.message, "leave during close failed");
+            }
+        }
+        let handle = session.handle.clone();
+        self.remove_interest(&Topic::User(handle.user_id.clone()), || {
+            self.hub.unregister(&handle)
+        })
+        .await;
+        metrics::gauge!(names::CONNECTIONS).decrement(1.0);
+        if let Err(error) = self.backends.presence.disconnect(&session.entry).await {
+            // The entry expires by its TTL anyway.
+            tracing::warn!(%error, "presence disconnect failed");
+        }
+        self.events.emit(PlatformEvent::SocketDisconnect {
+            user_id: handle.user_id.to_string(),
+            socket_id: handle.socket_id.to_string(),
+            node: self.node_id.to_string(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// `join`: checks id, type, claims, limits and capacity; then subscribes and announces.
+    pub async fn join(
+        &self,
+        session: &mut SocketSession,
+        room_text: &str,
+    ) -> Result<RoomId, WireError> {
+        let room = Self::parse_room(room_text)?;
+        let room_type = self.room_type(&room)?;
+        if room_type.join == JoinPolicy::Claims && !session.identity.may_join(&room) {
+            return Err(WireError::new(
+                ErrorCode::RoomForbidden,
+                format!("the token's `rooms` claim does not grant {room}"),
+            ));
+        }
+        if session.rooms.contains(&room) {
+            return Ok(room);
+        }
+        if session.rooms.len() >= self.settings.limits.max_rooms_per_connection {
+            return Err(WireError::new(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "a connection may be in at most {} rooms",
+                    self.settings.limits.max_rooms_per_connection
+                ),
+            ));
+        }
+        let member = Member {
+            user_id: session.entry.user_id.clone(),
+            socket_id: session.entry.socket_id.clone(),
+        };
+        let outcome = self
+            .backends
+            .rooms
+            .join(&room, &member, room_type.capacity)
+            .await
+            .map_err(unavailable)?;
+        let first_for_user = match outcome {
+            JoinOutcome::Full => {
+                return Err(WireError::new(
+                    ErrorCode::RoomFull,
+                    format!("{room} holds its capacity of {} users", room_type.capacity),
+                ));
+            }
+            JoinOutcome::Joined { first_for_user } => first_for_user,
+            JoinOutcome::AlreadyMember => false,
+        };
+        let handle = session.handle.clone();
+        let subscribed = self
+            .add_interest(
+                &Topic::Room(room.clone()),
+                || self.hub.add_to_room(&room, &handle),
+                || {
+                    self.hub.remove_from_room(&room, &handle.socket_id);
+                },
+            )
+            .await;
+        if let Err(error) = subscribed {
+            // Undo the membership so capacity is not held by a socket that gets nothing.
+            let _ = self.backends.rooms.leave(&room, &member).await;
+            return Err(unavailable(error));
+        }
+        session.rooms.insert(room.clone());
+        metrics::counter!(names::JOINS).increment(1);
+        self.events.emit(PlatformEvent::RoomJoined {
+            user_id: member.user_id.to_string(),
+            socket_id: member.socket_id.to_string(),
+            room: room.to_string(),
+            node: self.node_id.to_string(),
+        });
+        if first_for_user && room_type.presence {
+            self.announce_membership(&room, "room.user_joined", &member.user_id)
+                .await;
+        }
+        Ok(room)
+    }
+
+    /// `leave`.
+    pub async fn leave(
+        &self,
+        session: &mut SocketSession,
+        room_text: &str,
+    ) -> Result<RoomId, WireError> {
+        let room = Self::parse_room(room_text)?;
+        if !session.rooms.remove(&room) {
+            return Err(WireError::new(
+                ErrorCode::NotInRoom,
+                format!("not a member of {room}"),
+            ));
+        }
+        self.leave_room(session, &room, "leave").await?;
+        Ok(room)
+    }
+
+    async fn leave_room(
+        &self,
+        session: &SocketSession,
+        room: &RoomId,
+        reason: &str,
+    ) -> Result<(), WireError> {
+        let handle = session.handle.clone();
+        self.remove_interest(&Topic::Room(room.clone()), || {
+            self.hub.remove_from_room(room, &handle.socket_id)
+        })
+        .await;
+        let member = Member {
+            user_id: session.entry.user_id.clone(),
+            socket_id: session.entry.socket_id.clone(),
+        };
+        let outcome = self
+            .backends
+            .rooms
+            .leave(room, &member)
+            .await
+            .map_err(unavailable)?;
+        self.events.emit(PlatformEvent::RoomLeft {
+            user_id: member.user_id.to_string(),
+            socket_id: member.socket_id.to_string(),
+            room: room.to_string(),
+            node: self.node_id.to_string(),
+            reason: reason.to_owned(),
+        });
+        let announces = self
+            .room_type(room)
+            .is_ok_and(|room_type| room_type.presence);
+        if outcome
+            == (LeaveOutcome::Left {
+                last_for_user: true,
+            })
+            && announces
+        {
+            self.announce_membership(room, "room.user_left", &member.user_id)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn announce_membership(&self, room: &RoomId, event: &str, user_id: &str) {
+        let data = serde_json::json!({ "userId": user_id }).to_string();
+        let data = RawValue::from_string(data).expect("json! output is valid JSON");
+        if let Err(error) = self
+            .broadcast(Topic::Room(room.clone()), event, Some(room), None, &data)
+            .await
+        {
+            tracing::warn!(room = %room, message = %error.message, "membership announcement lost");
+        }
+    }
+
+    /// `presence`: the room's members across all nodes (the caller must be a member).
+    pub async fn room_presence(
+        &self,
+        session: &SocketSession,
+        room_text: &str,
+    ) -> Result<(RoomId, Vec<String>), WireError> {
+        let room = Self::parse_room(room_text)?;
+        if !self.room_type(&room)?.presence {
+            return Err(WireError::new(
+                ErrorCode::PresenceDisabled,
+                format!("room type of {room} has presence off"),
+            ));
+        }
+        if !session.rooms.contains(&room) {
+            return Err(WireError::new(
+                ErrorCode::NotInRoom,
+                format!("not a member of {room}"),
+            ));
+        }
+        let members = self
+            .backends
+            .rooms
+            .members(&room)
+            .await
+            .map_err(unavailable)?;
+        Ok((room, members))
+    }
+
+    /// `publish` from a client socket: only into rooms it is in, only where allowed.
+    pub async fn publish_from_client(
+        &self,
+        session: &SocketSession,
+        room_text: &str,
+        event: &str,
+        data: &RawValue,
+    ) -> Result<(), WireError> {
+        let room = Self::parse_room(room_text)?;
+        if !self.room_type(&room)?.client_publish {
+            return Err(WireError::new(
+                ErrorCode::PublishForbidden,
+                format!("clients may not publish into {} rooms", room.room_type()),
+            ));
+        }
+        if !session.rooms.contains(&room) {
+            return Err(WireError::new(
+                ErrorCode::NotInRoom,
+                format!("join {room} before publishing"),
+            ));
+        }
+        metrics::counter!(names::PUBLISHES, "source" => "client").increment(1);
+        self.publish_to_room(
+            &room,
+            event,
+            data,
+            Publisher::Client {
+                user_id: &session.entry.user_id,
+            },
+        )
+        .await
+    }
+
+    /// Publishes an event to every member of a room on every node.
+    pub async fn publish_to_room(
+        &self,
+        room: &RoomId,
+        event: &str,
+        data: &RawValue,
+        publisher: Publisher<'_>,
+    ) -> Result<(), WireError> {
+        check_event_name(event)?;
+        self.room_type(room)?;
+        let from = match publisher {
+            Publisher::Client { user_id } => Some(user_id),
+            Publisher::Service => None,
+        };
+        self.broadcast(Topic::Room(room.clone()), event, Some(room), from, data)
+            .await
+    }
+
+    /// Publishes an event to every socket of a user on every node.
+    pub async fn publish_to_user(
+        &self,
+        user_id: &str,
+        event: &str,
+        data: &RawValue,
+    ) -> Result<(), WireError> {
+        check_event_name(event)?;
+        if user_id.is_empty() {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "`user` must not be empty",
+            ));
+        }
+        self.broadcast(Topic::User(Arc::from(user_id)), event, None, None, data)
+            .await
+    }
+
+    /// Encodes the event once and hands the bytes to the broker.
+    async fn broadcast(
+        &self,
+        topic: Topic,
+        event: &str,
+        room: Option<&RoomId>,
+        from: Option<&str>,
+        data: &RawValue,
+    ) -> Result<(), WireError> {
+        let frame = Frame::event(&EventPush {
+            kind: "event",
+            event,
+            room: room.map(RoomId::as_str),
+            from,
+            data,
+            ts: unix_now_millis(),
+        });
+        self.backends
+            .broker
+            .publish(&topic, frame)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// One pass of the offline scheduler: emits `user.offline` for users taken as offline.
+    pub async fn sweep_offline(&self) -> Result<usize, StoreError> {
+        let gone = self.backends.presence.take_offline().await?;
+        for user_id in &gone {
+            self.events.emit(PlatformEvent::UserOffline {
+                user_id: user_id.clone(),
+                node: self.node_id.to_string(),
+            });
+        }
+        Ok(gone.len())
+    }
+}
+
+fn check_event_name(event: &str) -> Result<(), WireError> {
+    if !is_valid_event_name(event) {
+        return Err(WireError::new(
+            ErrorCode::InvalidEvent,
+            "event names are 1-64 characters of [A-Za-z0-9._:-]",
+        ));
+    }
+    if is_reserved_event_name(event) {
+        return Err(WireError::new(
+            ErrorCode::InvalidEvent,
+            "event names starting with room., socket. or user. are reserved for the server",
+        ));
+    }
+    Ok(())
+}

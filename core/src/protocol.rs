@@ -1,0 +1,500 @@
+//! The client wire protocol as plain types: requests, replies, pushes, error and close codes.
+//!
+//! Nothing here knows about WebSockets or HTTP; `transport` moves these bytes. Every reply and
+//! push is encoded here, once, into [`Frame`] bytes that are shared by all recipients.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Stable error codes: the `error.code` of replies and HTTP error bodies. Never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Handshake or `refresh`: missing, malformed, expired or wrongly signed token.
+    InvalidToken,
+    /// Handshake: the node holds `server.max_connections` sockets.
+    NodeFull,
+    /// HTTP API: wrong or missing `X-API-Key`.
+    Unauthorized,
+    /// HTTP API: `api.key` is not configured.
+    ApiDisabled,
+    /// The frame is not a JSON object.
+    MalformedFrame,
+    /// The frame exceeds `limits.max_frame_bytes`.
+    FrameTooLarge,
+    /// HTTP API: the request body exceeds `api.max_body_bytes`.
+    PayloadTooLarge,
+    /// `op` names no operation.
+    UnknownOp,
+    /// A field is missing or has the wrong type; the message names it.
+    InvalidRequest,
+    /// The room id is not `<type>:<name>`.
+    InvalidRoomId,
+    /// The room id's type is not configured.
+    UnknownRoomType,
+    /// The room type has `join = "claims"` and the token's `rooms` claim does not grant it.
+    RoomForbidden,
+    /// The room holds `capacity` users.
+    RoomFull,
+    /// The connection is already in `limits.max_rooms_per_connection` rooms.
+    TooManyRooms,
+    /// The operation needs the socket to be a member of the room.
+    NotInRoom,
+    /// The room type does not allow clients to publish.
+    PublishForbidden,
+    /// The room type has `presence = false`.
+    PresenceDisabled,
+    /// The event name is not 1-64 characters of `[A-Za-z0-9._:-]` or uses a reserved prefix.
+    InvalidEvent,
+    /// `refresh` carried a valid token for another user.
+    SubjectMismatch,
+    /// Too many requests on this connection; slow down.
+    RateLimited,
+    /// A backend the operation needs is unreachable; retry later.
+    Unavailable,
+    /// A bug on our side; details are in the server log, never in the reply.
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::NodeFull => "node_full",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ApiDisabled => "api_disabled",
+            ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidRoomId => "invalid_room_id",
+            ErrorCode::UnknownRoomType => "unknown_room_type",
+            ErrorCode::RoomForbidden => "room_forbidden",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::PublishForbidden => "publish_forbidden",
+            ErrorCode::PresenceDisabled => "presence_disabled",
+            ErrorCode::InvalidEvent => "invalid_event",
+            ErrorCode::SubjectMismatch => "subject_mismatch",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+}
+
+/// An error with its wire code; what every module's error maps to once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// WebSocket close codes the server sends. 4000-4499: reconnect (with backoff);
+/// 4500-4999: do not reconnect without a change on the client side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1000: normal close, answering the client's own close.
+    Normal,
+    /// 1012: the node is restarting or shutting down; reconnect (another node will take you).
+    Restart,
+    /// 4001: the token expired and no `refresh` arrived; reconnect with a fresh token.
+    TokenExpired,
+    /// 4002: the socket did not read its events fast enough (outbox full); reconnect.
+    SlowConsumer,
+    /// 4003: too many requests after `rate_limited` replies; reconnect after a backoff.
+    RateLimited,
+    /// 4004: nothing (no frame, ping or heartbeat) arrived for `presence.ttl_secs`; reconnect.
+    HeartbeatTimeout,
+    /// 4005: a backend this connection needs (broker, presence) is unreachable; reconnect later.
+    BackendUnavailable,
+    /// 4500: a binary frame arrived; this protocol is JSON text frames only. Fix the client.
+    UnsupportedData,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::Restart => 1012,
+            CloseCode::TokenExpired => 4001,
+            CloseCode::SlowConsumer => 4002,
+            CloseCode::RateLimited => 4003,
+            CloseCode::HeartbeatTimeout => 4004,
+            CloseCode::BackendUnavailable => 4005,
+            CloseCode::UnsupportedData => 4500,
+        }
+    }
+
+    /// Every code, for lookups and documentation.
+    pub const ALL: [CloseCode; 8] = [
+        CloseCode::Normal,
+        CloseCode::Restart,
+        CloseCode::TokenExpired,
+        CloseCode::SlowConsumer,
+        CloseCode::RateLimited,
+        CloseCode::HeartbeatTimeout,
+        CloseCode::BackendUnavailable,
+        CloseCode::UnsupportedData,
+    ];
+
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        CloseCode::ALL
+            .into_iter()
+            .find(|close| close.code() == code)
+    }
+
+    /// The close reason text (also the `reason` of `socket.disconnect`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::Restart => "server_restart",
+            CloseCode::TokenExpired => "token_expired",
+            CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::RateLimited => "rate_limited",
+            CloseCode::HeartbeatTimeout => "heartbeat_timeout",
+            CloseCode::BackendUnavailable => "backend_unavailable",
+            CloseCode::UnsupportedData => "unsupported_data",
+        }
+    }
+}
+
+/// A request id chosen by the client, echoed in the reply: a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Number(u64),
+    Text(String),
+}
+
+/// A parsed client request: the closed set of operations.
+#[derive(Debug)]
+pub enum Request {
+    Join {
+        room: String,
+    },
+    Leave {
+        room: String,
+    },
+    Heartbeat,
+    Publish {
+        room: String,
+        event: String,
+        data: Box<RawValue>,
+    },
+    Presence {
+        room: String,
+    },
+    Refresh {
+        token: String,
+    },
+}
+
+/// Every field any request may carry; [`parse_request`] turns it into a [`Request`].
+/// Parsing into one flat struct first keeps the `id` even when the rest is wrong.
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    id: Option<RequestId>,
+    #[serde(borrow)]
+    op: Option<&'a str>,
+    room: Option<String>,
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+    token: Option<String>,
+}
+
+/// A request that could not be understood, with whatever id could be recovered.
+#[derive(Debug)]
+pub struct RejectedRequest {
+    pub id: Option<RequestId>,
+    pub error: WireError,
+}
+
+/// Parses one text frame. The `id` is returned with the error whenever it could be read.
+pub fn parse_request(text: &str) -> Result<(Option<RequestId>, Request), RejectedRequest> {
+    let raw: RawRequest = serde_json::from_str(text).map_err(|error| RejectedRequest {
+        id: recover_id(text),
+        error: if error.is_data() {
+            WireError::new(ErrorCode::InvalidRequest, format!("invalid field: {error}"))
+        } else {
+            WireError::new(ErrorCode::MalformedFrame, "frame is not a JSON object")
+        },
+    })?;
+    let id = raw.id.clone();
+    let reject = |code, message: String| RejectedRequest {
+        id: raw.id.clone(),
+        error: WireError::new(code, message),
+    };
+    let missing = |field: &str| {
+        reject(
+            ErrorCode::InvalidRequest,
+            format!("missing field `{field}`"),
+        )
+    };
+    let request = match raw.op {
+        None => return Err(missing("op")),
+        Some("join") => Request::Join {
+            room: raw.room.clone().ok_or_else(|| missing("room"))?,
+        },
+        Some("leave") => Request::Leave {
+            room: raw.room.clone().ok_or_else(|| missing("room"))?,
+        },
+        Some("heartbeat") => Request::Heartbeat,
+        Some("presence") => Request::Presence {
+            room: raw.room.clone().ok_or_else(|| missing("room"))?,
+        },
+        Some("refresh") => Request::Refresh {
+            token: raw.token.clone().ok_or_else(|| missing("token"))?,
+        },
+        Some("publish") => {
+            let room = raw.room.clone().ok_or_else(|| missing("room"))?;
+            let event = raw.event.clone().ok_or_else(|| missing("event"))?;
+            let data = raw.data.ok_or_else(|| missing("data"))?;
+            Request::Publish { room, event, data }
+        }
+        Some(other) => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(reject(
+                ErrorCode::UnknownOp,
+                format!("unknown op `{shown}`"),
+            ));
+        }
+    };
+    Ok((id, request))
+}
+
+/// Best effort: read just the `id` of a frame whose other fields failed to parse.
+fn recover_id(text: &str) -> Option<RequestId> {
+    #[derive(Deserialize)]
+    struct OnlyId {
+        id: Option<RequestId>,
+    }
+    serde_json::from_str::<OnlyId>(text)
+        .ok()
+        .and_then(|only| only.id)
+}
+
+/// Event names: 1-64 characters of `[A-Za-z0-9._:-]`.
+pub fn is_valid_event_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-' | b':'))
+}
+
+/// Event names only the server emits; clients and the API may not publish them.
+pub fn is_reserved_event_name(name: &str) -> bool {
+    name.starts_with("room.") || name.starts_with("socket.") || name.starts_with("user.")
+}
+
+/// An encoded server-to-client text frame. Cloning shares the bytes: encode once, send to many.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    fn from_json(value: &impl Serialize) -> Frame {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
+        Frame(Bytes::from(
+            serde_json::to_vec(value).expect("protocol frames always serialize"),
+        ))
+    }
+
+    /// Wraps bytes that are already one encoded frame (for example from the broker).
+    pub fn from_encoded(bytes: Bytes) -> Frame {
+        Frame(bytes)
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first frame on every socket.
+    pub fn connected(hello: &Connected<'_>) -> Frame {
+        Frame::from_json(hello)
+    }
+
+    /// `{"id":..,"ok":true, ..extra}`; `extra` must be a JSON object or absent.
+    pub fn reply_ok(id: Option<&RequestId>, extra: Option<&serde_json::Value>) -> Frame {
+        #[derive(Serialize)]
+        struct Ok<'a> {
+            id: Option<&'a RequestId>,
+            ok: bool,
+            #[serde(flatten, skip_serializing_if = "Option::is_none")]
+            extra: Option<&'a serde_json::Value>,
+        }
+        Frame::from_json(&Ok {
+            id,
+            ok: true,
+            extra,
+        })
+    }
+
+    /// `{"id":..,"ok":false,"error":{"code":..,"message":..}}`
+    pub fn reply_error(id: Option<&RequestId>, error: &WireError) -> Frame {
+        #[derive(Serialize)]
+        struct Failed<'a> {
+            id: Option<&'a RequestId>,
+            ok: bool,
+            error: ErrorBody<'a>,
+        }
+        Frame::from_json(&Failed {
+            id,
+            ok: false,
+            error: ErrorBody::from(error),
+        })
+    }
+
+    /// `{"type":"event","event":..,"room"?:..,"from"?:..,"data":..,"ts":..}`
+    pub fn event(push: &EventPush<'_>) -> Frame {
+        Frame::from_json(push)
+    }
+}
+
+/// `{"code":..,"message":..}`, the body of every error on the wire (socket and HTTP).
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+}
+
+impl<'a> From<&'a WireError> for ErrorBody<'a> {
+    fn from(error: &'a WireError) -> Self {
+        ErrorBody {
+            code: error.code.as_str(),
+            message: &error.message,
+        }
+    }
+}
+
+/// The `connected` frame.
+#[derive(Serialize)]
+pub struct Connected<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub socket_id: &'a str,
+    pub user_id: &'a str,
+    pub node: &'a str,
+    pub heartbeat_interval_ms: u64,
+    /// Token expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// An event pushed to clients. `room` is absent for user-targeted pushes; `from` names the
+/// sending user for client publishes.
+#[derive(Serialize)]
+pub struct EventPush<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
+    pub data: &'a RawValue,
+    /// Milliseconds since the Unix epoch when the server accepted the event.
+    pub ts: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_op() {
+        let (id, request) = parse_request(r#"{"id":1,"op":"join","room":"chat:a"}"#).unwrap();
+        assert_eq!(id, Some(RequestId::Number(1)));
+        assert!(matches!(request, Request::Join { room } if room == "chat:a"));
+        let (_, request) = parse_request(
+            r#"{"id":"x","op":"publish","room":"chat:a","event":"msg","data":{"t":1}}"#,
+        )
+        .unwrap();
+        assert!(matches!(request, Request::Publish { data, .. } if data.get() == r#"{"t":1}"#));
+        assert!(matches!(
+            parse_request(r#"{"op":"heartbeat"}"#).unwrap().1,
+            Request::Heartbeat
+        ));
+    }
+
+    #[test]
+    fn errors_keep_the_id_and_name_the_problem() {
+        let rejected = parse_request(r#"{"id":7,"op":"join"}"#).unwrap_err();
+        assert_eq!(rejected.id, Some(RequestId::Number(7)));
+        assert_eq!(rejected.error.code, ErrorCode::InvalidRequest);
+        assert!(rejected.error.message.contains("room"));
+
+        let rejected = parse_request(r#"{"id":8,"op":"fly"}"#).unwrap_err();
+        assert_eq!(rejected.error.code, ErrorCode::UnknownOp);
+
+        let rejected = parse_request(r#"{"id":9,"op":"join","room":5}"#).unwrap_err();
+        assert_eq!(rejected.id, Some(RequestId::Number(9)));
+        assert_eq!(rejected.error.code, ErrorCode::InvalidRequest);
+
+        let rejected = parse_request("not json").unwrap_err();
+        assert_eq!(rejected.id, None);
+        assert_eq!(rejected.error.code, ErrorCode::MalformedFrame);
+    }
+
+    #[test]
+    fn frames_encode_as_documented() {
+        let error = WireError::new(ErrorCode::RoomFull, "full");
+        let frame = Frame::reply_error(Some(&RequestId::Number(3)), &error);
+        assert_eq!(
+            frame.bytes().as_ref(),
+            br#"{"id":3,"ok":false,"error":{"code":"room_full","message":"full"}}"#
+        );
+        let data = RawValue::from_string(r#"{"a":1}"#.to_owned()).unwrap();
+        let frame = Frame::event(&EventPush {
+            kind: "event",
+            event: "match.update",
+            room: Some("competition:1"),
+            from: None,
+            data: &data,
+            ts: 5,
+        });
+        assert_eq!(
+            frame.bytes().as_ref(),
+            br#"{"type":"event","event":"match.update","room":"competition:1","data":{"a":1},"ts":5}"#
+        );
+    }
+
+    #[test]
+    fn event_names_are_checked() {
+        assert!(is_valid_event_name("match.update"));
+        assert!(!is_valid_event_name(""));
+        assert!(!is_valid_event_name("has space"));
+        assert!(is_reserved_event_name("room.user_joined"));
+        assert!(!is_reserved_event_name("chat.message"));
+    }
+}

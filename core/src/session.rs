@@ -1,0 +1,461 @@
+//! One connection's loop: a single `select!` over the socket, the outbox, timers and shutdown.
+//!
+//! Transport-free: the WebSocket is seen as a stream of [`Inbound`] and a sink of [`Outbound`],
+//! which `transport` adapts. Replies are written directly; pushes arrive through the socket's
+//! bounded outbox and are written in batches with one flush.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::auth::{Identity, unix_now_secs};
+use crate::metrics as names;
+use crate::node::{ConnectionPermit, Node, SocketSession};
+use crate::protocol::{
+    CloseCode, Connected, ErrorCode, Frame, Request, RequestId, WireError, parse_request,
+};
+
+/// A frame from the client, as the transport hands it over.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(String),
+    Binary,
+    /// A WebSocket ping (the transport answers it) or pong: both prove the client is alive.
+    Ping,
+    Pong,
+    Close,
+    /// The transport failed (protocol error, frame over the hard limit, I/O error).
+    Failed(String),
+}
+
+/// A frame for the client.
+#[derive(Debug)]
+pub enum Outbound {
+    Text(Frame),
+    Ping,
+    Close(CloseCode),
+}
+
+/// Most queued pushes written before one flush: coalesces bursts into fewer syscalls while
+/// bounding how long replies wait behind pushes.
+const WRITE_BATCH: usize = 64;
+/// A write that cannot complete in this time means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the client's close reply after sending a close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Token bucket for a connection's requests: `burst` at once, `per_sec` sustained.
+struct RequestBudget {
+    burst: f64,
+    per_sec: f64,
+    tokens: f64,
+    refilled_at: Instant,
+}
+
+impl RequestBudget {
+    fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
+        RequestBudget {
+            burst: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(burst),
+            refilled_at: now,
+        }
+    }
+
+    fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why the loop ended.
+enum Ending {
+    /// Send this close code, then finish the close handshake.
+    Close(CloseCode),
+    /// The client closed or the connection broke; nothing more to send.
+    Gone(&'static str),
+}
+
+/// The state one connection's loop carries.
+struct Connection<'a, K> {
+    node: &'a Node,
+    session: SocketSession,
+    outgoing: K,
+    budget: RequestBudget,
+    rate_limited_in_a_row: u32,
+    last_activity: Instant,
+    last_presence_refresh: Instant,
+    token_deadline: Instant,
+}
+
+/// Converts a token expiry (Unix seconds) into a deadline on tokio's clock, with the leeway.
+fn token_deadline(expires_at: u64, leeway_secs: u64) -> Instant {
+    let remaining = (expires_at + leeway_secs).saturating_sub(unix_now_secs());
+    Instant::now() + Duration::from_secs(remaining)
+}
+
+/// Runs an authenticated connection until it ends. `permit` holds the connection slot.
+pub async fn run<S, K>(
+    node: Arc<Node>,
+    identity: Identity,
+    permit: ConnectionPermit,
+    handshake_started: std::time::Instant,
+    mut incoming: S,
+    outgoing: K,
+) where
+    S: Stream<Item = Inbound> + Unpin + Send,
+    K: Sink<Outbound> + Unpin + Send,
+{
+    let _permit = permit;
+    let settings = node.settings();
+    let (outbox_sender, mut outbox) = mpsc::channel(settings.limits.outbox_frames);
+    let session = match node.open_socket(identity, outbox_sender).await {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::warn!(message = %error.message, "could not register socket");
+            let mut outgoing = outgoing;
+            let _ = outgoing
+                .send(Outbound::Close(CloseCode::BackendUnavailable))
+                .await;
+            return;
+        }
+    };
+    let now = Instant::now();
+    let mut connection = Connection {
+        node: &node,
+        budget: RequestBudget::new(
+            settings.limits.requests_per_sec,
+            settings.limits.request_burst,
+            now,
+        ),
+        rate_limited_in_a_row: 0,
+        last_activity: now,
+        last_presence_refresh: now,
+        token_deadline: token_deadline(session.identity.expires_at, settings.auth.leeway_secs),
+        session,
+        outgoing,
+    };
+    let ending = connection
+        .serve(&mut incoming, &mut outbox, handshake_started)
+        .await;
+    let reason = match ending {
+        Ending::Close(code) => {
+            metrics::counter!(names::CLOSES, "reason" => code.reason()).increment(1);
+            connection.close(code, &mut incoming).await;
+            code.reason()
+        }
+        Ending::Gone(reason) => reason,
+    };
+    metrics::counter!(names::CONNECTION_STATES, "state" => "disconnected").increment(1);
+    tracing::debug!(
+        socket_id = %connection.session.entry.socket_id,
+        user_id = %connection.session.entry.user_id,
+        reason,
+        "socket DISCONNECTED"
+    );
+    node.close_socket(&mut connection.session, reason).await;
+}
+
+impl<K> Connection<'_, K>
+where
+    K: Sink<Outbound> + Unpin + Send,
+{
+    async fn serve<S>(
+        &mut self,
+        incoming: &mut S,
+        outbox: &mut mpsc::Receiver<Frame>,
+        handshake_started: std::time::Instant,
+    ) -> Ending
+    where
+        S: Stream<Item = Inbound> + Unpin + Send,
+    {
+        let settings = self.node.settings();
+        let hello = Frame::connected(&Connected {
+            kind: "connected",
+            socket_id: &self.session.entry.socket_id,
+            user_id: &self.session.entry.user_id,
+            node: self.node.node_id(),
+            heartbeat_interval_ms: settings.presence.heartbeat_interval_secs * 1000,
+            expires_at: self.session.identity.expires_at,
+        });
+        if !self.write(Outbound::Text(hello), true).await {
+            return Ending::Gone("write_failed");
+        }
+        metrics::histogram!(names::HANDSHAKE_SECONDS)
+            .record(handshake_started.elapsed().as_secs_f64());
+        metrics::counter!(names::CONNECTION_STATES, "state" => "connected").increment(1);
+        metrics::counter!(names::MESSAGES_OUT, "kind" => "connected").increment(1);
+        tracing::debug!(socket_id = %self.session.entry.socket_id, user_id = %self.session.entry.user_id, "socket CONNECTED");
+
+        let idle_limit = settings.presence.ttl();
+        let mut keepalive = tokio::time::interval(settings.presence.heartbeat_interval());
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        keepalive.tick().await;
+        let handle = self.session.handle.clone();
+        let shutdown = self.node.shutdown_token().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ending::Close(CloseCode::Restart),
+                code = handle.close_requested() => return Ending::Close(code),
+                _ = tokio::time::sleep_until(self.token_deadline) => return Ending::Close(CloseCode::TokenExpired),
+                _ = keepalive.tick() => {
+                    if self.last_activity.elapsed() >= idle_limit {
+                        return Ending::Close(CloseCode::HeartbeatTimeout);
+                    }
+                    if !self.write(Outbound::Ping, true).await {
+                        return Ending::Gone("write_failed");
+                    }
+                }
+                Some(frame) = outbox.recv() => {
+                    if !self.write_pushes(frame, outbox).await {
+                        return Ending::Gone("write_failed");
+                    }
+                }
+                inbound = incoming.next() => {
+                    let inbound = inbound.unwrap_or(Inbound::Close);
+                    if let Some(ending) = self.on_inbound(inbound).await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one frame; `flush` sends it now. False when the connection is unusable.
+    async fn write(&mut self, frame: Outbound, flush: bool) -> bool {
+        let written = async {
+            if flush {
+                self.outgoing.send(frame).await
+            } else {
+                self.outgoing.feed(frame).await
+            }
+        };
+        matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, written).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Writes a push and whatever else is already queued (up to a batch), then flushes once.
+    async fn write_pushes(&mut self, first: Frame, outbox: &mut mpsc::Receiver<Frame>) -> bool {
+        let mut batch = 1;
+        if !self.write(Outbound::Text(first), false).await {
+            return false;
+        }
+        while batch < WRITE_BATCH {
+            let Ok(frame) = outbox.try_recv() else { break };
+            if !self.write(Outbound::Text(frame), false).await {
+                return false;
+            }
+            batch += 1;
+        }
+        metrics::counter!(names::MESSAGES_OUT, "kind" => "event").increment(batch as u64);
+        matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, self.outgoing.flush()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn reply(&mut self, frame: Frame) -> Option<Ending> {
+        metrics::counter!(names::MESSAGES_OUT, "kind" => "reply").increment(1);
+        if self.write(Outbound::Text(frame), true).await {
+            None
+        } else {
+            Some(Ending::Gone("write_failed"))
+        }
+    }
+
+    async fn reply_error(&mut self, id: Option<&RequestId>, error: &WireError) -> Option<Ending> {
+        metrics::counter!(names::ERRORS, "code" => error.code.as_str()).increment(1);
+        self.reply(Frame::reply_error(id, error)).await
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Option<Ending> {
+        let now = Instant::now();
+        self.last_activity = now;
+        match inbound {
+            Inbound::Text(text) => self.on_text(&text, now).await,
+            Inbound::Ping | Inbound::Pong => {
+                self.refresh_presence_if_due(now).await;
+                None
+            }
+            Inbound::Binary => Some(Ending::Close(CloseCode::UnsupportedData)),
+            Inbound::Close => Some(Ending::Gone("client_closed")),
+            Inbound::Failed(problem) => {
+                tracing::debug!(%problem, "transport failed");
+                Some(Ending::Gone("transport_error"))
+            }
+        }
+    }
+
+    /// Pings and pongs refresh presence, at most twice per heartbeat interval (each refresh is a
+    /// backend write).
+    async fn refresh_presence_if_due(&mut self, now: Instant) {
+        let half_interval = self.node.settings().presence.heartbeat_interval() / 2;
+        if now.saturating_duration_since(self.last_presence_refresh) >= half_interval {
+            self.last_presence_refresh = now;
+            if let Err(error) = self.node.heartbeat(&self.session.entry).await {
+                tracing::debug!(message = %error.message, "presence refresh failed");
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str, now: Instant) -> Option<Ending> {
+        let limits = &self.node.settings().limits;
+        if text.len() > limits.max_frame_bytes {
+            metrics::counter!(names::MESSAGES_IN, "kind" => "invalid").increment(1);
+            let error = WireError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frames are limited to {} bytes", limits.max_frame_bytes),
+            );
+            return self.reply_error(None, &error).await;
+        }
+        let parsed = parse_request(text);
+        if !self.budget.try_take(now) {
+            self.rate_limited_in_a_row += 1;
+            if self.rate_limited_in_a_row > limits.rate_limit_close_after {
+                return Some(Ending::Close(CloseCode::RateLimited));
+            }
+            let id = match &parsed {
+                Ok((id, _)) => id.clone(),
+                Err(rejected) => rejected.id.clone(),
+            };
+            let error = WireError::new(ErrorCode::RateLimited, "too many requests; slow down");
+            return self.reply_error(id.as_ref(), &error).await;
+        }
+        self.rate_limited_in_a_row = 0;
+        match parsed {
+            Err(rejected) => {
+                metrics::counter!(names::MESSAGES_IN, "kind" => "invalid").increment(1);
+                self.reply_error(rejected.id.as_ref(), &rejected.error)
+                    .await
+            }
+            Ok((id, request)) => {
+                let outcome = self.dispatch(request, now).await;
+                match outcome {
+                    Ok(extra) => {
+                        self.reply(Frame::reply_ok(id.as_ref(), extra.as_ref()))
+                            .await
+                    }
+                    Err(error) => self.reply_error(id.as_ref(), &error).await,
+                }
+            }
+        }
+    }
+
+    /// Runs one request; `Ok` carries extra reply fields.
+    async fn dispatch(
+        &mut self,
+        request: Request,
+        now: Instant,
+    ) -> Result<Option<serde_json::Value>, WireError> {
+        let node = self.node;
+        let kind = match &request {
+            Request::Join { .. } => "join",
+            Request::Leave { .. } => "leave",
+            Request::Heartbeat => "heartbeat",
+            Request::Publish { .. } => "publish",
+            Request::Presence { .. } => "presence",
+            Request::Refresh { .. } => "refresh",
+        };
+        metrics::counter!(names::MESSAGES_IN, "kind" => kind).increment(1);
+        match request {
+            Request::Join { room } => {
+                let room = node.join(&mut self.session, &room).await?;
+                Ok(Some(json!({ "room": room.as_str() })))
+            }
+            Request::Leave { room } => {
+                let room = node.leave(&mut self.session, &room).await?;
+                Ok(Some(json!({ "room": room.as_str() })))
+            }
+            Request::Heartbeat => {
+                self.last_presence_refresh = now;
+                node.heartbeat(&self.session.entry).await?;
+                Ok(None)
+            }
+            Request::Publish { room, event, data } => {
+                node.publish_from_client(&self.session, &room, &event, &data)
+                    .await?;
+                Ok(None)
+            }
+            Request::Presence { room } => {
+                let (room, members) = node.room_presence(&self.session, &room).await?;
+                Ok(Some(json!({ "room": room.as_str(), "members": members })))
+            }
+            Request::Refresh { token } => self.refresh(&token).map(Some),
+        }
+    }
+
+    /// `refresh`: a valid token for the same user moves the expiry (and room grants) forward.
+    fn refresh(&mut self, token: &str) -> Result<serde_json::Value, WireError> {
+        let identity = self
+            .node
+            .verify_token(token)
+            .map_err(|error| WireError::new(ErrorCode::InvalidToken, error.to_string()))?;
+        if identity.user_id != self.session.identity.user_id {
+            return Err(WireError::new(
+                ErrorCode::SubjectMismatch,
+                "the new token is for another user",
+            ));
+        }
+        self.token_deadline =
+            token_deadline(identity.expires_at, self.node.settings().auth.leeway_secs);
+        let expires_at = identity.expires_at;
+        self.session.identity = identity;
+        Ok(json!({ "expires_at": expires_at }))
+    }
+
+    /// Sends the close frame and waits briefly for the client's close reply.
+    async fn close<S>(&mut self, code: CloseCode, incoming: &mut S)
+    where
+        S: Stream<Item = Inbound> + Unpin + Send,
+    {
+        tracing::debug!(code = code.code(), reason = code.reason(), "closing socket");
+        if !self.write(Outbound::Close(code), true).await {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            while let Some(inbound) = incoming.next().await {
+                if matches!(inbound, Inbound::Close | Inbound::Failed(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_allows_a_burst_then_the_sustained_rate() {
+        let start = Instant::now();
+        let mut budget = RequestBudget::new(10, 5, start);
+        for _ in 0..5 {
+            assert!(budget.try_take(start));
+        }
+        assert!(!budget.try_take(start), "burst exhausted");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(
+            budget.try_take(Instant::now()),
+            "one token per 100 ms at 10/s"
+        );
+        assert!(!budget.try_take(Instant::now()));
+    }
+}

@@ -1,0 +1,274 @@
+//! In-memory backends: the embedded default when no Redis or NATS is configured.
+//!
+//! They keep the same guarantees as the networked backends within one process. A [`MemoryBus`]
+//! may be shared by several [`MemoryBroker`]s, which then behave like nodes on one bus (the
+//! conformance suite uses that to test cross-node delivery). Locks are `parking_lot` mutexes held
+//! only for map updates, never across `.await`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use tokio::time::Instant;
+
+use super::StoreError;
+use super::broker::{Broker, DeliveryHandler, Topic};
+use super::presence::{Arrival, PresenceStore, SocketEntry};
+use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
+use crate::protocol::Frame;
+use crate::room::RoomId;
+
+/// The in-process "network" that memory brokers publish on.
+#[derive(Default)]
+pub struct MemoryBus {
+    /// topic -> (broker id, handler). Read-mostly: publishes far outnumber subscription changes.
+    subscriptions: RwLock<HashMap<Topic, Vec<(u64, DeliveryHandler)>>>,
+    next_broker_id: AtomicU64,
+}
+
+impl MemoryBus {
+    pub fn new() -> Arc<MemoryBus> {
+        Arc::new(MemoryBus::default())
+    }
+}
+
+/// One node's view of a [`MemoryBus`]. Delivery is synchronous, on the publisher's task.
+pub struct MemoryBroker {
+    bus: Arc<MemoryBus>,
+    broker_id: u64,
+    deliver: DeliveryHandler,
+}
+
+impl MemoryBroker {
+    pub fn new(bus: Arc<MemoryBus>, deliver: DeliveryHandler) -> MemoryBroker {
+        let broker_id = bus.next_broker_id.fetch_add(1, Ordering::Relaxed);
+        MemoryBroker {
+            bus,
+            broker_id,
+            deliver,
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, topic: &Topic, frame: Frame) -> Result<(), StoreError> {
+        // Copy the handler list out so no lock is held while handlers run.
+        let handlers: Vec<DeliveryHandler> = match self.bus.subscriptions.read().get(topic) {
+            Some(subscribers) => subscribers
+                .iter()
+                .map(|(_, handler)| handler.clone())
+                .collect(),
+            None => return Ok(()),
+        };
+        for handler in handlers {
+            handler(topic, frame.clone());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<(), StoreError> {
+        let mut subscriptions = self.bus.subscriptions.write();
+        let subscribers = subscriptions.entry(topic.clone()).or_default();
+        if !subscribers.iter().any(|(id, _)| *id == self.broker_id) {
+            subscribers.push((self.broker_id, self.deliver.clone()));
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), StoreError> {
+        let mut subscriptions = self.bus.subscriptions.write();
+        if let Some(subscribers) = subscriptions.get_mut(topic) {
+            subscribers.retain(|(id, _)| *id != self.broker_id);
+            if subscribers.is_empty() {
+                subscriptions.remove(topic);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SocketPresence {
+    node_id: Arc<str>,
+    expires_at: Instant,
+}
+
+#[derive(Debug)]
+struct UserPresence {
+    sockets: HashMap<Arc<str>, SocketPresence>,
+    /// The latest expiry ever granted to any socket of the user.
+    online_until: Instant,
+}
+
+/// Presence in a map. Uses tokio's clock, so tests can pause and advance time.
+#[derive(Default)]
+pub struct MemoryPresenceStore {
+    users: Mutex<HashMap<Arc<str>, UserPresence>>,
+}
+
+impl MemoryPresenceStore {
+    pub fn new() -> MemoryPresenceStore {
+        MemoryPresenceStore::default()
+    }
+
+    fn touch(&self, socket: &SocketEntry, ttl: Duration) -> Arrival {
+        let expires_at = Instant::now() + ttl;
+        let mut users = self.users.lock();
+        let mut arrival = Arrival::AlreadyOnline;
+        let user = users.entry(socket.user_id.clone()).or_insert_with(|| {
+            arrival = Arrival::CameOnline;
+            UserPresence {
+                sockets: HashMap::new(),
+                online_until: expires_at,
+            }
+        });
+        user.online_until = user.online_until.max(expires_at);
+        user.sockets.insert(
+            socket.socket_id.clone(),
+            SocketPresence {
+                node_id: socket.node_id.clone(),
+                expires_at,
+            },
+        );
+        arrival
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryPresenceStore {
+    async fn connect(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
+        Ok(self.touch(socket, ttl))
+    }
+
+    async fn heartbeat(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
+        Ok(self.touch(socket, ttl))
+    }
+
+    async fn disconnect(&self, socket: &SocketEntry) -> Result<(), StoreError> {
+        if let Some(user) = self.users.lock().get_mut(&socket.user_id) {
+            user.sockets.remove(&socket.socket_id);
+        }
+        Ok(())
+    }
+
+    async fn sockets_of(&self, user_id: &str) -> Result<Vec<SocketEntry>, StoreError> {
+        let now = Instant::now();
+        let users = self.users.lock();
+        let Some((user_key, user)) = users.get_key_value(user_id) else {
+            return Ok(Vec::new());
+        };
+        let mut live: Vec<SocketEntry> = user
+            .sockets
+            .iter()
+            .filter(|(_, socket)| socket.expires_at > now)
+            .map(|(socket_id, socket)| SocketEntry {
+                user_id: user_key.clone(),
+                socket_id: socket_id.clone(),
+                node_id: socket.node_id.clone(),
+            })
+            .collect();
+        live.sort_by(|left, right| left.socket_id.cmp(&right.socket_id));
+        Ok(live)
+    }
+
+    async fn take_offline(&self) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        self.users.lock().retain(|user_id, user| {
+            let expired = user.online_until <= now
+                && user.sockets.values().all(|socket| socket.expires_at <= now);
+            if expired {
+                gone.push(user_id.to_string());
+            }
+            !expired
+        });
+        gone.sort();
+        Ok(gone)
+    }
+}
+
+/// Membership of one room: user -> that user's sockets in the room.
+type RoomMembers = HashMap<Arc<str>, BTreeSet<Arc<str>>>;
+
+/// Room membership in a map; the capacity check and the insert happen under one lock.
+#[derive(Default)]
+pub struct MemoryRoomStore {
+    rooms: Mutex<HashMap<RoomId, RoomMembers>>,
+}
+
+impl MemoryRoomStore {
+    pub fn new() -> MemoryRoomStore {
+        MemoryRoomStore::default()
+    }
+}
+
+#[async_trait]
+impl RoomStore for MemoryRoomStore {
+    async fn join(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        capacity: u32,
+    ) -> Result<JoinOutcome, StoreError> {
+        let mut rooms = self.rooms.lock();
+        let members = rooms.entry(room.clone()).or_default();
+        if let Some(sockets) = members.get_mut(&member.user_id) {
+            let added = sockets.insert(member.socket_id.clone());
+            return Ok(if added {
+                JoinOutcome::Joined {
+                    first_for_user: false,
+                }
+            } else {
+                JoinOutcome::AlreadyMember
+            });
+        }
+        if members.len() >= capacity as usize {
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+            return Ok(JoinOutcome::Full);
+        }
+        members.insert(
+            member.user_id.clone(),
+            BTreeSet::from([member.socket_id.clone()]),
+        );
+        Ok(JoinOutcome::Joined {
+            first_for_user: true,
+        })
+    }
+
+    async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError> {
+        let mut rooms = self.rooms.lock();
+        let Some(members) = rooms.get_mut(room) else {
+            return Ok(LeaveOutcome::NotMember);
+        };
+        let Some(sockets) = members.get_mut(&member.user_id) else {
+            return Ok(LeaveOutcome::NotMember);
+        };
+        if !sockets.remove(&member.socket_id) {
+            return Ok(LeaveOutcome::NotMember);
+        }
+        let last_for_user = sockets.is_empty();
+        if last_for_user {
+            members.remove(&member.user_id);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+        Ok(LeaveOutcome::Left { last_for_user })
+    }
+
+    async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {
+        let rooms = self.rooms.lock();
+        let mut users: Vec<String> = rooms
+            .get(room)
+            .map(|members| members.keys().map(|user| user.to_string()).collect())
+            .unwrap_or_default();
+        users.sort();
+        Ok(users)
+    }
+}

@@ -1,0 +1,22 @@
+//! Backend interfaces shared by every node: the [`Broker`] (fan-out between nodes), the
+//! [`PresenceStore`] (who is online) and the [`RoomStore`] (who is in which room).
+//!
+//! Each is a narrow trait with stated guarantees, held as `Arc<dyn ...>`. The in-memory
+//! implementations in [`memory`] are the embedded default for a single node; every backend runs
+//! the same conformance suite (`crate::conformance`).
+
+pub mod broker;
+pub mod memory;
+pub mod presence;
+pub mod rooms;
+
+pub use broker::{Broker, DeliveryHandler, Topic};
+pub use presence::{Arrival, PresenceStore, SocketEntry};
+pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
+
+/// A backend could not do what was asked. Clients see `unavailable`; details go to the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+}

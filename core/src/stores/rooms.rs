@@ -1,0 +1,51 @@
+//! The `RoomStore` trait: room membership with an atomic capacity check.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::room::RoomId;
+
+/// A socket in a room, on behalf of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub user_id: Arc<str>,
+    pub socket_id: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// Added. `first_for_user` is true when no other socket of the user was in the room.
+    Joined { first_for_user: bool },
+    /// This socket was already a member; nothing changed.
+    AlreadyMember,
+    /// The room holds `capacity` distinct users and this user is not one of them.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveOutcome {
+    /// Removed. `last_for_user` is true when no other socket of the user remains in the room.
+    Left { last_for_user: bool },
+    /// This socket was not a member.
+    NotMember,
+}
+
+/// Room membership across all nodes. Capacity counts distinct users: a user's second socket
+/// joins a full room it is already in. Guarantees (checked by `conformance::rooms`):
+/// - `join` checks capacity and adds in one atomic step: concurrent joins from any number of
+///   nodes never leave more than `capacity` users in a room.
+/// - `join`/`leave` report first/last socket of a user exactly as described on the outcomes.
+/// - `members` lists distinct user ids, sorted.
+#[async_trait]
+pub trait RoomStore: Send + Sync + 'static {
+    async fn join(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        capacity: u32,
+    ) -> Result<JoinOutcome, StoreError>;
+    async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError>;
+    async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError>;
+}
