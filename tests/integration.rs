@@ -1,1 +1,7 @@
+//! End-to-end tests: the real server on port 0, real WebSocket and HTTP clients.
 
+mod handshake;
+mod lifecycle;
+mod malformed;
+mod publish;
+mod rooms;

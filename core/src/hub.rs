@@ -67,10 +67,15 @@ impl SocketHandle {
         }
     }
 
+    /// The close code requested so far, if any.
+    pub fn requested_close_code(&self) -> Option<CloseCode> {
+        CloseCode::from_code(self.close_code.load(Ordering::Acquire))
+    }
+
     /// Resolves once a close was requested; used by the socket's loop.
     pub async fn close_requested(&self) -> CloseCode {
         self.close_requested.cancelled().await;
-        CloseCode::from_code(self.close_code.load(Ordering::Acquire)).unwrap_or(CloseCode::Restart)
+        self.requested_close_code().unwrap_or(CloseCode::Restart)
     }
 }
 

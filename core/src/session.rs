@@ -192,7 +192,7 @@ where
             expires_at: self.session.identity.expires_at,
         });
         if !self.write(Outbound::Text(hello), true).await {
-            return Ending::Gone("write_failed");
+            return self.ending_after_failed_write();
         }
         metrics::histogram!(names::HANDSHAKE_SECONDS)
             .record(handshake_started.elapsed().as_secs_f64());
@@ -217,12 +217,12 @@ where
                         return Ending::Close(CloseCode::HeartbeatTimeout);
                     }
                     if !self.write(Outbound::Ping, true).await {
-                        return Ending::Gone("write_failed");
+                        return self.ending_after_failed_write();
                     }
                 }
                 Some(frame) = outbox.recv() => {
                     if !self.write_pushes(frame, outbox).await {
-                        return Ending::Gone("write_failed");
+                        return self.ending_after_failed_write();
                     }
                 }
                 inbound = incoming.next() => {
@@ -235,8 +235,11 @@ where
         }
     }
 
-    /// Writes one frame; `flush` sends it now. False when the connection is unusable.
+    /// Writes one frame; `flush` sends it now. False when the connection is unusable, or when a
+    /// close was requested meanwhile (a client that stops reading blocks writes; the slow-consumer
+    /// close must still win).
     async fn write(&mut self, frame: Outbound, flush: bool) -> bool {
+        let handle = self.session.handle.clone();
         let written = async {
             if flush {
                 self.outgoing.send(frame).await
@@ -244,10 +247,18 @@ where
                 self.outgoing.feed(frame).await
             }
         };
-        matches!(
-            tokio::time::timeout(WRITE_TIMEOUT, written).await,
-            Ok(Ok(()))
-        )
+        tokio::select! {
+            result = tokio::time::timeout(WRITE_TIMEOUT, written) => matches!(result, Ok(Ok(()))),
+            _ = handle.close_requested() => false,
+        }
+    }
+
+    /// What ends the loop after a failed write: a requested close, or a broken connection.
+    fn ending_after_failed_write(&self) -> Ending {
+        match self.session.handle.requested_close_code() {
+            Some(code) => Ending::Close(code),
+            None => Ending::Gone("write_failed"),
+        }
     }
 
     /// Writes a push and whatever else is already queued (up to a batch), then flushes once.
@@ -275,7 +286,7 @@ where
         if self.write(Outbound::Text(frame), true).await {
             None
         } else {
-            Some(Ending::Gone("write_failed"))
+            Some(self.ending_after_failed_write())
         }
     }
 
@@ -425,7 +436,13 @@ where
         S: Stream<Item = Inbound> + Unpin + Send,
     {
         tracing::debug!(code = code.code(), reason = code.reason(), "closing socket");
-        if !self.write(Outbound::Close(code), true).await {
+        // Not `write`: a close may already be requested, and this write must still be tried.
+        let sent = tokio::time::timeout(
+            CLOSE_HANDSHAKE_TIMEOUT,
+            self.outgoing.send(Outbound::Close(code)),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {

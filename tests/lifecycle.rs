@@ -1,0 +1,243 @@
+//! Lifecycle: platform events, heartbeats and offline detection, token expiry and refresh,
+//! slow consumers, shutdown, metrics and health.
+
+use std::time::Duration;
+
+use realtime_core::events::PlatformEvent;
+use realtime_tests::{Ended, TestServer, wait_for_event};
+use serde_json::json;
+
+fn fast_presence(settings: &mut realtime_core::config::Settings) {
+    settings.presence.ttl_secs = 2;
+    settings.presence.heartbeat_interval_secs = 1;
+    settings.presence.sweep_interval_secs = 1;
+}
+
+#[tokio::test]
+async fn connect_and_disconnect_emit_platform_events_and_offline_follows_the_ttl() {
+    let server = TestServer::start_with(fast_presence).await.unwrap();
+    let mut events = server.events();
+    let client = server.connect("alice").await.unwrap();
+    let socket_id = client.hello["socket_id"].as_str().unwrap().to_owned();
+    let connect = wait_for_event(&mut events, Duration::from_secs(5), |event| {
+        matches!(event, PlatformEvent::SocketConnect { .. })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        connect,
+        PlatformEvent::SocketConnect {
+            user_id: "alice".into(),
+            socket_id: socket_id.clone(),
+            node: server.server.node().node_id().into(),
+        }
+    );
+    wait_for_event(
+        &mut events,
+        Duration::from_secs(5),
+        |event| matches!(event, PlatformEvent::UserOnline { user_id, .. } if user_id == "alice"),
+    )
+    .await
+    .unwrap();
+    client.close().await.unwrap();
+    let disconnect = wait_for_event(&mut events, Duration::from_secs(5), |event| {
+        matches!(event, PlatformEvent::SocketDisconnect { .. })
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(disconnect, PlatformEvent::SocketDisconnect { ref user_id, ref reason, .. } if user_id == "alice" && reason == "client_closed"),
+        "{disconnect:?}"
+    );
+    wait_for_event(
+        &mut events,
+        Duration::from_secs(8),
+        |event| matches!(event, PlatformEvent::UserOffline { user_id, .. } if user_id == "alice"),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_user_online_past_the_ttl() {
+    let server = TestServer::start_with(|settings| {
+        fast_presence(settings);
+        // Server pings would also keep the socket present; make them rare to test the op alone.
+        settings.presence.ttl_secs = 3;
+        settings.presence.heartbeat_interval_secs = 2;
+    })
+    .await
+    .unwrap();
+    let mut events = server.events();
+    let mut client = server.connect("hb").await.unwrap();
+    for id in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client.ok(json!({"op":"heartbeat"}), id).await.unwrap();
+    }
+    let offline = wait_for_event(&mut events, Duration::from_millis(100), |event| {
+        matches!(event, PlatformEvent::UserOffline { .. })
+    })
+    .await;
+    assert!(
+        offline.is_err(),
+        "no user.offline while heartbeating: {offline:?}"
+    );
+    let mut emitted = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, PlatformEvent::UserOffline { .. }) {
+            emitted += 1;
+        }
+    }
+    assert_eq!(emitted, 0, "no user.offline while heartbeating");
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_with_heartbeat_timeout() {
+    let server = TestServer::start_with(fast_presence).await.unwrap();
+    let mut events = server.events();
+    let _client = server.connect("quiet").await.unwrap();
+    // The test client answers pings only while it reads; it does not read here, so the server
+    // sees no traffic and must give up after the TTL.
+    let disconnect = wait_for_event(&mut events, Duration::from_secs(8), |event| {
+        matches!(event, PlatformEvent::SocketDisconnect { .. })
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(disconnect, PlatformEvent::SocketDisconnect { ref reason, .. } if reason == "heartbeat_timeout"),
+        "{disconnect:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_with_4001() {
+    let server = TestServer::start().await.unwrap();
+    let mut client =
+        realtime_tests::Client::connect(&server.ws_url(&server.token_with("exp", &[], 2)))
+            .await
+            .unwrap();
+    assert_eq!(
+        client.expect_end().await.unwrap(),
+        Ended::Closed {
+            code: 4001,
+            reason: "token_expired".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn refresh_extends_the_connection_and_must_keep_the_user() {
+    let server = TestServer::start().await.unwrap();
+    let mut client =
+        realtime_tests::Client::connect(&server.ws_url(&server.token_with("ref", &[], 2)))
+            .await
+            .unwrap();
+    let other_user = server.token("someone-else");
+    assert_eq!(
+        client
+            .error_code(json!({"op":"refresh","token":other_user}), 1)
+            .await
+            .unwrap(),
+        "subject_mismatch"
+    );
+    assert_eq!(
+        client
+            .error_code(json!({"op":"refresh","token":"garbage"}), 2)
+            .await
+            .unwrap(),
+        "invalid_token"
+    );
+    let reply = client
+        .ok(json!({"op":"refresh","token":server.token("ref")}), 3)
+        .await
+        .unwrap();
+    assert!(reply["expires_at"].as_u64().unwrap() > realtime_core::auth::unix_now_secs() + 1000);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.ok(json!({"op":"heartbeat"}), 4).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_slow_consumer() {
+    let server = TestServer::start_with(|settings| settings.limits.outbox_frames = 8)
+        .await
+        .unwrap();
+    let mut events = server.events();
+    let mut reader = server.connect("slow").await.unwrap();
+    reader.join("chat:firehose").await.unwrap();
+    let blob = "x".repeat(60_000);
+    let mut publishes = 0;
+    // Loopback socket buffers absorb a few MB; keep publishing until the server gives up.
+    let slow_consumer = loop {
+        let event = json!({"room":"chat:firehose","event":"bulk","data":{"blob":blob}});
+        server.publish(event).await.unwrap();
+        publishes += 1;
+        if let Ok(event) = wait_for_event(&mut events, Duration::from_millis(5), |event| {
+            matches!(event, PlatformEvent::SocketDisconnect { .. })
+        })
+        .await
+        {
+            break event;
+        }
+        assert!(
+            publishes < 2_000,
+            "the server never closed the slow consumer"
+        );
+    };
+    assert!(
+        matches!(slow_consumer, PlatformEvent::SocketDisconnect { ref reason, .. } if reason == "slow_consumer"),
+        "{slow_consumer:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1012() {
+    let server = TestServer::start().await.unwrap();
+    let mut first = server.connect("a").await.unwrap();
+    let mut second = server.connect("b").await.unwrap();
+    let shutdown = tokio::spawn(server.server.shutdown());
+    for client in [&mut first, &mut second] {
+        assert_eq!(
+            client.expect_end().await.unwrap(),
+            Ended::Closed {
+                code: 1012,
+                reason: "server_restart".into()
+            }
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served() {
+    let server = TestServer::start().await.unwrap();
+    let mut client = server.connect("metered").await.unwrap();
+    client.join("chat:m").await.unwrap();
+    let health: serde_json::Value = reqwest::get(format!("http://{}/health", server.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["connections"], 1);
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "realtime_connections",
+        "realtime_handshakes_total",
+        "realtime_handshake_duration_seconds_bucket",
+        "realtime_messages_in_total",
+        "realtime_messages_out_total",
+        "realtime_joins_total",
+        "realtime_connection_states_total",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in /metrics");
+    }
+}

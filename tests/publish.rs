@@ -1,0 +1,137 @@
+//! The HTTP publish API: room and user targets, keys, and that nobody else receives.
+
+use std::time::Duration;
+
+use realtime_tests::TestServer;
+use serde_json::json;
+
+#[tokio::test]
+async fn room_publish_reaches_members_and_no_one_else() {
+    let server = TestServer::start().await.unwrap();
+    let mut member = server
+        .connect_with_rooms("m1", &["competition:*"])
+        .await
+        .unwrap();
+    let mut other_member = server
+        .connect_with_rooms("m2", &["competition:*"])
+        .await
+        .unwrap();
+    let mut outsider = server
+        .connect_with_rooms("o1", &["competition:*"])
+        .await
+        .unwrap();
+    member.join("competition:42").await.unwrap();
+    other_member.join("competition:42").await.unwrap();
+    outsider.join("competition:43").await.unwrap();
+    let (status, body) = server
+        .publish(json!({"room":"competition:42","event":"match.update","data":{"score":[1,0]}}))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+    for client in [&mut member, &mut other_member] {
+        let event = client.next_event_named("match.update").await.unwrap();
+        assert_eq!(event["type"], "event");
+        assert_eq!(event["room"], "competition:42");
+        assert_eq!(event["data"], json!({"score":[1,0]}));
+        assert!(
+            event.get("from").is_none(),
+            "service publishes carry no sender"
+        );
+    }
+    // The outsider's next event must be the one for its own room.
+    server
+        .publish(json!({"room":"competition:43","event":"match.update","data":{"score":[0,0]}}))
+        .await
+        .unwrap();
+    let event = outsider.next_event_named("match.update").await.unwrap();
+    assert_eq!(event["room"], "competition:43");
+    outsider
+        .expect_silence(Duration::from_millis(200))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn user_publish_reaches_every_socket_of_that_user_only() {
+    let server = TestServer::start().await.unwrap();
+    let mut phone = server.connect("alice").await.unwrap();
+    let mut laptop = server.connect("alice").await.unwrap();
+    let mut bob = server.connect("bob").await.unwrap();
+    let (status, _) = server
+        .publish(json!({"user":"alice","event":"notification.new","data":{"id":"n1"}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    for socket in [&mut phone, &mut laptop] {
+        let event = socket.next_event_named("notification.new").await.unwrap();
+        assert!(event.get("room").is_none(), "user pushes have no room");
+        assert_eq!(event["data"]["id"], "n1");
+    }
+    bob.expect_silence(Duration::from_millis(300))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn wrong_key_missing_key_and_bad_bodies_are_refused_with_codes() {
+    let server = TestServer::start().await.unwrap();
+    let body = json!({"room":"chat:a","event":"x","data":{}});
+    let (status, reply) = server
+        .publish_with_key(body.clone(), Some("wrong"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = server.publish_with_key(body, None).await.unwrap();
+    assert_eq!(status, 401);
+    for (bad, code) in [
+        (json!({"event":"x","data":{}}), "invalid_request"),
+        (
+            json!({"room":"chat:a","user":"u","event":"x","data":{}}),
+            "invalid_request",
+        ),
+        (
+            json!({"room":"bad id","event":"x","data":{}}),
+            "invalid_room_id",
+        ),
+        (
+            json!({"room":"nosuch:a","event":"x","data":{}}),
+            "unknown_room_type",
+        ),
+        (
+            json!({"room":"chat:a","event":"has space","data":{}}),
+            "invalid_event",
+        ),
+        (json!({"room":"chat:a","event":"x"}), "invalid_request"),
+    ] {
+        let (status, reply) = server.publish(bad.clone()).await.unwrap();
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(reply["error"]["code"], code, "{bad}");
+    }
+    let huge = json!({"room":"chat:a","event":"x","data":{"blob":"x".repeat(100_000)}});
+    let (status, reply) = server.publish(huge).await.unwrap();
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+}
+
+#[tokio::test]
+async fn the_api_is_off_without_a_key() {
+    let server = TestServer::start_with(|settings| settings.api.key = None)
+        .await
+        .unwrap();
+    let (status, reply) = server
+        .publish_with_key(
+            json!({"room":"chat:a","event":"x","data":{}}),
+            Some("anything"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (403, Some("api_disabled"))
+    );
+}
