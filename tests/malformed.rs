@@ -133,3 +133,22 @@ async fn binary_frames_close_with_4500() {
         }
     );
 }
+
+#[tokio::test]
+async fn frames_beyond_the_hard_limit_end_the_connection_without_hurting_others() {
+    let server = TestServer::start_with(|settings| settings.limits.max_frame_bytes = 1024)
+        .await
+        .unwrap();
+    let mut bystander = server.connect("bystander").await.unwrap();
+    let mut client = server.connect("huge").await.unwrap();
+    client.send_text("x".repeat(10 * 1024)).await.unwrap();
+    let ended = client.expect_end().await.unwrap();
+    assert_eq!(
+        ended,
+        Ended::Closed {
+            code: 1009,
+            reason: "message_too_big".into()
+        }
+    );
+    bystander.ok(json!({"op":"heartbeat"}), 1).await.unwrap();
+}

@@ -108,6 +108,8 @@ impl WireError {
 pub enum CloseCode {
     /// 1000: normal close, answering the client's own close.
     Normal,
+    /// 1009: a frame beyond the hard size limit (4 x `limits.max_frame_bytes`). Fix the client.
+    MessageTooBig,
     /// 1012: the node is restarting or shutting down; reconnect (another node will take you).
     Restart,
     /// 4001: the token expired and no `refresh` arrived; reconnect with a fresh token.
@@ -128,6 +130,7 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
+            CloseCode::MessageTooBig => 1009,
             CloseCode::Restart => 1012,
             CloseCode::TokenExpired => 4001,
             CloseCode::SlowConsumer => 4002,
@@ -139,8 +142,9 @@ impl CloseCode {
     }
 
     /// Every code, for lookups and documentation.
-    pub const ALL: [CloseCode; 8] = [
+    pub const ALL: [CloseCode; 9] = [
         CloseCode::Normal,
+        CloseCode::MessageTooBig,
         CloseCode::Restart,
         CloseCode::TokenExpired,
         CloseCode::SlowConsumer,
@@ -160,6 +164,7 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal",
+            CloseCode::MessageTooBig => "message_too_big",
             CloseCode::Restart => "server_restart",
             CloseCode::TokenExpired => "token_expired",
             CloseCode::SlowConsumer => "slow_consumer",

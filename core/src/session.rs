@@ -28,6 +28,8 @@ pub enum Inbound {
     Ping,
     Pong,
     Close,
+    /// A frame beyond the transport's hard size limit; the frame was discarded.
+    TooLarge,
     /// The transport failed (protocol error, frame over the hard limit, I/O error).
     Failed(String),
 }
@@ -305,6 +307,7 @@ where
                 None
             }
             Inbound::Binary => Some(Ending::Close(CloseCode::UnsupportedData)),
+            Inbound::TooLarge => Some(Ending::Close(CloseCode::MessageTooBig)),
             Inbound::Close => Some(Ending::Gone("client_closed")),
             Inbound::Failed(problem) => {
                 tracing::debug!(%problem, "transport failed");

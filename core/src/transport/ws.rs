@@ -6,6 +6,7 @@ use std::time::Instant;
 use futures_util::{SinkExt, StreamExt, future};
 use salvo::prelude::*;
 use salvo::websocket::{Message, WebSocketUpgrade};
+use tokio_tungstenite::tungstenite::Error as TungsteniteError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
@@ -76,6 +77,11 @@ fn inbound_from(message: Result<Message, salvo::Error>) -> Inbound {
         Ok(message) if message.is_ping() => Inbound::Ping,
         Ok(message) if message.is_pong() => Inbound::Pong,
         Ok(_) => Inbound::Close,
+        Err(salvo::Error::Other(error))
+            if matches!(error.downcast_ref(), Some(TungsteniteError::Capacity(_))) =>
+        {
+            Inbound::TooLarge
+        }
         Err(error) => Inbound::Failed(error.to_string()),
     }
 }
