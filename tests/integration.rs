@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server on port 0, real WebSocket and HTTP clients.
 
+mod backends;
 mod handshake;
 mod lifecycle;
 mod malformed;

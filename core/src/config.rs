@@ -42,13 +42,64 @@ impl ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    pub broker: BrokerChoice,
     pub server: ServerSettings,
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub api: ApiSettings,
     pub limits: LimitSettings,
     pub presence: PresenceSettings,
+    pub redis: RedisSettings,
+    pub nats: NatsSettings,
     pub room_types: BTreeMap<String, RoomTypeSettings>,
+}
+
+/// Which broker carries events between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerChoice {
+    /// NATS when `nats.url` is set, else memory.
+    Auto,
+    Memory,
+    Nats,
+    Redis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelSettings>,
+    pub key_prefix: String,
+    pub command_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    pub fn is_configured(&self) -> bool {
+        self.url.is_some() || self.sentinel.is_some()
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    pub master_name: String,
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub subject_prefix: String,
+    pub queue_group: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +320,7 @@ impl Settings {
                 "must be at least 1 and below presence.ttl_secs",
             ));
         }
+        self.validate_cluster()?;
         if self.room_types.is_empty() {
             return Err(ConfigError::invalid(
                 "room_types",
@@ -292,6 +344,67 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if self.redis.url.is_some() && self.redis.sentinel.is_some() {
+            return Err(ConfigError::invalid(
+                "redis.sentinel",
+                "set either redis.url or redis.sentinel, not both",
+            ));
+        }
+        if let Some(sentinel) = &self.redis.sentinel
+            && (sentinel.master_name.is_empty() || sentinel.addresses.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "redis.sentinel",
+                "needs master_name and at least one address",
+            ));
+        }
+        let prefix_ok = !self.nats.subject_prefix.is_empty()
+            && self.nats.subject_prefix.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+            });
+        if !prefix_ok {
+            return Err(ConfigError::invalid(
+                "nats.subject_prefix",
+                "must be dot-separated tokens of [A-Za-z0-9_-]",
+            ));
+        }
+        if self.nats.queue_group.is_empty() {
+            return Err(ConfigError::invalid(
+                "nats.queue_group",
+                "must not be empty",
+            ));
+        }
+        if self.redis.command_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "redis.command_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        match self.broker {
+            BrokerChoice::Nats if self.nats.url.is_none() => {
+                Err(ConfigError::invalid("broker", "\"nats\" needs nats.url"))
+            }
+            BrokerChoice::Redis if !self.redis.is_configured() => Err(ConfigError::invalid(
+                "broker",
+                "\"redis\" needs redis.url or redis.sentinel",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The broker actually used, with `auto` resolved.
+    pub fn effective_broker(&self) -> BrokerChoice {
+        match self.broker {
+            BrokerChoice::Auto if self.nats.url.is_some() => BrokerChoice::Nats,
+            BrokerChoice::Auto => BrokerChoice::Memory,
+            chosen => chosen,
+        }
+    }
+
     /// Whether the shipped development secret is what signs tokens.
     pub fn uses_development_secret(&self) -> bool {
         self.auth.jwt_secret.as_deref() == Some(DEVELOPMENT_JWT_SECRET)
@@ -307,6 +420,17 @@ impl Settings {
         };
         mask(&mut masked.auth.jwt_secret);
         mask(&mut masked.api.key);
+        // URLs may carry credentials (redis://:password@host).
+        let mask_credentials = |url: &mut Option<String>| {
+            if let Some(value) = url
+                && let Some((scheme, rest)) = value.split_once("://")
+                && let Some((_, host)) = rest.rsplit_once('@')
+            {
+                *value = format!("{scheme}://***@{host}");
+            }
+        };
+        mask_credentials(&mut masked.redis.url);
+        mask_credentials(&mut masked.nats.url);
         toml::to_string_pretty(&masked).unwrap_or_else(|error| format!("# cannot render: {error}"))
     }
 
@@ -382,6 +506,20 @@ mod tests {
         assert!(
             error.contains("presence.heartbeat_interval_secs"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn broker_choice_needs_its_backend() {
+        let error = with("broker", "nats").unwrap_err().to_string();
+        assert!(error.contains("`broker`"), "{error}");
+        let error = with("broker", "redis").unwrap_err().to_string();
+        assert!(error.contains("`broker`"), "{error}");
+        let settings = with("nats.url", "nats://127.0.0.1:4222").unwrap();
+        assert_eq!(settings.effective_broker(), BrokerChoice::Nats);
+        assert_eq!(
+            Settings::defaults().effective_broker(),
+            BrokerChoice::Memory
         );
     }
 

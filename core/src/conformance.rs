@@ -249,6 +249,9 @@ where
     node_a.disconnect(&silent).await.unwrap();
 }
 
+/// Membership TTL the room suite uses where expiry is not under test.
+const LONG_TTL: Duration = Duration::from_secs(60);
+
 /// The `RoomStore` guarantees.
 pub async fn room_suite<F, Fut>(make_node: F)
 where
@@ -267,27 +270,42 @@ where
         first_for_user: true,
     };
     assert_eq!(
-        node_a.join(&room, &member("u1", "s1"), 2).await.unwrap(),
+        node_a
+            .join(&room, &member("u1", "s1"), 2, LONG_TTL)
+            .await
+            .unwrap(),
         joined_first
     );
     assert_eq!(
-        node_b.join(&room, &member("u2", "s2"), 2).await.unwrap(),
+        node_b
+            .join(&room, &member("u2", "s2"), 2, LONG_TTL)
+            .await
+            .unwrap(),
         joined_first
     );
     assert_eq!(
-        node_a.join(&room, &member("u3", "s3"), 2).await.unwrap(),
+        node_a
+            .join(&room, &member("u3", "s3"), 2, LONG_TTL)
+            .await
+            .unwrap(),
         JoinOutcome::Full,
         "capacity counts users across nodes"
     );
     assert_eq!(
-        node_b.join(&room, &member("u1", "s4"), 2).await.unwrap(),
+        node_b
+            .join(&room, &member("u1", "s4"), 2, LONG_TTL)
+            .await
+            .unwrap(),
         JoinOutcome::Joined {
             first_for_user: false
         },
         "a member's second socket joins a full room"
     );
     assert_eq!(
-        node_a.join(&room, &member("u1", "s1"), 2).await.unwrap(),
+        node_a
+            .join(&room, &member("u1", "s1"), 2, LONG_TTL)
+            .await
+            .unwrap(),
         JoinOutcome::AlreadyMember
     );
     assert_eq!(
@@ -318,7 +336,10 @@ where
     );
     assert_eq!(node_a.members(&room).await.unwrap(), vec!["u2".to_owned()]);
     assert_eq!(
-        node_a.join(&room, &member("u3", "s3"), 2).await.unwrap(),
+        node_a
+            .join(&room, &member("u3", "s3"), 2, LONG_TTL)
+            .await
+            .unwrap(),
         joined_first,
         "a freed place can be taken"
     );
@@ -333,7 +354,12 @@ where
         };
         let crowded = crowded.clone();
         let candidate = member(&format!("user{index}"), &format!("sock{index}"));
-        tokio::spawn(async move { store.join(&crowded, &candidate, 10).await.unwrap() })
+        tokio::spawn(async move {
+            store
+                .join(&crowded, &candidate, 10, LONG_TTL)
+                .await
+                .unwrap()
+        })
     });
     let mut joined = 0;
     for attempt in attempts.collect::<Vec<_>>() {
@@ -346,6 +372,64 @@ where
         "exactly capacity joins succeed under concurrency"
     );
     assert_eq!(node_a.members(&crowded).await.unwrap().len(), 10);
+
+    // Memberships that are not refreshed expire: they stop counting and are not listed.
+    let short_ttl = Duration::from_millis(600);
+    let expiring = RoomId::parse(&unique("chat:ttl")).unwrap();
+    let kept = member("kept", "s-kept");
+    let ghost = member("ghost", "s-ghost");
+    assert_eq!(
+        node_a.join(&expiring, &kept, 2, short_ttl).await.unwrap(),
+        joined_first
+    );
+    assert_eq!(
+        node_b.join(&expiring, &ghost, 2, short_ttl).await.unwrap(),
+        joined_first
+    );
+    assert_eq!(
+        node_a
+            .join(&expiring, &member("third", "s-third"), 2, short_ttl)
+            .await
+            .unwrap(),
+        JoinOutcome::Full
+    );
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node_a
+            .refresh(std::slice::from_ref(&expiring), &kept, short_ttl)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        node_b.members(&expiring).await.unwrap(),
+        vec!["kept".to_owned()],
+        "unrefreshed memberships expire; refreshed ones stay"
+    );
+    assert_eq!(
+        node_b
+            .join(&expiring, &member("third", "s-third"), 2, short_ttl)
+            .await
+            .unwrap(),
+        joined_first,
+        "an expired membership frees its place"
+    );
+    assert_eq!(
+        node_b.leave(&expiring, &ghost).await.unwrap(),
+        LeaveOutcome::NotMember,
+        "an expired membership is gone"
+    );
+    node_b
+        .refresh(std::slice::from_ref(&expiring), &ghost, short_ttl)
+        .await
+        .unwrap();
+    assert!(
+        !node_b
+            .members(&expiring)
+            .await
+            .unwrap()
+            .contains(&"ghost".to_owned()),
+        "refresh does not revive an expired membership"
+    );
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
@@ -163,6 +163,9 @@ pub struct Hub {
     rooms: Sharded<RoomId>,
     users: Sharded<Arc<str>>,
     connections: AtomicUsize,
+    /// Frames the broker brought to this node (shows that per-topic interest keeps
+    /// unrelated traffic away).
+    broker_deliveries: AtomicU64,
 }
 
 impl Default for Hub {
@@ -177,6 +180,7 @@ impl Hub {
             rooms: Sharded::new(),
             users: Sharded::new(),
             connections: AtomicUsize::new(0),
+            broker_deliveries: AtomicU64::new(0),
         }
     }
 
@@ -211,8 +215,14 @@ impl Hub {
         self.rooms.contains(room, socket_id)
     }
 
+    /// Frames the broker has brought to this node so far.
+    pub fn broker_deliveries(&self) -> u64 {
+        self.broker_deliveries.load(Ordering::Relaxed)
+    }
+
     /// Delivers a frame the broker brought to the local sockets of its topic.
     pub fn deliver(&self, topic: &Topic, frame: &Frame) -> usize {
+        self.broker_deliveries.fetch_add(1, Ordering::Relaxed);
         match topic {
             Topic::Room(room) => self.rooms.fan_out(room, frame),
             Topic::User(user) => self.users.fan_out(user, frame),

@@ -13,7 +13,10 @@
 //!   sessions and the HTTP API alike.
 //! - [`hub`]: this node's sockets by room and by user; local fan-out into bounded outboxes.
 //! - [`stores`]: the backend traits [`stores::Broker`], [`stores::PresenceStore`],
-//!   [`stores::RoomStore`] and their in-memory implementations.
+//!   [`stores::RoomStore`] and their implementations: in memory (embedded default), Redis
+//!   (presence, rooms, Pub/Sub broker, Sentinel) and NATS (broker).
+//! - [`nats_bridge`]: inbound publishes from internal services on `realtime.room.*` /
+//!   `realtime.user.*`, outbound platform events on `realtime.events.*`.
 //! - [`conformance`]: one test suite per backend trait (feature `conformance`).
 //! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
 //! - [`auth`]: JWT verification and minting; [`room`]: room ids and grants.
@@ -27,6 +30,7 @@ pub mod conformance;
 pub mod events;
 pub mod hub;
 pub mod metrics;
+pub mod nats_bridge;
 pub mod node;
 pub mod protocol;
 pub mod room;

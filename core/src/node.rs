@@ -260,16 +260,32 @@ impl Node {
         }
     }
 
-    /// Refreshes the socket's presence TTL.
-    pub async fn heartbeat(&self, entry: &SocketEntry) -> Result<(), WireError> {
+    /// Refreshes the socket's presence TTL and its room memberships.
+    pub async fn heartbeat(&self, session: &SocketSession) -> Result<(), WireError> {
+        let ttl = self.settings.presence.ttl();
         let arrival = self
             .backends
             .presence
-            .heartbeat(entry, self.settings.presence.ttl())
+            .heartbeat(&session.entry, ttl)
             .await
             .map_err(unavailable)?;
-        self.note_arrival(entry, arrival);
+        self.note_arrival(&session.entry, arrival);
+        if !session.rooms.is_empty() {
+            let rooms: Vec<RoomId> = session.rooms.iter().cloned().collect();
+            self.backends
+                .rooms
+                .refresh(&rooms, &Self::member_of(session), ttl)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
+    }
+
+    fn member_of(session: &SocketSession) -> Member {
+        Member {
+            user_id: session.entry.user_id.clone(),
+            socket_id: session.entry.socket_id.clone(),
+        }
     }
 
     /// Tears a socket down: leaves its rooms, unregisters it, records the disconnect.
@@ -324,14 +340,16 @@ impl Node {
                 ),
             ));
         }
-        let member = Member {
-            user_id: session.entry.user_id.clone(),
-            socket_id: session.entry.socket_id.clone(),
-        };
+        let member = Self::member_of(session);
         let outcome = self
             .backends
             .rooms
-            .join(&room, &member, room_type.capacity)
+            .join(
+                &room,
+                &member,
+                room_type.capacity,
+                self.settings.presence.ttl(),
+            )
             .await
             .map_err(unavailable)?;
         let first_for_user = match outcome {

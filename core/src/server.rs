@@ -13,13 +13,18 @@ use salvo::server::ServerHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::auth::{KeyError, TokenVerifier};
-use crate::config::Settings;
+use crate::config::{BrokerChoice, Settings};
 use crate::hub::Hub;
+use crate::nats_bridge;
 use crate::node::{Backends, Node};
 use crate::protocol::CloseCode;
-use crate::stores::DeliveryHandler;
 use crate::stores::memory::{MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRoomStore};
+use crate::stores::nats::{self as nats_store, NatsBroker};
+use crate::stores::redis::{RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore};
+use crate::stores::{Broker, DeliveryHandler, PresenceStore, RoomStore, StoreError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,11 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("configuration key `{key}`: cannot connect: {source}")]
+    Backend {
+        key: &'static str,
+        source: StoreError,
+    },
 }
 
 /// How often shutdown checks whether every socket has closed.
@@ -39,19 +49,85 @@ pub struct Server {
     local_addr: SocketAddr,
     http: ServerHandle,
     http_task: JoinHandle<()>,
-    sweeper: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    /// Stops the NATS event publisher once the sockets have drained.
+    stop_event_publisher: CancellationToken,
+    event_publisher: Option<JoinHandle<()>>,
 }
 
-/// The embedded backends: one process, in memory.
-fn memory_backends(hub: &Arc<Hub>) -> Backends {
-    let delivering_hub = hub.clone();
-    let deliver: DeliveryHandler = Arc::new(move |topic, frame| {
-        delivering_hub.deliver(topic, &frame);
-    });
-    Backends {
-        broker: Arc::new(MemoryBroker::new(MemoryBus::new(), deliver)),
-        presence: Arc::new(MemoryPresenceStore::new()),
-        rooms: Arc::new(MemoryRoomStore::new()),
+/// Connections to the shared services the configuration names.
+struct Connections {
+    redis: Option<Arc<RedisConnector>>,
+    nats: Option<async_nats::Client>,
+}
+
+impl Connections {
+    async fn open(settings: &Settings, node_id: &str) -> Result<Connections, StartError> {
+        let redis = match settings.redis.is_configured() {
+            true => Some(
+                RedisConnector::connect(&settings.redis)
+                    .await
+                    .map_err(|source| StartError::Backend {
+                        key: if settings.redis.url.is_some() {
+                            "redis.url"
+                        } else {
+                            "redis.sentinel"
+                        },
+                        source,
+                    })?,
+            ),
+            false => None,
+        };
+        let nats = match &settings.nats.url {
+            Some(url) => Some(nats_store::connect(url, node_id).await.map_err(|source| {
+                StartError::Backend {
+                    key: "nats.url",
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        Ok(Connections { redis, nats })
+    }
+
+    /// Redis stores when Redis is configured, memory otherwise; the broker as configured.
+    async fn backends(&self, settings: &Settings, hub: &Arc<Hub>) -> Result<Backends, StartError> {
+        let delivering_hub = hub.clone();
+        let deliver: DeliveryHandler = Arc::new(move |topic, frame| {
+            delivering_hub.deliver(topic, &frame);
+        });
+        let (presence, rooms): (Arc<dyn PresenceStore>, Arc<dyn RoomStore>) = match &self.redis {
+            Some(redis) => (
+                Arc::new(RedisPresenceStore::new(redis.clone())),
+                Arc::new(RedisRoomStore::new(redis.clone())),
+            ),
+            None => (
+                Arc::new(MemoryPresenceStore::new()),
+                Arc::new(MemoryRoomStore::new()),
+            ),
+        };
+        let broker: Arc<dyn Broker> = match (settings.effective_broker(), &self.nats, &self.redis) {
+            (BrokerChoice::Nats, Some(nats), _) => Arc::new(NatsBroker::new(
+                nats.clone(),
+                &settings.nats.subject_prefix,
+                deliver,
+            )),
+            (BrokerChoice::Redis, _, Some(redis)) => Arc::new(
+                RedisBroker::connect(&settings.redis, redis.clone(), deliver)
+                    .await
+                    .map_err(|source| StartError::Backend {
+                        key: "broker",
+                        source,
+                    })?,
+            ),
+            // Validation guarantees the chosen broker's connection exists; memory otherwise.
+            _ => Arc::new(MemoryBroker::new(MemoryBus::new(), deliver)),
+        };
+        Ok(Backends {
+            broker,
+            presence,
+            rooms,
+        })
     }
 }
 
@@ -79,8 +155,9 @@ impl Server {
         let settings = Arc::new(settings);
         let verifier = TokenVerifier::from_settings(&settings.auth)?;
         let node_id: Arc<str> = Arc::from(settings.resolved_node_id());
+        let connections = Connections::open(&settings, &node_id).await?;
         let hub = Arc::new(Hub::new());
-        let backends = memory_backends(&hub);
+        let backends = connections.backends(&settings, &hub).await?;
         let node = Arc::new(Node::new(
             settings.clone(),
             node_id,
@@ -88,20 +165,45 @@ impl Server {
             hub,
             backends,
         ));
+        let mut background = vec![spawn_offline_sweeper(node.clone())];
+        let stop_event_publisher = CancellationToken::new();
+        let mut event_publisher = None;
+        if let Some(nats) = &connections.nats {
+            event_publisher = Some(nats_bridge::spawn_event_publisher(
+                &node,
+                nats.clone(),
+                stop_event_publisher.clone(),
+            ));
+            let ingest = nats_bridge::spawn_ingest(node.clone(), nats.clone())
+                .await
+                .map_err(|source| StartError::Backend {
+                    key: "nats.url",
+                    source,
+                })?;
+            background.push(ingest);
+        }
         let local_addr = listener.local_addr()?;
         let acceptor = TcpAcceptor::try_from(listener)?;
         let http_server = salvo::Server::new(acceptor);
         let http = http_server.handle();
         let router = crate::transport::router(node.clone());
         let http_task = tokio::spawn(http_server.serve(router));
-        let sweeper = spawn_offline_sweeper(node.clone());
-        tracing::info!(node = node.node_id(), %local_addr, "realtime node listening");
+        tracing::info!(
+            node = node.node_id(),
+            %local_addr,
+            broker = ?settings.effective_broker(),
+            redis = settings.redis.is_configured(),
+            nats = settings.nats.url.is_some(),
+            "realtime node listening"
+        );
         Ok(Server {
             node,
             local_addr,
             http,
             http_task,
-            sweeper,
+            background,
+            stop_event_publisher,
+            event_publisher,
         })
     }
 
@@ -136,7 +238,13 @@ impl Server {
                 "shutdown grace ran out with sockets still open"
             );
         }
-        self.sweeper.abort();
+        for task in &self.background {
+            task.abort();
+        }
+        self.stop_event_publisher.cancel();
+        if let Some(publisher) = self.event_publisher {
+            let _ = tokio::time::timeout(grace, publisher).await;
+        }
         let _ = tokio::time::timeout(grace, self.http_task).await;
         tracing::info!("stopped");
     }

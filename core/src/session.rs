@@ -322,7 +322,7 @@ where
         let half_interval = self.node.settings().presence.heartbeat_interval() / 2;
         if now.saturating_duration_since(self.last_presence_refresh) >= half_interval {
             self.last_presence_refresh = now;
-            if let Err(error) = self.node.heartbeat(&self.session.entry).await {
+            if let Err(error) = self.node.heartbeat(&self.session).await {
                 tracing::debug!(message = %error.message, "presence refresh failed");
             }
         }
@@ -398,7 +398,7 @@ where
             }
             Request::Heartbeat => {
                 self.last_presence_refresh = now;
-                node.heartbeat(&self.session.entry).await?;
+                node.heartbeat(&self.session).await?;
                 Ok(None)
             }
             Request::Publish { room, event, data } => {

@@ -362,3 +362,238 @@ pub async fn wait_for_event(
     .await
     .context("timed out waiting for a platform event")?
 }
+
+/// The machine's shared services (README: the test command starts them when they are down).
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A name no other test uses: tests share Redis and NATS, so keys, subjects and rooms are
+/// namespaced per test.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// Settings for one cluster: shared Redis and NATS, with a key prefix, subject prefix and queue
+/// group of its own.
+pub fn cluster_settings(redis_url: &str, nats_url: &str) -> Settings {
+    let mut settings = test_settings();
+    let namespace = unique("t");
+    settings.redis.url = Some(redis_url.to_owned());
+    settings.redis.key_prefix = format!("{namespace}:");
+    settings.nats.url = Some(nats_url.to_owned());
+    settings.nats.subject_prefix = namespace.clone();
+    settings.nats.queue_group = namespace;
+    settings
+}
+
+impl TestServer {
+    /// A node with exactly these settings (a cluster's nodes share them).
+    pub async fn start_node(settings: &Settings) -> Result<TestServer> {
+        let settings = settings.clone();
+        Self::start_with(move |target| *target = settings).await
+    }
+
+    /// A raw NATS client, as an internal service would hold.
+    pub async fn nats_client(&self) -> Result<async_nats::Client> {
+        let url = self
+            .settings
+            .nats
+            .url
+            .as_deref()
+            .context("nats is not configured")?;
+        Ok(async_nats::connect(url).await?)
+    }
+
+    /// A subject under this cluster's prefix.
+    pub fn subject(&self, rest: &str) -> String {
+        format!("{}.{rest}", self.settings.nats.subject_prefix)
+    }
+}
+
+/// A node running on a runtime of its own, so a test can kill it the way a crash would: every
+/// task stops at once, no cleanup runs, connections drop.
+pub struct KillableNode {
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    runtime: Option<tokio::runtime::Runtime>,
+    server: Option<Server>,
+}
+
+impl KillableNode {
+    pub fn start(settings: &Settings) -> Result<KillableNode> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let settings = settings.clone();
+        let server = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    runtime.block_on(async {
+                        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                        Ok::<_, anyhow::Error>(Server::start(settings.clone(), listener).await?)
+                    })
+                })
+                .join()
+                .map_err(|_| anyhow!("node thread panicked"))?
+        })?;
+        Ok(KillableNode {
+            addr: server.local_addr(),
+            settings,
+            runtime: Some(runtime),
+            server: Some(server),
+        })
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    /// Stops every task of the node without any cleanup (what SIGKILL leaves behind).
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Leaked on purpose: dropping the server would release its resources in order; a
+            // crashed process gets no such chance.
+            std::mem::forget(self.server.take());
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A service process a test started for fault injection; killed when dropped.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    pub port: u16,
+    _workdir: TempDir,
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Result<TempDir> {
+        let path = std::env::temp_dir().join(unique(&format!("realtime-{label}-")));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn wait_until_listening(port: u16, what: &str) -> Result<()> {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not start listening on port {port}")
+}
+
+impl ServiceProcess {
+    fn spawn(
+        program: &str,
+        args: &[String],
+        port: u16,
+        workdir: TempDir,
+    ) -> Result<ServiceProcess> {
+        let child = std::process::Command::new(program)
+            .args(args)
+            .current_dir(&workdir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {program}: is it installed? (bash tests/run installs it)")
+            })?;
+        Ok(ServiceProcess {
+            child,
+            port,
+            _workdir: workdir,
+        })
+    }
+
+    /// A nats-server on `port` (0 = a free one).
+    pub async fn nats(port: u16) -> Result<ServiceProcess> {
+        let port = if port == 0 { free_port()? } else { port };
+        let workdir = TempDir::new("nats")?;
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string()]
+            .map(String::from)
+            .to_vec();
+        let process = Self::spawn("nats-server", &args, port, workdir)?;
+        wait_until_listening(port, "nats-server").await?;
+        Ok(process)
+    }
+
+    /// A redis-server on `port` (0 = a free one), optionally a replica of `replica_of`.
+    pub async fn redis(port: u16, replica_of: Option<u16>) -> Result<ServiceProcess> {
+        let port = if port == 0 { free_port()? } else { port };
+        let workdir = TempDir::new("redis")?;
+        let mut args: Vec<String> = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(master) = replica_of {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+        }
+        let process = Self::spawn("redis-server", &args, port, workdir)?;
+        wait_until_listening(port, "redis-server").await?;
+        Ok(process)
+    }
+
+    /// A Redis Sentinel watching `master_port` as `mymaster`, with fast failure detection.
+    pub async fn sentinel(master_port: u16) -> Result<ServiceProcess> {
+        let port = free_port()?;
+        let workdir = TempDir::new("sentinel")?;
+        let config = workdir.0.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "bind 127.0.0.1\nport {port}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 3000\n\
+                 sentinel parallel-syncs mymaster 1\n"
+            ),
+        )?;
+        let args = vec![config.display().to_string(), "--sentinel".to_owned()];
+        let process = Self::spawn("redis-server", &args, port, workdir)?;
+        wait_until_listening(port, "redis-sentinel").await?;
+        Ok(process)
+    }
+
+    /// Kills the process and waits for it to exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

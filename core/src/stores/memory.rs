@@ -5,7 +5,7 @@
 //! conformance suite uses that to test cross-node delivery). Locks are `parking_lot` mutexes held
 //! only for map updates, never across `.await`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -191,10 +191,19 @@ impl PresenceStore for MemoryPresenceStore {
     }
 }
 
-/// Membership of one room: user -> that user's sockets in the room.
-type RoomMembers = HashMap<Arc<str>, BTreeSet<Arc<str>>>;
+/// Membership of one room: user -> that user's sockets in the room, each with its expiry.
+type RoomMembers = HashMap<Arc<str>, HashMap<Arc<str>, Instant>>;
+
+/// Drops expired memberships of one room.
+fn purge_expired(members: &mut RoomMembers, now: Instant) {
+    members.retain(|_, sockets| {
+        sockets.retain(|_, expires_at| *expires_at > now);
+        !sockets.is_empty()
+    });
+}
 
 /// Room membership in a map; the capacity check and the insert happen under one lock.
+/// Uses tokio's clock, so tests can pause and advance time.
 #[derive(Default)]
 pub struct MemoryRoomStore {
     rooms: Mutex<HashMap<RoomId, RoomMembers>>,
@@ -213,17 +222,19 @@ impl RoomStore for MemoryRoomStore {
         room: &RoomId,
         member: &Member,
         capacity: u32,
+        ttl: Duration,
     ) -> Result<JoinOutcome, StoreError> {
+        let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let members = rooms.entry(room.clone()).or_default();
+        purge_expired(members, now);
         if let Some(sockets) = members.get_mut(&member.user_id) {
-            let added = sockets.insert(member.socket_id.clone());
-            return Ok(if added {
-                JoinOutcome::Joined {
+            let previous = sockets.insert(member.socket_id.clone(), now + ttl);
+            return Ok(match previous {
+                Some(_) => JoinOutcome::AlreadyMember,
+                None => JoinOutcome::Joined {
                     first_for_user: false,
-                }
-            } else {
-                JoinOutcome::AlreadyMember
+                },
             });
         }
         if members.len() >= capacity as usize {
@@ -234,40 +245,70 @@ impl RoomStore for MemoryRoomStore {
         }
         members.insert(
             member.user_id.clone(),
-            BTreeSet::from([member.socket_id.clone()]),
+            HashMap::from([(member.socket_id.clone(), now + ttl)]),
         );
         Ok(JoinOutcome::Joined {
             first_for_user: true,
         })
     }
 
+    async fn refresh(
+        &self,
+        rooms: &[RoomId],
+        member: &Member,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut all_rooms = self.rooms.lock();
+        for room in rooms {
+            let socket = all_rooms
+                .get_mut(room)
+                .and_then(|members| members.get_mut(&member.user_id))
+                .and_then(|sockets| sockets.get_mut(&member.socket_id))
+                .filter(|expires_at| **expires_at > now);
+            if let Some(expires_at) = socket {
+                *expires_at = now + ttl;
+            }
+        }
+        Ok(())
+    }
+
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError> {
+        let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let Some(members) = rooms.get_mut(room) else {
             return Ok(LeaveOutcome::NotMember);
         };
-        let Some(sockets) = members.get_mut(&member.user_id) else {
-            return Ok(LeaveOutcome::NotMember);
-        };
-        if !sockets.remove(&member.socket_id) {
-            return Ok(LeaveOutcome::NotMember);
-        }
-        let last_for_user = sockets.is_empty();
-        if last_for_user {
-            members.remove(&member.user_id);
-            if members.is_empty() {
-                rooms.remove(room);
+        purge_expired(members, now);
+        let removed = members
+            .get_mut(&member.user_id)
+            .and_then(|sockets| sockets.remove(&member.socket_id));
+        let outcome = match removed {
+            None => LeaveOutcome::NotMember,
+            Some(_) => {
+                let last_for_user = members.get(&member.user_id).is_none_or(HashMap::is_empty);
+                if last_for_user {
+                    members.remove(&member.user_id);
+                }
+                LeaveOutcome::Left { last_for_user }
             }
+        };
+        if members.is_empty() {
+            rooms.remove(room);
         }
-        Ok(LeaveOutcome::Left { last_for_user })
+        Ok(outcome)
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {
-        let rooms = self.rooms.lock();
-        let mut users: Vec<String> = rooms
-            .get(room)
-            .map(|members| members.keys().map(|user| user.to_string()).collect())
-            .unwrap_or_default();
+        let now = Instant::now();
+        let mut rooms = self.rooms.lock();
+        let mut users: Vec<String> = match rooms.get_mut(room) {
+            Some(members) => {
+                purge_expired(members, now);
+                members.keys().map(|user| user.to_string()).collect()
+            }
+            None => Vec::new(),
+        };
         users.sort();
         Ok(users)
     }

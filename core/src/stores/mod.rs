@@ -7,7 +7,9 @@
 
 pub mod broker;
 pub mod memory;
+pub mod nats;
 pub mod presence;
+pub mod redis;
 pub mod rooms;
 
 pub use broker::{Broker, DeliveryHandler, Topic};

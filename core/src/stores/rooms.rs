@@ -1,6 +1,7 @@
 //! The `RoomStore` trait: room membership with an atomic capacity check.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -33,11 +34,14 @@ pub enum LeaveOutcome {
 }
 
 /// Room membership across all nodes. Capacity counts distinct users: a user's second socket
-/// joins a full room it is already in. Guarantees (checked by `conformance::rooms`):
+/// joins a full room it is already in. Guarantees (checked by `conformance::room_suite`):
 /// - `join` checks capacity and adds in one atomic step: concurrent joins from any number of
 ///   nodes never leave more than `capacity` users in a room.
 /// - `join`/`leave` report first/last socket of a user exactly as described on the outcomes.
 /// - `members` lists distinct user ids, sorted.
+/// - A membership lasts `ttl` after its `join` or last `refresh`. Expired memberships do not
+///   count toward capacity and are not listed: the sockets of a node that died stop being
+///   refreshed, so they stop holding places after one TTL.
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
     async fn join(
@@ -45,7 +49,15 @@ pub trait RoomStore: Send + Sync + 'static {
         room: &RoomId,
         member: &Member,
         capacity: u32,
+        ttl: Duration,
     ) -> Result<JoinOutcome, StoreError>;
+    /// Extends the socket's memberships in `rooms` by `ttl` (those that still exist).
+    async fn refresh(
+        &self,
+        rooms: &[RoomId],
+        member: &Member,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError>;
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError>;
 }

@@ -1,0 +1,192 @@
+//! The platform's NATS interface for internal services.
+//!
+//! Subjects start with `nats.subject_prefix` (default `realtime`, used in these docs).
+//!
+//! Inbound: `realtime.room.<room id>` and `realtime.user.<user id>` carrying
+//! `{"event":..,"data":..}`. Nodes share them through a queue group, so each message is
+//! validated, encoded and handed to the broker by exactly one node, which fans it out to every
+//! node with members. A message with a reply subject gets `{"ok":true}` or an error body.
+//!
+//! Outbound: every platform event on `realtime.events.<name>` (for example
+//! `realtime.events.user.offline`) with its JSON body.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{Node, Publisher};
+use crate::protocol::{ErrorBody, ErrorCode, WireError};
+use crate::room::RoomId;
+use crate::stores::StoreError;
+
+/// Inbound room publishes: `<prefix>.room.<room id>`.
+fn room_subjects(prefix: &str) -> String {
+    format!("{prefix}.room.")
+}
+
+/// Inbound user publishes: `<prefix>.user.<user id>`.
+fn user_subjects(prefix: &str) -> String {
+    format!("{prefix}.user.")
+}
+
+/// Outbound platform events: `<prefix>.events.<event name>`.
+pub fn event_subject(prefix: &str, event_name: &str) -> String {
+    format!("{prefix}.events.{event_name}")
+}
+
+#[derive(Deserialize)]
+struct InboundEvent {
+    event: String,
+    data: Box<RawValue>,
+}
+
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::InvalidRequest, message)
+}
+
+/// Validates one inbound message and publishes it through the node.
+async fn handle_inbound(node: &Node, subject: &str, payload: &[u8]) -> Result<(), WireError> {
+    let inbound: InboundEvent = serde_json::from_slice(payload).map_err(|error| {
+        invalid(format!(
+            "body must be {{\"event\":..,\"data\":..}}: {error}"
+        ))
+    })?;
+    let prefix = &node.settings().nats.subject_prefix;
+    if let Some(room) = subject.strip_prefix(&room_subjects(prefix)) {
+        let room = RoomId::parse(room)
+            .map_err(|error| WireError::new(ErrorCode::InvalidRoomId, error.to_string()))?;
+        metrics::counter!(crate::metrics::PUBLISHES, "source" => "nats").increment(1);
+        node.publish_to_room(&room, &inbound.event, &inbound.data, Publisher::Service)
+            .await
+    } else if let Some(user) = subject.strip_prefix(&user_subjects(prefix)) {
+        metrics::counter!(crate::metrics::PUBLISHES, "source" => "nats").increment(1);
+        node.publish_to_user(user, &inbound.event, &inbound.data)
+            .await
+    } else {
+        Err(invalid(format!("unexpected subject {subject}")))
+    }
+}
+
+fn reply_body(result: &Result<(), WireError>) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Failed<'a> {
+        ok: bool,
+        error: ErrorBody<'a>,
+    }
+    let body = match result {
+        Ok(()) => serde_json::json!({"ok": true}).to_string(),
+        Err(error) => serde_json::to_string(&Failed {
+            ok: false,
+            error: ErrorBody::from(error),
+        })
+        .unwrap_or_default(),
+    };
+    Bytes::from(body)
+}
+
+/// Subscribes to the inbound subjects in the node's queue group and serves them until shutdown.
+pub async fn spawn_ingest(
+    node: Arc<Node>,
+    client: async_nats::Client,
+) -> Result<JoinHandle<()>, StoreError> {
+    let nats_error =
+        |error: async_nats::SubscribeError| StoreError::Unavailable(format!("nats: {error}"));
+    let nats = &node.settings().nats;
+    let rooms = client
+        .queue_subscribe(
+            format!("{}>", room_subjects(&nats.subject_prefix)),
+            nats.queue_group.clone(),
+        )
+        .await
+        .map_err(nats_error)?;
+    let users = client
+        .queue_subscribe(
+            format!("{}>", user_subjects(&nats.subject_prefix)),
+            nats.queue_group.clone(),
+        )
+        .await
+        .map_err(nats_error)?;
+    client
+        .flush()
+        .await
+        .map_err(|error| StoreError::Unavailable(format!("nats: {error}")))?;
+    let mut inbound = futures_util::stream::select(rooms, users);
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = node.shutdown_token().cancelled() => return,
+                message = inbound.next() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            let result = handle_inbound(&node, &message.subject, &message.payload).await;
+            if let Err(error) = &result {
+                metrics::counter!(crate::metrics::ERRORS, "code" => error.code.as_str())
+                    .increment(1);
+                tracing::warn!(subject = %message.subject, code = error.code.as_str(), message = %error.message, "inbound publish refused");
+            }
+            if let Some(reply) = message.reply
+                && let Err(error) = client.publish(reply, reply_body(&result)).await
+            {
+                tracing::debug!(%error, "could not answer an inbound publish");
+            }
+        }
+    }))
+}
+
+/// Publishes every platform event to `realtime.events.<name>` until `stop` is cancelled, then
+/// sends what is still queued and flushes (so the disconnects of a shutdown are not lost).
+pub fn spawn_event_publisher(
+    node: &Node,
+    client: async_nats::Client,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let mut events = node.events().subscribe();
+    let prefix = node.settings().nats.subject_prefix.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => break,
+                event = events.recv() => event,
+            };
+            match event {
+                Ok(event) => publish_event(&client, &prefix, &event).await,
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "platform event publisher fell behind; events lost");
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+        while let Ok(event) = events.try_recv() {
+            publish_event(&client, &prefix, &event).await;
+        }
+        if let Err(error) = client.flush().await {
+            tracing::warn!(%error, "could not flush platform events");
+        }
+    })
+}
+
+async fn publish_event(
+    client: &async_nats::Client,
+    prefix: &str,
+    event: &crate::events::PlatformEvent,
+) {
+    let subject = event_subject(prefix, event.name());
+    let body = match serde_json::to_vec(event) {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(%error, "platform event does not serialize");
+            return;
+        }
+    };
+    if let Err(error) = client.publish(subject, Bytes::from(body)).await {
+        tracing::warn!(%error, event = event.name(), "platform event not published");
+    }
+}

@@ -1,0 +1,83 @@
+//! The backend conformance suites against the real Redis and NATS of this machine.
+
+use std::sync::Arc;
+
+use realtime_core::config::{RedisSettings, Settings};
+use realtime_core::conformance::{broker_suite, presence_suite, room_suite};
+use realtime_core::stores::nats::{NatsBroker, connect};
+use realtime_core::stores::redis::{
+    RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore,
+};
+use realtime_core::stores::{Broker, PresenceStore, RoomStore};
+use realtime_tests::{NATS_URL, REDIS_URL, unique};
+
+fn redis_settings() -> RedisSettings {
+    let mut settings = Settings::defaults().redis;
+    settings.url = Some(REDIS_URL.to_owned());
+    settings.key_prefix = format!("{}:", unique("conformance"));
+    settings
+}
+
+#[tokio::test]
+async fn redis_presence_conforms() {
+    let settings = redis_settings();
+    presence_suite(|| {
+        let settings = settings.clone();
+        async move {
+            let redis = RedisConnector::connect(&settings)
+                .await
+                .expect("redis at 127.0.0.1:6379");
+            Arc::new(RedisPresenceStore::new(redis)) as Arc<dyn PresenceStore>
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_rooms_conform() {
+    let settings = redis_settings();
+    room_suite(|| {
+        let settings = settings.clone();
+        async move {
+            let redis = RedisConnector::connect(&settings)
+                .await
+                .expect("redis at 127.0.0.1:6379");
+            Arc::new(RedisRoomStore::new(redis)) as Arc<dyn RoomStore>
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_broker_conforms() {
+    let settings = redis_settings();
+    broker_suite(|deliver| {
+        let settings = settings.clone();
+        async move {
+            let redis = RedisConnector::connect(&settings)
+                .await
+                .expect("redis at 127.0.0.1:6379");
+            Arc::new(
+                RedisBroker::connect(&settings, redis, deliver)
+                    .await
+                    .expect("redis pub/sub"),
+            ) as Arc<dyn Broker>
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nats_broker_conforms() {
+    let prefix = unique("conformance");
+    broker_suite(|deliver| {
+        let prefix = prefix.clone();
+        async move {
+            let client = connect(NATS_URL, "conformance")
+                .await
+                .expect("nats at 127.0.0.1:4222");
+            Arc::new(NatsBroker::new(client, &prefix, deliver)) as Arc<dyn Broker>
+        }
+    })
+    .await;
+}
