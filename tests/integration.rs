@@ -1,6 +1,8 @@
 //! End-to-end tests: the real server on port 0, real WebSocket and HTTP clients.
 
 mod backends;
+mod cluster;
+mod faults;
 mod handshake;
 mod lifecycle;
 mod malformed;

@@ -1,0 +1,366 @@
+//! Two nodes sharing the machine's Redis and NATS act as one service.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use realtime_tests::{
+    Client, KillableNode, NATS_URL, REDIS_URL, TestServer, cluster_settings, unique,
+};
+use serde_json::{Value, json};
+
+async fn two_nodes() -> (TestServer, TestServer) {
+    let settings = cluster_settings(REDIS_URL, NATS_URL);
+    let first = TestServer::start_node(&settings)
+        .await
+        .expect("node A (needs redis and nats)");
+    let second = TestServer::start_node(&settings).await.expect("node B");
+    (first, second)
+}
+
+#[tokio::test]
+async fn members_on_both_nodes_receive_nats_and_http_publishes() {
+    let (node_a, node_b) = two_nodes().await;
+    let room = unique("competition:m");
+    let mut on_a = node_a
+        .connect_with_rooms("alice", &["competition:*"])
+        .await
+        .unwrap();
+    let mut on_b = node_b
+        .connect_with_rooms("bob", &["competition:*"])
+        .await
+        .unwrap();
+    on_a.join(&room).await.unwrap();
+    on_b.join(&room).await.unwrap();
+
+    let service = node_a.nats_client().await.unwrap();
+    let body = json!({"event":"match.update","data":{"score":[3,1]}});
+    service
+        .publish(
+            node_a.subject(&format!("room.{room}")),
+            body.to_string().into(),
+        )
+        .await
+        .unwrap();
+    for client in [&mut on_a, &mut on_b] {
+        let event = client.next_event_named("match.update").await.unwrap();
+        assert_eq!(event["room"], room.as_str());
+        assert_eq!(event["data"], json!({"score":[3,1]}));
+    }
+
+    let (status, _) = node_b
+        .publish(json!({"room":room,"event":"tournament.start","data":{"round":1}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            client.next_event_named("tournament.start").await.unwrap()["data"]["round"],
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn user_publishes_reach_every_socket_of_the_user_on_every_node() {
+    let (node_a, node_b) = two_nodes().await;
+    let user = unique("user-");
+    let mut phone = node_a.connect(&user).await.unwrap();
+    let mut laptop = node_b.connect(&user).await.unwrap();
+    let service = node_a.nats_client().await.unwrap();
+    let body = json!({"event":"notification.new","data":{"id":"n-1"}});
+    let reply = service
+        .request(
+            node_a.subject(&format!("user.{user}")),
+            body.to_string().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply.payload).unwrap(),
+        json!({"ok":true})
+    );
+    for socket in [&mut phone, &mut laptop] {
+        let event = socket.next_event_named("notification.new").await.unwrap();
+        assert_eq!(event["data"]["id"], "n-1");
+        assert!(event.get("room").is_none());
+    }
+}
+
+#[tokio::test]
+async fn bad_inbound_nats_messages_get_a_coded_reply() {
+    let (node_a, _node_b) = two_nodes().await;
+    let service = node_a.nats_client().await.unwrap();
+    for (subject, body, code) in [
+        (
+            node_a.subject("room.chat:x"),
+            "not json".to_owned(),
+            "invalid_request",
+        ),
+        (
+            node_a.subject("room.nosuchtype:x"),
+            json!({"event":"e","data":{}}).to_string(),
+            "unknown_room_type",
+        ),
+        (
+            node_a.subject("room.chat:x"),
+            json!({"event":"room.user_joined","data":{}}).to_string(),
+            "invalid_event",
+        ),
+    ] {
+        let reply = service.request(subject, body.into()).await.unwrap();
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+    }
+}
+
+#[tokio::test]
+async fn capacity_holds_across_nodes() {
+    let mut settings = cluster_settings(REDIS_URL, NATS_URL);
+    settings.room_types.get_mut("chat").unwrap().capacity = 2;
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let room = unique("chat:cap");
+    let mut first = node_a.connect("u1").await.unwrap();
+    let mut second = node_b.connect("u2").await.unwrap();
+    let mut third = node_b.connect("u3").await.unwrap();
+    first.join(&room).await.unwrap();
+    second.join(&room).await.unwrap();
+    assert_eq!(
+        third
+            .error_code(json!({"op":"join","room":room}), 1)
+            .await
+            .unwrap(),
+        "room_full"
+    );
+    let mut third_on_a = node_a.connect("u3").await.unwrap();
+    assert_eq!(
+        third_on_a
+            .error_code(json!({"op":"join","room":room}), 2)
+            .await
+            .unwrap(),
+        "room_full"
+    );
+}
+
+#[tokio::test]
+async fn presence_lists_members_from_both_nodes() {
+    let (node_a, node_b) = two_nodes().await;
+    let room = unique("chat:p");
+    let mut on_a = node_a.connect("alice").await.unwrap();
+    let mut on_b = node_b.connect("bob").await.unwrap();
+    on_a.join(&room).await.unwrap();
+    on_b.join(&room).await.unwrap();
+    let joined = on_a.next_event_named("room.user_joined").await.unwrap();
+    assert_eq!(joined["data"]["userId"], "alice");
+    let joined = on_a.next_event_named("room.user_joined").await.unwrap();
+    assert_eq!(
+        joined["data"]["userId"], "bob",
+        "a join on node B is announced on node A"
+    );
+    let presence = on_b
+        .ok(json!({"op":"presence","room":room}), 5)
+        .await
+        .unwrap();
+    assert_eq!(presence["members"], json!(["alice", "bob"]));
+}
+
+/// Counts messages on a subject for `window`, keeping those whose body names `user`.
+async fn count_for_user(
+    subscriber: &mut async_nats::Subscriber,
+    user: &str,
+    window: Duration,
+) -> usize {
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscriber.next()).await {
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        if body["userId"] == user {
+            count += 1;
+        }
+    }
+    count
+}
+
+#[tokio::test]
+async fn each_user_goes_online_and_offline_exactly_once_across_nodes() {
+    let mut settings = cluster_settings(REDIS_URL, NATS_URL);
+    settings.presence.ttl_secs = 2;
+    settings.presence.heartbeat_interval_secs = 1;
+    settings.presence.sweep_interval_secs = 1;
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let watcher = node_a.nats_client().await.unwrap();
+    let mut online = watcher
+        .subscribe(node_a.subject("events.user.online"))
+        .await
+        .unwrap();
+    let mut offline = watcher
+        .subscribe(node_a.subject("events.user.offline"))
+        .await
+        .unwrap();
+    let mut connects = watcher
+        .subscribe(node_a.subject("events.socket.connect"))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+
+    let user = unique("u-");
+    let on_a = node_a.connect(&user).await.unwrap();
+    let on_b = node_b.connect(&user).await.unwrap();
+    on_a.close().await.unwrap();
+    on_b.close().await.unwrap();
+    assert_eq!(
+        count_for_user(&mut connects, &user, Duration::from_millis(500)).await,
+        2,
+        "socket.connect per socket"
+    );
+    assert_eq!(
+        count_for_user(&mut online, &user, Duration::from_millis(200)).await,
+        1,
+        "one user.online"
+    );
+    // Both nodes sweep every second; the TTL is 2 s. Watch well past it.
+    assert_eq!(
+        count_for_user(&mut offline, &user, Duration::from_secs(6)).await,
+        1,
+        "one user.offline"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_nodes_members_disappear_after_the_ttl() {
+    let mut settings = cluster_settings(REDIS_URL, NATS_URL);
+    settings.presence.ttl_secs = 2;
+    settings.presence.heartbeat_interval_secs = 1;
+    settings.presence.sweep_interval_secs = 1;
+    settings.room_types.get_mut("chat").unwrap().capacity = 2;
+    let survivor = TestServer::start_node(&settings).await.unwrap();
+    let mut doomed = KillableNode::start(&settings).unwrap();
+    let room = unique("chat:ghost");
+    let watcher = survivor.nats_client().await.unwrap();
+    let mut offline = watcher
+        .subscribe(survivor.subject("events.user.offline"))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+
+    let mut alice = survivor.connect("alice").await.unwrap();
+    alice.join(&room).await.unwrap();
+    let ghost_user = unique("ghost-");
+    let mut ghost = Client::connect(&doomed.ws_url(&survivor.token(&ghost_user)))
+        .await
+        .unwrap();
+    ghost.join(&room).await.unwrap();
+    let presence = alice
+        .ok(json!({"op":"presence","room":room}), 1)
+        .await
+        .unwrap();
+    assert_eq!(presence["members"].as_array().unwrap().len(), 2);
+    let mut latecomer = survivor.connect("carol").await.unwrap();
+    assert_eq!(
+        latecomer
+            .error_code(json!({"op":"join","room":room}), 2)
+            .await
+            .unwrap(),
+        "room_full"
+    );
+
+    doomed.kill();
+    let ghost_for_count = ghost_user.clone();
+    let offline_count = tokio::spawn(async move {
+        count_for_user(&mut offline, &ghost_for_count, Duration::from_secs(6)).await
+    });
+    // Keep the survivors' sockets busy (the TTL is short) while the ghost expires.
+    let mut members = Value::Null;
+    for id in 10..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        latecomer.ok(json!({"op":"heartbeat"}), id).await.unwrap();
+        members = alice
+            .ok(json!({"op":"presence","room":room}), id)
+            .await
+            .unwrap()["members"]
+            .clone();
+        if members == json!(["alice"]) {
+            break;
+        }
+    }
+    assert_eq!(
+        members,
+        json!(["alice"]),
+        "the dead node's member is gone after the TTL"
+    );
+    latecomer.join(&room).await.unwrap();
+    assert_eq!(
+        offline_count.await.unwrap(),
+        1,
+        "the ghost goes offline exactly once"
+    );
+}
+
+#[tokio::test]
+async fn nodes_receive_only_traffic_for_rooms_their_sockets_are_in() {
+    let (node_a, node_b) = two_nodes().await;
+    let mine: Vec<String> = (0..3).map(|_| unique("chat:mine")).collect();
+    let mut client = node_a.connect("listener").await.unwrap();
+    for room in &mine {
+        client.join(room).await.unwrap();
+        client.next_event_named("room.user_joined").await.unwrap();
+    }
+    let before = node_a.server.node().hub().broker_deliveries();
+    let elsewhere = 500;
+    for index in 0..elsewhere {
+        let room = format!("chat:elsewhere{index}-{}", unique(""));
+        node_b
+            .publish(json!({"room":room,"event":"e","data":{}}))
+            .await
+            .unwrap();
+    }
+    for room in &mine {
+        node_b
+            .publish(json!({"room":room,"event":"mine","data":{}}))
+            .await
+            .unwrap();
+    }
+    for _ in &mine {
+        client.next_event_named("mine").await.unwrap();
+    }
+    let received = node_a.server.node().hub().broker_deliveries() - before;
+    println!(
+        "node A received {received} broker messages for {} publishes ({elsewhere} to rooms it has no member in)",
+        elsewhere + mine.len()
+    );
+    assert_eq!(
+        received,
+        mine.len() as u64,
+        "per-room interest: nothing for rooms without a local member"
+    );
+}
+
+#[tokio::test]
+async fn the_redis_broker_carries_events_between_nodes() {
+    let mut settings = cluster_settings(REDIS_URL, NATS_URL);
+    settings.nats.url = None;
+    settings.broker = realtime_core::config::BrokerChoice::Redis;
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let room = unique("chat:redis");
+    let mut on_a = node_a.connect("alice").await.unwrap();
+    let mut on_b = node_b.connect("bob").await.unwrap();
+    on_a.join(&room).await.unwrap();
+    on_b.join(&room).await.unwrap();
+    node_a
+        .publish(json!({"room":room,"event":"chat.message","data":{"text":"hi"}}))
+        .await
+        .unwrap();
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            client.next_event_named("chat.message").await.unwrap()["data"]["text"],
+            "hi"
+        );
+    }
+    node_b
+        .publish(json!({"user":"alice","event":"notification.new","data":{}}))
+        .await
+        .unwrap();
+    on_a.next_event_named("notification.new").await.unwrap();
+}
