@@ -174,6 +174,7 @@ async fn the_service_follows_a_sentinel_failover() {
     }
 
     let mut settings = test_settings();
+    settings.redis.url = None;
     settings.redis.sentinel = Some(SentinelSettings {
         master_name: "mymaster".into(),
         addresses: vec![sentinel_url.clone()],

@@ -439,7 +439,12 @@ impl Settings {
         if !self.server.node_id.is_empty() {
             return self.server.node_id.clone();
         }
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".to_owned());
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "node".to_owned());
         format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
     }
 }

@@ -31,13 +31,32 @@ pub struct TestServer {
     pub addr: SocketAddr,
 }
 
-/// Default test settings: the shipped defaults with an API key and fast timers.
+/// Environment variable that runs the whole suite on the real Redis and NATS (`bash tests/run`
+/// runs it both ways): `REALTIME_TEST_BACKENDS=shared`.
+pub const BACKENDS_ENV: &str = "REALTIME_TEST_BACKENDS";
+
+/// Default test settings: the shipped defaults with an API key and fast timers; on the embedded
+/// backends, or on the machine's Redis and NATS (namespaced per call) when `BACKENDS_ENV` says
+/// `shared`.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::defaults();
     settings.api.key = Some(API_KEY.to_owned());
     settings.auth.leeway_secs = 0;
     settings.server.shutdown_grace_secs = 5;
+    if std::env::var(BACKENDS_ENV).is_ok_and(|value| value == "shared") {
+        use_shared_services(&mut settings, REDIS_URL, NATS_URL);
+    }
     settings
+}
+
+/// Points settings at Redis and NATS under a namespace of their own.
+fn use_shared_services(settings: &mut Settings, redis_url: &str, nats_url: &str) {
+    let namespace = unique("t");
+    settings.redis.url = Some(redis_url.to_owned());
+    settings.redis.key_prefix = format!("{namespace}:");
+    settings.nats.url = Some(nats_url.to_owned());
+    settings.nats.subject_prefix = namespace.clone();
+    settings.nats.queue_group = namespace;
 }
 
 impl TestServer {
@@ -377,12 +396,7 @@ pub fn unique(prefix: &str) -> String {
 /// group of its own.
 pub fn cluster_settings(redis_url: &str, nats_url: &str) -> Settings {
     let mut settings = test_settings();
-    let namespace = unique("t");
-    settings.redis.url = Some(redis_url.to_owned());
-    settings.redis.key_prefix = format!("{namespace}:");
-    settings.nats.url = Some(nats_url.to_owned());
-    settings.nats.subject_prefix = namespace.clone();
-    settings.nats.queue_group = namespace;
+    use_shared_services(&mut settings, redis_url, nats_url);
     settings
 }
 
