@@ -81,3 +81,41 @@ async fn nats_broker_conforms() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn redis_rate_limiter_conforms() {
+    let settings = redis_settings();
+    realtime_core::conformance::rate_limit_suite(|| {
+        let settings = settings.clone();
+        async move {
+            let redis = RedisConnector::connect(&settings)
+                .await
+                .expect("redis at 127.0.0.1:6379");
+            Arc::new(realtime_core::stores::redis::RedisRateLimiter::new(redis))
+                as Arc<dyn realtime_core::stores::RateLimiter>
+        }
+    })
+    .await;
+}
+
+async fn sql_store(url: &str) -> Arc<dyn realtime_core::notifications::NotificationStore> {
+    use realtime_core::notifications::sql;
+    let mut settings = Settings::defaults().database;
+    settings.url = url.to_owned();
+    let pool = sql::connect(&settings)
+        .await
+        .unwrap_or_else(|error| panic!("{url}: {error}"));
+    sql::migrate(&pool).await.expect("migrations apply");
+    Arc::new(sql::SqlNotificationStore::new(pool))
+}
+
+#[tokio::test]
+async fn sqlite_notification_store_conforms() {
+    realtime_core::conformance::notification_suite(sql_store("sqlite::memory:").await).await;
+}
+
+#[tokio::test]
+async fn postgres_notification_store_conforms() {
+    realtime_core::conformance::notification_suite(sql_store(realtime_tests::POSTGRES_URL).await)
+        .await;
+}

@@ -6,5 +6,6 @@ mod faults;
 mod handshake;
 mod lifecycle;
 mod malformed;
+mod notifications;
 mod publish;
 mod rooms;

@@ -51,7 +51,43 @@ pub struct Settings {
     pub presence: PresenceSettings,
     pub redis: RedisSettings,
     pub nats: NatsSettings,
+    pub database: DatabaseSettings,
+    pub notifications: NotificationSettings,
+    pub graphql: GraphqlSettings,
     pub room_types: BTreeMap<String, RoomTypeSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    pub ack_wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlSettings {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_page_size: u32,
+    pub rate_limits: GraphqlRateLimits,
+}
+
+/// Requests per user per minute, by operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlRateLimits {
+    pub notifications: u32,
+    pub mark_notification_read: u32,
+    pub delete_notification: u32,
+    pub mark_all_notifications_read: u32,
 }
 
 /// Which broker carries events between nodes.
@@ -321,6 +357,7 @@ impl Settings {
             ));
         }
         self.validate_cluster()?;
+        self.validate_notifications()?;
         if self.room_types.is_empty() {
             return Err(ConfigError::invalid(
                 "room_types",
@@ -340,6 +377,53 @@ impl Settings {
                     format!("room type {name:?}: capacity must be at least 1"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_notifications(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if self.database.max_connections == 0 || self.database.acquire_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                "max_connections and acquire_timeout_ms must be at least 1",
+            ));
+        }
+        if self.notifications.ack_wait_secs == 0 {
+            return Err(ConfigError::invalid(
+                "notifications.ack_wait_secs",
+                "must be at least 1",
+            ));
+        }
+        let graphql = &self.graphql;
+        if graphql.max_depth == 0 || graphql.max_complexity == 0 || graphql.max_page_size == 0 {
+            return Err(ConfigError::invalid(
+                "graphql.max_depth",
+                "max_depth, max_complexity and max_page_size must be at least 1",
+            ));
+        }
+        let limits = &graphql.rate_limits;
+        if [
+            limits.notifications,
+            limits.mark_notification_read,
+            limits.delete_notification,
+            limits.mark_all_notifications_read,
+        ]
+        .contains(&0)
+        {
+            return Err(ConfigError::invalid(
+                "graphql.rate_limits",
+                "every limit must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -430,6 +514,9 @@ impl Settings {
             }
         };
         mask_credentials(&mut masked.redis.url);
+        let mut database_url = Some(masked.database.url.clone());
+        mask_credentials(&mut database_url);
+        masked.database.url = database_url.unwrap_or_default();
         mask_credentials(&mut masked.nats.url);
         toml::to_string_pretty(&masked).unwrap_or_else(|error| format!("# cannot render: {error}"))
     }

@@ -11,11 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::notifications::{Cursor, NewNotification, NotificationStore};
 use crate::protocol::Frame;
 use crate::room::RoomId;
 use crate::stores::{
-    Arrival, Broker, DeliveryHandler, JoinOutcome, LeaveOutcome, Member, PresenceStore, RoomStore,
-    SocketEntry, Topic,
+    Arrival, Broker, DeliveryHandler, JoinOutcome, LeaveOutcome, Member, PresenceStore,
+    RateDecision, RateLimiter, RoomStore, SocketEntry, Topic,
 };
 
 /// How long a networked backend may take to deliver before the suite calls it lost.
@@ -432,10 +433,169 @@ where
     );
 }
 
+fn new_notification(id: &str, user_id: &str, created_at: i64) -> NewNotification {
+    NewNotification {
+        id: id.to_owned(),
+        user_id: user_id.to_owned(),
+        kind: "lesson.completed".to_owned(),
+        content: format!("{{\"lesson\":\"{id}\"}}"),
+        created_at,
+    }
+}
+
+/// The `NotificationStore` guarantees.
+pub async fn notification_suite(store: Arc<dyn NotificationStore>) {
+    let owner = unique("owner-");
+    let stranger = unique("stranger-");
+    let id = |n: u32| format!("{owner}-n{n}");
+    // n1..n5 at increasing times; n6 shares n5's timestamp (the id breaks the tie).
+    for n in 1..=5 {
+        let (stored, created) = store
+            .insert(&new_notification(&id(n), &owner, 1_000 + i64::from(n)))
+            .await
+            .unwrap();
+        assert!(created, "a new id is created");
+        assert_eq!(stored.read_at, None);
+    }
+    store
+        .insert(&new_notification(&id(6), &owner, 1_005))
+        .await
+        .unwrap();
+    let mut duplicate = new_notification(&id(1), &owner, 9_999);
+    duplicate.content = "\"changed\"".to_owned();
+    let (stored, created) = store.insert(&duplicate).await.unwrap();
+    assert!(!created, "insert is idempotent on id");
+    assert_eq!(
+        (stored.created_at, stored.content.as_str()),
+        (1_001, format!("{{\"lesson\":\"{}\"}}", id(1)).as_str()),
+        "the first row stays"
+    );
+
+    let first_page = store.list(&owner, 2, None, false).await.unwrap();
+    let ids: Vec<&str> = first_page
+        .items
+        .iter()
+        .map(|item| item.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![id(6).as_str(), id(5).as_str()],
+        "newest first, id breaks ties"
+    );
+    assert!(first_page.has_next_page);
+    let cursor = Cursor::of(first_page.items.last().unwrap());
+    let second_page = store.list(&owner, 10, Some(&cursor), false).await.unwrap();
+    let ids: Vec<String> = second_page
+        .items
+        .iter()
+        .map(|item| item.id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![id(4), id(3), id(2), id(1)],
+        "continues strictly after the cursor"
+    );
+    assert!(!second_page.has_next_page);
+
+    assert_eq!(store.unread_count(&owner).await.unwrap(), 6);
+    let read = store
+        .mark_read(&owner, &id(6), 2_000)
+        .await
+        .unwrap()
+        .expect("own notification");
+    assert_eq!(read.read_at, Some(2_000));
+    let again = store
+        .mark_read(&owner, &id(6), 3_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.read_at, Some(2_000), "read_at is set once");
+    assert_eq!(store.unread_count(&owner).await.unwrap(), 5);
+    let unread = store.list(&owner, 10, None, true).await.unwrap();
+    assert!(
+        unread.items.iter().all(|item| item.read_at.is_none()) && unread.items.len() == 5,
+        "unread filter"
+    );
+
+    assert_eq!(
+        store.mark_read(&stranger, &id(5), 2_000).await.unwrap(),
+        None,
+        "another user's id is unknown"
+    );
+    assert!(
+        !store.delete(&stranger, &id(5)).await.unwrap(),
+        "another user cannot delete"
+    );
+    assert!(
+        store
+            .list(&stranger, 10, None, false)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(store.unread_count(&stranger).await.unwrap(), 0);
+    assert_eq!(
+        store.mark_read(&owner, "no-such-id", 2_000).await.unwrap(),
+        None
+    );
+
+    assert!(store.delete(&owner, &id(5)).await.unwrap());
+    assert!(
+        !store.delete(&owner, &id(5)).await.unwrap(),
+        "deleting twice finds nothing"
+    );
+    assert_eq!(
+        store.mark_all_read(&owner, 4_000).await.unwrap(),
+        4,
+        "marks the remaining unread"
+    );
+    assert_eq!(store.unread_count(&owner).await.unwrap(), 0);
+}
+
+/// The `RateLimiter` guarantees.
+pub async fn rate_limit_suite<F, Fut>(make_node: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn RateLimiter>>,
+{
+    let node_a = make_node().await;
+    let node_b = make_node().await;
+    let key = unique("user-");
+    let window = Duration::from_millis(800);
+    let mut allowed = 0;
+    for attempt in 0..5 {
+        let limiter = if attempt % 2 == 0 { &node_a } else { &node_b };
+        match limiter.hit(&key, 3, window).await.expect("hit") {
+            RateDecision::Allowed => allowed += 1,
+            RateDecision::Limited { retry_after } => {
+                assert!(
+                    retry_after > Duration::ZERO && retry_after <= window,
+                    "retry_after within the window: {retry_after:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(allowed, 3, "at most `limit` hits per window across nodes");
+    assert_eq!(
+        node_a.hit(&unique("other-"), 3, window).await.unwrap(),
+        RateDecision::Allowed,
+        "keys are independent"
+    );
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    assert_eq!(
+        node_b.hit(&key, 3, window).await.unwrap(),
+        RateDecision::Allowed,
+        "a new window allows again"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stores::memory::{MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRoomStore};
+    use crate::stores::memory::{
+        MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRateLimiter, MemoryRoomStore,
+    };
 
     #[tokio::test]
     async fn memory_broker_conforms() {
@@ -463,6 +623,16 @@ mod tests {
         room_suite(|| {
             let shared = shared.clone();
             async move { shared as Arc<dyn RoomStore> }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn memory_rate_limiter_conforms() {
+        let shared = Arc::new(MemoryRateLimiter::new());
+        rate_limit_suite(|| {
+            let shared = shared.clone();
+            async move { shared as Arc<dyn RateLimiter> }
         })
         .await;
     }

@@ -196,6 +196,17 @@ impl Hub {
         self.users.remove(&socket.user_id, &socket.socket_id)
     }
 
+    /// Adds a watcher of a user's pushes (a GraphQL subscription): like a socket for delivery,
+    /// but not counted as a connection. True when it is the user's first on this node.
+    pub fn watch_user(&self, watcher: &Arc<SocketHandle>) -> bool {
+        self.users.insert(&watcher.user_id, watcher)
+    }
+
+    /// Removes a watcher; true when the user has nothing left on this node.
+    pub fn unwatch_user(&self, watcher: &SocketHandle) -> bool {
+        self.users.remove(&watcher.user_id, &watcher.socket_id)
+    }
+
     /// Sockets registered on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)

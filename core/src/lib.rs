@@ -18,6 +18,8 @@
 //! - [`nats_bridge`]: inbound publishes from internal services on `realtime.room.*` /
 //!   `realtime.user.*`, outbound platform events on `realtime.events.*`.
 //! - [`conformance`]: one test suite per backend trait (feature `conformance`).
+//! - [`notifications`]: notifications stored with sqlx (SQLite or PostgreSQL), created over
+//!   NATS JetStream or HTTP and pushed live; [`graphql`]: the schema serving them (no HTTP here).
 //! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
 //! - [`auth`]: JWT verification and minting; [`room`]: room ids and grants.
 //! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
@@ -28,10 +30,12 @@ pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod events;
+pub mod graphql;
 pub mod hub;
 pub mod metrics;
 pub mod nats_bridge;
 pub mod node;
+pub mod notifications;
 pub mod protocol;
 pub mod room;
 pub mod server;

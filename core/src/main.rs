@@ -45,6 +45,8 @@ enum Command {
     },
     /// Validate the configuration and print the effective one, secrets masked.
     Checkconfig,
+    /// Apply pending database migrations (`database.url`) and exit.
+    Migrate,
 }
 
 fn init_logging(settings: &Settings) {
@@ -151,6 +153,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", mint_token(&settings.auth, pem.as_deref(), &request)?);
             Ok(())
         }
+        Command::Migrate => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let pool = realtime_core::notifications::sql::connect(&settings.database).await?;
+                let applied = realtime_core::notifications::sql::migrate(&pool).await?;
+                println!("database is up to date ({applied} migration(s) applied now)");
+                Ok(())
+            }),
         Command::Checkconfig => {
             realtime_core::auth::TokenVerifier::from_settings(&settings.auth)?;
             println!("# configuration is valid\n{}", settings.to_masked_toml());

@@ -29,6 +29,9 @@ pub const CLOSES: &str = "realtime_closes_total";
 /// Counter: events published, label `source` (client, http).
 pub const PUBLISHES: &str = "realtime_publishes_total";
 
+/// Counter: notifications stored (first time, not idempotent repeats).
+pub const NOTIFICATIONS_CREATED: &str = "realtime_notifications_created_total";
+
 /// Handshakes are expected in single-digit milliseconds; buckets resolve that range.
 const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,

@@ -16,14 +16,15 @@ use crate::config::{JoinPolicy, RoomTypeSettings, Settings};
 use crate::events::{EventBus, PlatformEvent};
 use crate::hub::{Hub, SocketHandle};
 use crate::metrics as names;
+use crate::notifications::NotificationService;
 use crate::protocol::{
     ErrorCode, EventPush, Frame, WireError, is_reserved_event_name, is_valid_event_name,
     unix_now_millis,
 };
 use crate::room::RoomId;
 use crate::stores::{
-    Arrival, Broker, JoinOutcome, LeaveOutcome, Member, PresenceStore, RoomStore, SocketEntry,
-    StoreError, Topic,
+    Arrival, Broker, JoinOutcome, LeaveOutcome, Member, PresenceStore, RateLimiter, RoomStore,
+    SocketEntry, StoreError, Topic,
 };
 
 /// Stripes of the interest lock; see [`Node::interest_lock`].
@@ -34,6 +35,42 @@ pub struct Backends {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
     pub rooms: Arc<dyn RoomStore>,
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    pub notifications: Arc<NotificationService>,
+}
+
+/// Frames a watcher (GraphQL subscription) may queue before it is cut off as too slow.
+const WATCH_OUTBOX_FRAMES: usize = 64;
+
+/// A live feed of one user's pushes on this node, for as long as it is held.
+pub struct UserWatch {
+    node: Arc<Node>,
+    handle: Arc<SocketHandle>,
+    frames: mpsc::Receiver<Frame>,
+}
+
+impl UserWatch {
+    /// The next push, or `None` once the watch was closed (too slow, or shutdown).
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        tokio::select! {
+            frame = self.frames.recv() => frame,
+            _ = self.handle.close_requested() => None,
+            _ = self.node.shutdown.cancelled() => None,
+        }
+    }
+}
+
+impl Drop for UserWatch {
+    fn drop(&mut self) {
+        let node = self.node.clone();
+        let handle = self.handle.clone();
+        // Unsubscribing may await the broker; Drop cannot, so it runs on its own task.
+        tokio::spawn(async move {
+            let topic = Topic::User(handle.user_id.clone());
+            node.remove_interest(&topic, || node.hub.unwatch_user(&handle))
+                .await;
+        });
+    }
 }
 
 /// Who is publishing an event, which decides checks and the `from` field.
@@ -128,6 +165,36 @@ impl Node {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    pub fn rate_limiter(&self) -> &Arc<dyn RateLimiter> {
+        &self.backends.rate_limiter
+    }
+
+    pub fn notifications(&self) -> &Arc<NotificationService> {
+        &self.backends.notifications
+    }
+
+    /// Starts a feed of `user_id`'s pushes from every node.
+    pub async fn watch_user(self: &Arc<Self>, user_id: &str) -> Result<UserWatch, WireError> {
+        let (sender, frames) = mpsc::channel(WATCH_OUTBOX_FRAMES);
+        let watcher_id: Arc<str> = Arc::from(format!("watch-{:016x}", rand::random::<u64>()));
+        let handle = Arc::new(SocketHandle::new(watcher_id, Arc::from(user_id), sender));
+        let topic = Topic::User(handle.user_id.clone());
+        self.add_interest(
+            &topic,
+            || self.hub.watch_user(&handle),
+            || {
+                self.hub.unwatch_user(&handle);
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(UserWatch {
+            node: self.clone(),
+            handle,
+            frames,
+        })
     }
 
     /// Cancelled when the node shuts down; sessions watch it.

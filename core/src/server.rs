@@ -20,11 +20,15 @@ use crate::config::{BrokerChoice, Settings};
 use crate::hub::Hub;
 use crate::nats_bridge;
 use crate::node::{Backends, Node};
+use crate::notifications::sql::{self, DatabaseError, SqlNotificationStore};
+use crate::notifications::{NotificationService, ingest};
 use crate::protocol::CloseCode;
+use crate::stores::memory::MemoryRateLimiter;
 use crate::stores::memory::{MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRoomStore};
 use crate::stores::nats::{self as nats_store, NatsBroker};
+use crate::stores::redis::RedisRateLimiter;
 use crate::stores::redis::{RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore};
-use crate::stores::{Broker, DeliveryHandler, PresenceStore, RoomStore, StoreError};
+use crate::stores::{Broker, DeliveryHandler, PresenceStore, RateLimiter, RoomStore, StoreError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
     #[error("configuration key `{key}`: cannot connect: {source}")]
     Backend {
         key: &'static str,
@@ -90,8 +96,19 @@ impl Connections {
         Ok(Connections { redis, nats })
     }
 
-    /// Redis stores when Redis is configured, memory otherwise; the broker as configured.
+    /// Redis stores when Redis is configured, memory otherwise; the broker as configured; the
+    /// notification store on the (migrated) database.
     async fn backends(&self, settings: &Settings, hub: &Arc<Hub>) -> Result<Backends, StartError> {
+        let pool = sql::connect(&settings.database).await?;
+        let applied = sql::migrate(&pool).await?;
+        tracing::info!(applied, "database migrations checked");
+        let notifications = Arc::new(NotificationService::new(Arc::new(
+            SqlNotificationStore::new(pool),
+        )));
+        let rate_limiter: Arc<dyn RateLimiter> = match &self.redis {
+            Some(redis) => Arc::new(RedisRateLimiter::new(redis.clone())),
+            None => Arc::new(MemoryRateLimiter::new()),
+        };
         let delivering_hub = hub.clone();
         let deliver: DeliveryHandler = Arc::new(move |topic, frame| {
             delivering_hub.deliver(topic, &frame);
@@ -127,6 +144,8 @@ impl Connections {
             broker,
             presence,
             rooms,
+            rate_limiter,
+            notifications,
         })
     }
 }
@@ -174,13 +193,21 @@ impl Server {
                 nats.clone(),
                 stop_event_publisher.clone(),
             ));
-            let ingest = nats_bridge::spawn_ingest(node.clone(), nats.clone())
+            let inbound = nats_bridge::spawn_ingest(node.clone(), nats.clone())
                 .await
                 .map_err(|source| StartError::Backend {
                     key: "nats.url",
                     source,
                 })?;
-            background.push(ingest);
+            background.push(inbound);
+            let notification_ingest =
+                ingest::spawn(node.clone(), node.notifications().clone(), nats.clone())
+                    .await
+                    .map_err(|problem| StartError::Backend {
+                        key: "nats.url",
+                        source: StoreError::Unavailable(problem),
+                    })?;
+            background.push(notification_ingest);
         }
         let local_addr = listener.local_addr()?;
         let acceptor = TcpAcceptor::try_from(listener)?;

@@ -43,14 +43,19 @@ pub fn test_settings() -> Settings {
     settings.api.key = Some(API_KEY.to_owned());
     settings.auth.leeway_secs = 0;
     settings.server.shutdown_grace_secs = 5;
+    settings.database.url = "sqlite::memory:".to_owned();
     if std::env::var(BACKENDS_ENV).is_ok_and(|value| value == "shared") {
         use_shared_services(&mut settings, REDIS_URL, NATS_URL);
     }
     settings
 }
 
-/// Points settings at Redis and NATS under a namespace of their own.
+/// The machine's PostgreSQL (trust auth). Tests keep apart by using user ids of their own.
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Points settings at Redis, NATS and PostgreSQL, under a namespace of their own.
 fn use_shared_services(settings: &mut Settings, redis_url: &str, nats_url: &str) {
+    settings.database.url = POSTGRES_URL.to_owned();
     let namespace = unique("t");
     settings.redis.url = Some(redis_url.to_owned());
     settings.redis.key_prefix = format!("{namespace}:");
@@ -544,13 +549,22 @@ impl ServiceProcess {
         })
     }
 
-    /// A nats-server on `port` (0 = a free one).
+    /// A nats-server with JetStream on `port` (0 = a free one).
     pub async fn nats(port: u16) -> Result<ServiceProcess> {
         let port = if port == 0 { free_port()? } else { port };
         let workdir = TempDir::new("nats")?;
-        let args = ["-a", "127.0.0.1", "-p", &port.to_string()]
-            .map(String::from)
-            .to_vec();
+        let store = workdir.0.join("jetstream").display().to_string();
+        let args = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            &store,
+        ]
+        .map(String::from)
+        .to_vec();
         let process = Self::spawn("nats-server", &args, port, workdir)?;
         wait_until_listening(port, "nats-server").await?;
         Ok(process)
@@ -609,5 +623,87 @@ impl ServiceProcess {
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl TestServer {
+    /// `POST /graphql` with an optional bearer token; returns the JSON response.
+    pub async fn graphql(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value> {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{}/graphql", self.addr))
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Ok(request.send().await?.json().await?)
+    }
+
+    /// `POST /api/notifications` with the test key; returns status and body.
+    pub async fn create_notification(&self, body: Value) -> Result<(u16, Value)> {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/api/notifications", self.addr))
+            .header("x-api-key", API_KEY)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+}
+
+/// The `extensions.code` of a GraphQL response's first error.
+pub fn graphql_error_code(response: &Value) -> Option<&str> {
+    response["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// A graphql-transport-ws client on `/graphql`.
+pub struct GraphqlSubscriptionClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl GraphqlSubscriptionClient {
+    /// Connects, sends `connection_init` with the token and waits for `connection_ack`.
+    pub async fn connect(server: &TestServer, token: &str) -> Result<GraphqlSubscriptionClient> {
+        let mut request = format!("ws://{}/graphql", server.addr).into_client_request()?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
+        let (socket, _) =
+            tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(request)).await??;
+        let mut client = GraphqlSubscriptionClient { socket };
+        client.send(json!({"type":"connection_init","payload":{"Authorization": format!("Bearer {token}")}})).await?;
+        let ack = client.next().await?;
+        if ack["type"] != "connection_ack" {
+            bail!("expected connection_ack, got {ack}");
+        }
+        Ok(client)
+    }
+
+    pub async fn send(&mut self, message: Value) -> Result<()> {
+        self.socket.send(Message::text(message.to_string())).await?;
+        Ok(())
+    }
+
+    /// The next protocol message (pings are answered).
+    pub async fn next(&mut self) -> Result<Value> {
+        loop {
+            let message = tokio::time::timeout(STEP_TIMEOUT, self.socket.next())
+                .await
+                .context("timed out waiting for a graphql-ws message")?
+                .ok_or_else(|| anyhow!("graphql socket ended"))??;
+            if let Message::Text(text) = message {
+                let value: Value = serde_json::from_str(&text)?;
+                if value["type"] == "ping" {
+                    self.send(json!({"type":"pong"})).await?;
+                    continue;
+                }
+                return Ok(value);
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic};
 use super::presence::{Arrival, PresenceStore, SocketEntry};
+use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
 use crate::protocol::Frame;
 use crate::room::RoomId;
@@ -311,5 +312,49 @@ impl RoomStore for MemoryRoomStore {
         };
         users.sort();
         Ok(users)
+    }
+}
+
+/// Windows kept before expired ones are swept out of the map.
+const RATE_WINDOWS_BEFORE_SWEEP: usize = 10_000;
+
+/// Fixed-window counters in a map (one node). Uses tokio's clock.
+#[derive(Default)]
+pub struct MemoryRateLimiter {
+    /// key -> (hits in the window, window end).
+    windows: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl MemoryRateLimiter {
+    pub fn new() -> MemoryRateLimiter {
+        MemoryRateLimiter::default()
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryRateLimiter {
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError> {
+        let now = Instant::now();
+        let mut windows = self.windows.lock();
+        if windows.len() >= RATE_WINDOWS_BEFORE_SWEEP {
+            windows.retain(|_, (_, ends_at)| *ends_at > now);
+        }
+        let entry = windows.entry(key.to_owned()).or_insert((0, now + window));
+        if entry.1 <= now {
+            *entry = (0, now + window);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        Ok(if entry.0 <= limit {
+            RateDecision::Allowed
+        } else {
+            RateDecision::Limited {
+                retry_after: entry.1 - now,
+            }
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! Backend interfaces shared by every node: the [`Broker`] (fan-out between nodes), the
-//! [`PresenceStore`] (who is online) and the [`RoomStore`] (who is in which room).
+//! [`PresenceStore`] (who is online), the [`RoomStore`] (who is in which room) and the
+//! [`RateLimiter`] (per-user request budgets).
 //!
 //! Each is a narrow trait with stated guarantees, held as `Arc<dyn ...>`. The in-memory
 //! implementations in [`memory`] are the embedded default for a single node; every backend runs
@@ -9,11 +10,13 @@ pub mod broker;
 pub mod memory;
 pub mod nats;
 pub mod presence;
+pub mod rate_limit;
 pub mod redis;
 pub mod rooms;
 
 pub use broker::{Broker, DeliveryHandler, Topic};
 pub use presence::{Arrival, PresenceStore, SocketEntry};
+pub use rate_limit::{RateDecision, RateLimiter};
 pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
 
 /// A backend could not do what was asked. Clients see `unavailable`; details go to the log.

@@ -11,6 +11,7 @@
 //! | `room:<room>:sockets` | ZSET | socket -> membership expiry (ms) |
 //! | `room:<room>:owner` | HASH | socket -> user |
 //! | `room:<room>:users` | HASH | user -> number of the user's sockets in the room |
+//! | `ratelimit:<key>` | STRING | hits in the current window (expires with the window) |
 //! | channel `fanout:room:<room>` / `fanout:user:<user>` | Pub/Sub | encoded frames (broker) |
 //!
 //! Keys carry a PEXPIRE of twice the TTL, refreshed on every write, so nothing a dead node
@@ -36,6 +37,7 @@ use tokio::sync::mpsc;
 use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic};
 use super::presence::{Arrival, PresenceStore, SocketEntry};
+use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
 use crate::config::RedisSettings;
 use crate::protocol::Frame;
@@ -701,5 +703,61 @@ impl Broker for RedisBroker {
         let channel = self.channel(topic);
         self.topics.write().remove(channel.as_bytes());
         self.subscriptions.unsubscribe(&channel).await
+    }
+}
+
+/// KEYS: counter. ARGV: limit, window ms. Returns 0 when allowed, else the ms until the window
+/// ends.
+const RATE_LIMIT_SCRIPT: &str = r#"
+local hits = redis.call('INCR', KEYS[1])
+if hits == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
+if hits <= tonumber(ARGV[1]) then return 0 end
+local remaining = redis.call('PTTL', KEYS[1])
+if remaining < 0 then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  remaining = tonumber(ARGV[2])
+end
+return remaining
+"#;
+
+/// Fixed-window counters in Redis, shared by every node.
+pub struct RedisRateLimiter {
+    redis: Arc<RedisConnector>,
+    script: Script,
+}
+
+impl RedisRateLimiter {
+    pub fn new(redis: Arc<RedisConnector>) -> RedisRateLimiter {
+        RedisRateLimiter {
+            redis,
+            script: Script::new(RATE_LIMIT_SCRIPT),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError> {
+        let counter = format!("{}ratelimit:{key}", self.redis.key_prefix());
+        let remaining_ms: i64 = self
+            .redis
+            .run(|mut connection| {
+                let mut invocation = self.script.key(&counter);
+                invocation.arg(limit).arg(window.as_millis() as u64);
+                async move { invocation.invoke_async(&mut connection).await }
+            })
+            .await?;
+        Ok(if remaining_ms <= 0 {
+            RateDecision::Allowed
+        } else {
+            RateDecision::Limited {
+                retry_after: Duration::from_millis(remaining_ms as u64),
+            }
+        })
     }
 }

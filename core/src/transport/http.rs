@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use salvo::http::StatusCode;
 use salvo::prelude::*;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -10,6 +11,7 @@ use serde_json::value::RawValue;
 use super::render_error;
 use crate::metrics as names;
 use crate::node::{Node, Publisher};
+use crate::notifications::{Notification, NotificationRequest, rfc3339_millis};
 use crate::protocol::{ErrorCode, WireError};
 use crate::room::RoomId;
 
@@ -43,41 +45,50 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
             == 0
 }
 
-impl PublishEndpoint {
-    fn check_key(&self, req: &Request) -> Result<(), WireError> {
-        let Some(expected) = self.node.settings().api.key.as_deref() else {
-            return Err(WireError::new(
-                ErrorCode::ApiDisabled,
-                "the publish API is off: set api.key",
-            ));
-        };
-        let presented = req
-            .headers()
-            .get("x-api-key")
-            .map(|value| value.as_bytes())
-            .unwrap_or_default();
-        if constant_time_eq(presented, expected.as_bytes()) {
-            Ok(())
-        } else {
-            Err(WireError::new(
-                ErrorCode::Unauthorized,
-                "missing or wrong X-API-Key",
-            ))
-        }
+/// Checks `X-API-Key` against `api.key` (the API is off without one).
+fn check_api_key(node: &Node, req: &Request) -> Result<(), WireError> {
+    let Some(expected) = node.settings().api.key.as_deref() else {
+        return Err(WireError::new(
+            ErrorCode::ApiDisabled,
+            "the API is off: set api.key",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get("x-api-key")
+        .map(|value| value.as_bytes())
+        .unwrap_or_default();
+    if constant_time_eq(presented, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong X-API-Key",
+        ))
     }
+}
 
+/// Checks the key, then reads a JSON body of at most `api.max_body_bytes`.
+async fn authorized_json_body<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    req: &mut Request,
+) -> Result<T, WireError> {
+    check_api_key(node, req)?;
+    let limit = node.settings().api.max_body_bytes;
+    let payload = req.payload_with_max_size(limit).await.map_err(|_| {
+        WireError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body exceeds {limit} bytes (api.max_body_bytes)"),
+        )
+    })?;
+    serde_json::from_slice(payload).map_err(|error| {
+        WireError::new(ErrorCode::InvalidRequest, format!("invalid body: {error}"))
+    })
+}
+
+impl PublishEndpoint {
     async fn publish(&self, req: &mut Request) -> Result<(), WireError> {
-        self.check_key(req)?;
-        let limit = self.node.settings().api.max_body_bytes;
-        let payload = req.payload_with_max_size(limit).await.map_err(|_| {
-            WireError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("body exceeds {limit} bytes (api.max_body_bytes)"),
-            )
-        })?;
-        let body: PublishBody = serde_json::from_slice(payload).map_err(|error| {
-            WireError::new(ErrorCode::InvalidRequest, format!("invalid body: {error}"))
-        })?;
+        let body: PublishBody = authorized_json_body(&self.node, req).await?;
         match (body.room, body.user) {
             (Some(room), None) => {
                 let room = RoomId::parse(&room)
@@ -112,6 +123,62 @@ impl Handler for PublishEndpoint {
     ) {
         match self.publish(req).await {
             Ok(()) => res.render(Json(serde_json::json!({ "ok": true }))),
+            Err(error) => render_error(res, &error),
+        }
+    }
+}
+
+/// `POST /api/notifications` with `X-API-Key`: `{"userId","type","content","id"?}`. Answers 201
+/// with the stored notification, or 200 with the existing one when the id was already stored.
+pub struct NotificationsEndpoint {
+    node: Arc<Node>,
+}
+
+impl NotificationsEndpoint {
+    pub fn new(node: Arc<Node>) -> Self {
+        NotificationsEndpoint { node }
+    }
+
+    async fn create(&self, req: &mut Request) -> Result<(Notification, bool), WireError> {
+        let request: NotificationRequest = authorized_json_body(&self.node, req).await?;
+        let new = request.validate(|| {
+            format!(
+                "api-{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            )
+        })?;
+        self.node.notifications().create(&self.node, &new).await
+    }
+}
+
+#[async_trait]
+impl Handler for NotificationsEndpoint {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        _depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        match self.create(req).await {
+            Ok((stored, created)) => {
+                res.status_code(if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                });
+                let content: serde_json::Value =
+                    serde_json::from_str(&stored.content).unwrap_or_default();
+                res.render(Json(serde_json::json!({
+                    "id": stored.id,
+                    "userId": stored.user_id,
+                    "type": stored.kind,
+                    "content": content,
+                    "createdAt": rfc3339_millis(stored.created_at),
+                    "readAt": stored.read_at.map(rfc3339_millis),
+                })));
+            }
             Err(error) => render_error(res, &error),
         }
     }

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Error as TungsteniteError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 
-use super::render_error;
+use super::{bearer_token, render_error};
 use crate::metrics as names;
 use crate::node::Node;
 use crate::protocol::{ErrorCode, WireError};
@@ -46,18 +46,6 @@ impl WebSocketEndpoint {
             upgrade: WebSocketUpgrade::with_config(config),
         }
     }
-}
-
-/// The token from `?token=` or `Authorization: Bearer`.
-fn bearer_token(req: &Request) -> Option<String> {
-    if let Some(token) = req.query::<String>("token") {
-        return Some(token);
-    }
-    let header = req.headers().get("authorization")?.to_str().ok()?;
-    let (scheme, token) = header.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
 }
 
 fn reject(res: &mut Response, result: &'static str, error: &WireError) {

@@ -1,0 +1,286 @@
+//! Notifications: the model, the [`NotificationStore`] trait, and the service that creates them
+//! (store, then push `notification.new` to the user's sockets on every node).
+//!
+//! - [`sql`]: the store on sqlx (SQLite by default, PostgreSQL when configured).
+//! - [`ingest`]: the JetStream durable consumer for `realtime.notifications.new`.
+
+pub mod ingest;
+pub mod sql;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::node::Node;
+use crate::protocol::{ErrorCode, WireError, unix_now_millis};
+
+/// Longest accepted notification id, user id and type, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Largest accepted `content`, in bytes of JSON.
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+
+/// A stored notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub id: String,
+    pub user_id: String,
+    pub kind: String,
+    /// JSON text, as received.
+    pub content: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; `None` while unread.
+    pub read_at: Option<i64>,
+}
+
+/// RFC 3339 with milliseconds, UTC: how timestamps leave the server.
+pub fn rfc3339_millis(unix_millis: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(unix_millis.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+impl Notification {
+    /// The `data` of the `notification.new` push: `{"id","type","content","createdAt"}`.
+    pub fn push_data(&self) -> Box<RawValue> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct PushData<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            content: &'a RawValue,
+            created_at: String,
+        }
+        let content = RawValue::from_string(self.content.clone())
+            .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"));
+        let text = serde_json::to_string(&PushData {
+            id: &self.id,
+            kind: &self.kind,
+            content: &content,
+            created_at: rfc3339_millis(self.created_at),
+        })
+        .expect("push data serializes");
+        RawValue::from_string(text).expect("serde_json output is JSON")
+    }
+}
+
+/// What an internal service sends to create a notification (NATS body or HTTP body).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotificationRequest {
+    pub user_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub content: Box<RawValue>,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// A validated notification about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: String,
+    pub user_id: String,
+    pub kind: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), WireError> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("`{field}` must be 1-{MAX_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+impl NotificationRequest {
+    /// Validates and fixes the id: the given one, else `fallback_id` (stable across
+    /// redeliveries, so a retried message cannot create a second row).
+    pub fn validate(
+        self,
+        fallback_id: impl FnOnce() -> String,
+    ) -> Result<NewNotification, WireError> {
+        check_text("userId", &self.user_id)?;
+        check_text("type", &self.kind)?;
+        let id = self.id.unwrap_or_else(fallback_id);
+        check_text("id", &id)?;
+        let content = self.content.get();
+        if content.len() > MAX_CONTENT_BYTES {
+            return Err(WireError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("`content` exceeds {MAX_CONTENT_BYTES} bytes"),
+            ));
+        }
+        Ok(NewNotification {
+            id,
+            user_id: self.user_id,
+            kind: self.kind,
+            content: content.to_owned(),
+            created_at: unix_now_millis() as i64,
+        })
+    }
+}
+
+/// A position in a user's newest-first listing: `(created_at, id)` of the last item seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn of(notification: &Notification) -> Cursor {
+        Cursor {
+            created_at: notification.created_at,
+            id: notification.id.clone(),
+        }
+    }
+
+    /// Opaque to clients: base64url of `<created_at>:<id>`.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.created_at, self.id))
+    }
+
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (created_at, id) = text.split_once(':')?;
+        Some(Cursor {
+            created_at: created_at.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Notification>,
+    pub has_next_page: bool,
+}
+
+/// A storage failure; clients see `unavailable`, details go to the log.
+#[derive(Debug, thiserror::Error)]
+#[error("notification store: {0}")]
+pub struct StoreFailure(pub String);
+
+/// Where notifications live. Guarantees (checked by `conformance::notification_suite`):
+/// - `insert` is idempotent on `id`: a second insert with the same id changes nothing and
+///   returns the stored row with `created = false`.
+/// - Every read and change is scoped to `user_id`: another user's id behaves like an unknown id.
+/// - `list` is newest first (`created_at`, then `id`, descending), continues strictly after
+///   `after`, and reports whether more rows follow.
+/// - `mark_read` sets `read_at` once; later calls return the row unchanged.
+#[async_trait]
+pub trait NotificationStore: Send + Sync + 'static {
+    async fn insert(
+        &self,
+        notification: &NewNotification,
+    ) -> Result<(Notification, bool), StoreFailure>;
+    async fn list(
+        &self,
+        user_id: &str,
+        first: u32,
+        after: Option<&Cursor>,
+        unread_only: bool,
+    ) -> Result<Page, StoreFailure>;
+    async fn unread_count(&self, user_id: &str) -> Result<u64, StoreFailure>;
+    async fn mark_read(
+        &self,
+        user_id: &str,
+        id: &str,
+        at: i64,
+    ) -> Result<Option<Notification>, StoreFailure>;
+    async fn mark_all_read(&self, user_id: &str, at: i64) -> Result<u64, StoreFailure>;
+    async fn delete(&self, user_id: &str, id: &str) -> Result<bool, StoreFailure>;
+}
+
+fn store_unavailable(failure: StoreFailure) -> WireError {
+    tracing::warn!(%failure, "notification store failed");
+    WireError::new(
+        ErrorCode::Unavailable,
+        "notification storage is unavailable; retry shortly",
+    )
+}
+
+/// Creates notifications: commit first, then push to the user's sockets on every node.
+pub struct NotificationService {
+    store: Arc<dyn NotificationStore>,
+}
+
+impl NotificationService {
+    pub fn new(store: Arc<dyn NotificationStore>) -> NotificationService {
+        NotificationService { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn NotificationStore> {
+        &self.store
+    }
+
+    /// Stores the notification (idempotent on id) and, if it is new, pushes `notification.new`.
+    /// Returns the stored row and whether this call created it.
+    pub async fn create(
+        &self,
+        node: &Node,
+        new: &NewNotification,
+    ) -> Result<(Notification, bool), WireError> {
+        let (stored, created) = self.store.insert(new).await.map_err(store_unavailable)?;
+        if created {
+            metrics::counter!(crate::metrics::NOTIFICATIONS_CREATED).increment(1);
+            // The row is committed: a push that fails is only a missed live update; the
+            // notification is listed by GraphQL either way.
+            if let Err(error) = node
+                .publish_to_user(&stored.user_id, "notification.new", &stored.push_data())
+                .await
+            {
+                tracing::warn!(message = %error.message, "notification.new push failed");
+            }
+        }
+        Ok((stored, created))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = Cursor {
+            created_at: 1_795_643_627_123,
+            id: "a:b".into(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("!!!"), None);
+        assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode("no-colon")), None);
+    }
+
+    #[test]
+    fn requests_are_validated_and_get_a_stable_id() {
+        let request: NotificationRequest =
+            serde_json::from_str(r#"{"userId":"u","type":"lesson.done","content":{"a":1}}"#)
+                .unwrap();
+        let new = request.validate(|| "js-7".into()).unwrap();
+        assert_eq!(new.id, "js-7");
+        assert_eq!(new.content, r#"{"a":1}"#);
+        let empty: NotificationRequest =
+            serde_json::from_str(r#"{"userId":"","type":"t","content":1}"#).unwrap();
+        assert_eq!(
+            empty.validate(|| "x".into()).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,174 @@
+//! Serving the GraphQL schema: `POST /graphql`, GraphiQL on `GET /graphql`, and subscriptions
+//! over WebSocket on `GET /graphql` (`graphql-transport-ws`, or the older `graphql-ws`).
+
+use std::sync::Arc;
+
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols, WsMessage};
+use futures_util::{SinkExt, StreamExt, future};
+use salvo::http::StatusCode;
+use salvo::prelude::*;
+use salvo::websocket::{Message, WebSocketUpgrade};
+
+use crate::graphql::{RealtimeSchema, Viewer, build_schema, ensure_error_codes};
+use crate::node::Node;
+
+/// Largest GraphQL request body; queries are small, a bigger body is an attack or a mistake.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct GraphqlEndpoint {
+    node: Arc<Node>,
+    schema: RealtimeSchema,
+}
+
+impl GraphqlEndpoint {
+    pub fn new(node: Arc<Node>) -> Self {
+        GraphqlEndpoint {
+            schema: build_schema(node.clone()),
+            node,
+        }
+    }
+
+    fn viewer_from_token(&self, token: Option<&str>) -> Viewer {
+        match token {
+            None => Viewer::Anonymous("send Authorization: Bearer <token>".to_owned()),
+            Some(token) => match self.node.verify_token(token) {
+                Ok(identity) => Viewer::User(identity),
+                Err(error) => Viewer::Anonymous(error.to_string()),
+            },
+        }
+    }
+
+    async fn execute(&self, req: &mut Request, res: &mut Response) {
+        let viewer = self.viewer_from_token(super::bearer_from_header(req).as_deref());
+        let request = match req.payload_with_max_size(MAX_BODY_BYTES).await {
+            Ok(body) => serde_json::from_slice::<async_graphql::Request>(body),
+            Err(_) => {
+                return render_bad_request(res, &format!("body over {MAX_BODY_BYTES} bytes"));
+            }
+        };
+        let request = match request {
+            Ok(request) => request.data(viewer),
+            Err(error) => {
+                return render_bad_request(res, &format!("not a GraphQL request: {error}"));
+            }
+        };
+        let response = ensure_error_codes(self.schema.execute(request).await);
+        res.render(Json(response));
+    }
+
+    async fn subscriptions(&self, req: &mut Request, res: &mut Response) {
+        let protocol = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|protocols| {
+                protocols
+                    .split(',')
+                    .find_map(|protocol| protocol.trim().parse::<WebSocketProtocols>().ok())
+            });
+        let Some(protocol) = protocol else {
+            res.status_code(StatusCode::BAD_REQUEST);
+            return res.render("use the graphql-transport-ws (or graphql-ws) subprotocol");
+        };
+        // A token on the upgrade request is used unless connection_init carries one.
+        let upgrade_viewer = self.viewer_from_token(super::bearer_token(req).as_deref());
+        let node = self.node.clone();
+        let schema = self.schema.clone();
+        let upgraded = WebSocketUpgrade::new()
+            .protocols(&ALL_WEBSOCKET_PROTOCOLS)
+            .upgrade(req, res, move |socket| async move {
+                let (mut sink, stream) = socket.split();
+                let incoming = stream
+                    .take_while(|message| {
+                        future::ready(message.as_ref().is_ok_and(|message| !message.is_close()))
+                    })
+                    .filter_map(|message| {
+                        future::ready(
+                            message
+                                .ok()
+                                .filter(Message::is_text)
+                                .map(|message| message.as_bytes().to_vec()),
+                        )
+                    });
+                let mut outgoing = async_graphql::http::WebSocket::new(schema, incoming, protocol)
+                    .on_connection_init(move |payload| async move {
+                        let mut data = Data::default();
+                        let token = token_from_init_payload(&payload);
+                        let viewer = match token {
+                            Some(token) => match node.verify_token(&token) {
+                                Ok(identity) => Viewer::User(identity),
+                                Err(error) => Viewer::Anonymous(error.to_string()),
+                            },
+                            None => upgrade_viewer,
+                        };
+                        data.insert(viewer);
+                        Ok(data)
+                    });
+                while let Some(message) = outgoing.next().await {
+                    let sent = match message {
+                        WsMessage::Text(text) => sink.send(Message::text(text)).await,
+                        WsMessage::Close(code, reason) => {
+                            let _ = sink.send(Message::close_with(code, reason)).await;
+                            break;
+                        }
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        if let Err(status) = upgraded {
+            res.render(status);
+        }
+    }
+}
+
+/// `{"Authorization":"Bearer .."}`, `{"authorization":".."}` or `{"token":".."}`.
+fn token_from_init_payload(payload: &serde_json::Value) -> Option<String> {
+    let text = ["Authorization", "authorization", "token"]
+        .iter()
+        .find_map(|key| payload.get(key).and_then(serde_json::Value::as_str))?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .unwrap_or(text);
+    Some(token.trim().to_owned())
+}
+
+fn render_bad_request(res: &mut Response, message: &str) {
+    res.status_code(StatusCode::BAD_REQUEST);
+    res.render(Json(serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": "BAD_REQUEST" } }]
+    })));
+}
+
+#[async_trait]
+impl Handler for GraphqlEndpoint {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        _depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        let is_upgrade = req
+            .headers()
+            .get("upgrade")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
+        if req.method() == salvo::http::Method::POST {
+            self.execute(req, res).await;
+        } else if is_upgrade {
+            self.subscriptions(req, res).await;
+        } else {
+            let page = GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
+                .finish();
+            res.render(Text::Html(page));
+        }
+    }
+}
