@@ -77,7 +77,7 @@ async fn user_publishes_reach_every_socket_of_the_user_on_every_node() {
         .unwrap();
     assert_eq!(
         serde_json::from_slice::<Value>(&reply.payload).unwrap(),
-        json!({"ok":true})
+        json!({"ok":true,"delivered":true})
     );
     for socket in [&mut phone, &mut laptop] {
         let event = socket.next_event_named("notification.new").await.unwrap();

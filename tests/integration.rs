@@ -9,3 +9,4 @@ mod malformed;
 mod notifications;
 mod publish;
 mod rooms;
+mod wasm_plugins;

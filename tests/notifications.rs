@@ -89,7 +89,8 @@ async fn graphql_lists_pages_filters_counts_marks_and_deletes_only_the_callers_n
         create(&server, &user, &format!("{user}-{n}")).await;
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    create(&server, "intruder", "intruder-1").await;
+    let intruder = unique("intruder-");
+    create(&server, &intruder, "intruder-1").await;
 
     let page = server
         .graphql(Some(&token), LIST, json!({"first": 2}))
@@ -211,7 +212,7 @@ async fn graphql_lists_pages_filters_counts_marks_and_deletes_only_the_callers_n
             .unwrap()["data"]["unreadNotificationCount"],
         0
     );
-    let intruder = server.token("intruder");
+    let intruder = server.token(&intruder);
     assert_eq!(
         server
             .graphql(Some(&intruder), count, json!({}))

@@ -54,6 +54,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub notifications: NotificationSettings,
     pub graphql: GraphqlSettings,
+    pub plugin_runtime: PluginRuntimeSettings,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginEntry>,
     pub room_types: BTreeMap<String, RoomTypeSettings>,
 }
 
@@ -88,6 +91,43 @@ pub struct GraphqlRateLimits {
     pub mark_notification_read: u32,
     pub delete_notification: u32,
     pub mark_all_notifications_read: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRuntimeSettings {
+    pub call_timeout_ms: u64,
+    pub memory_limit_bytes: usize,
+    pub stack_limit_bytes: usize,
+    pub max_instances: u32,
+    pub breaker_failures: u32,
+    pub breaker_cooldown_secs: u64,
+    pub reload_interval_ms: u64,
+    pub cache_dir: PathBuf,
+}
+
+/// One `[plugins.<name>]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginEntry {
+    pub path: PathBuf,
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// What happens to an event when a plugin in its chain fails (trap, timeout, breaker open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Skip the failing plugin and deliver.
+    #[default]
+    FailOpen,
+    /// Drop the event; a client publisher gets `plugin_failed`.
+    FailClosed,
 }
 
 /// Which broker carries events between nodes.
@@ -223,6 +263,10 @@ pub struct RoomTypeSettings {
     pub client_publish: bool,
     pub presence: bool,
     pub join: JoinPolicy,
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    #[serde(default)]
+    pub plugin_failure: FailurePolicy,
 }
 
 /// Who may join a room of a type.
@@ -358,6 +402,7 @@ impl Settings {
         }
         self.validate_cluster()?;
         self.validate_notifications()?;
+        self.validate_plugins()?;
         if self.room_types.is_empty() {
             return Err(ConfigError::invalid(
                 "room_types",
@@ -375,6 +420,46 @@ impl Settings {
                 return Err(ConfigError::invalid(
                     "room_types.<type>.capacity",
                     format!("room type {name:?}: capacity must be at least 1"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_plugins(&self) -> Result<(), ConfigError> {
+        let runtime = &self.plugin_runtime;
+        if runtime.call_timeout_ms == 0
+            || runtime.max_instances == 0
+            || runtime.breaker_failures == 0
+        {
+            return Err(ConfigError::invalid(
+                "plugin_runtime.call_timeout_ms",
+                "call_timeout_ms, max_instances and breaker_failures must be at least 1",
+            ));
+        }
+        if runtime.memory_limit_bytes < 1 << 20 || runtime.stack_limit_bytes < 64 << 10 {
+            return Err(ConfigError::invalid(
+                "plugin_runtime.memory_limit_bytes",
+                "memory_limit_bytes must be at least 1 MiB and stack_limit_bytes at least 64 KiB",
+            ));
+        }
+        if runtime.reload_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "plugin_runtime.reload_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        for (room_type, settings) in &self.room_types {
+            if let Some(unknown) = settings
+                .plugins
+                .iter()
+                .find(|name| !self.plugins.contains_key(*name))
+            {
+                return Err(ConfigError::invalid(
+                    "room_types.<type>.plugins",
+                    format!(
+                        "room type {room_type:?} names plugin {unknown:?}, which has no [plugins.{unknown}]"
+                    ),
                 ));
             }
         }

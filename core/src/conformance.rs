@@ -470,6 +470,19 @@ pub async fn notification_suite(store: Arc<dyn NotificationStore>) {
         (1_001, format!("{{\"lesson\":\"{}\"}}", id(1)).as_str()),
         "the first row stays"
     );
+    let (theirs, created) = store
+        .insert(&new_notification(&id(1), &stranger, 7))
+        .await
+        .unwrap();
+    assert!(
+        created,
+        "the same id for another user is another notification"
+    );
+    assert_eq!(
+        (theirs.user_id.as_str(), theirs.created_at),
+        (stranger.as_str(), 7)
+    );
+    assert!(store.delete(&stranger, &id(1)).await.unwrap());
 
     let first_page = store.list(&owner, 2, None, false).await.unwrap();
     let ids: Vec<&str> = first_page

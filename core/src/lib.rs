@@ -20,6 +20,8 @@
 //! - [`conformance`]: one test suite per backend trait (feature `conformance`).
 //! - [`notifications`]: notifications stored with sqlx (SQLite or PostgreSQL), created over
 //!   NATS JetStream or HTTP and pushed live; [`graphql`]: the schema serving them (no HTTP here).
+//! - [`plugins`]: wasmtime event plugins: per-room-type chains, limits, failure policy,
+//!   circuit breaker, hot reload.
 //! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
 //! - [`auth`]: JWT verification and minting; [`room`]: room ids and grants.
 //! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod nats_bridge;
 pub mod node;
 pub mod notifications;
+pub mod plugins;
 pub mod protocol;
 pub mod room;
 pub mod server;

@@ -107,7 +107,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 settings.server.listen
             )
         })?;
-    realtime_core::server::run(settings, listener, shutdown_signal()).await?;
+    let server = realtime_core::server::Server::start(settings, listener).await?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangups.recv() => {
+                let swapped = server.reload_plugins().await;
+                tracing::info!(swapped, "SIGHUP: plugins re-read");
+            }
+        }
+    }
+    server.shutdown().await;
     Ok(())
 }
 

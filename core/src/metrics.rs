@@ -32,6 +32,28 @@ pub const PUBLISHES: &str = "realtime_publishes_total";
 /// Counter: notifications stored (first time, not idempotent repeats).
 pub const NOTIFICATIONS_CREATED: &str = "realtime_notifications_created_total";
 
+/// Counter: plugin calls, label `plugin`.
+pub const PLUGIN_CALLS: &str = "realtime_plugin_calls_total";
+/// Histogram: seconds per plugin call, label `plugin`.
+pub const PLUGIN_CALL_SECONDS: &str = "realtime_plugin_call_duration_seconds";
+/// Counter: plugin outcomes, labels `plugin`, `outcome` (pass, drop, replace, reject, trap,
+/// timeout, skipped_breaker_open).
+pub const PLUGIN_OUTCOMES: &str = "realtime_plugin_outcomes_total";
+/// Counter: plugin traps (panic, memory limit, invalid output), label `plugin`.
+pub const PLUGIN_TRAPS: &str = "realtime_plugin_traps_total";
+/// Counter: plugin calls cut by the deadline, label `plugin`.
+pub const PLUGIN_TIMEOUTS: &str = "realtime_plugin_timeouts_total";
+/// Counter: times a plugin's circuit breaker opened, label `plugin`.
+pub const PLUGIN_BREAKER_OPENED: &str = "realtime_plugin_breaker_opened_total";
+/// Counter: new plugin versions refused on reload, label `plugin`.
+pub const PLUGIN_RELOAD_FAILURES: &str = "realtime_plugin_reload_failures_total";
+
+/// Plugin calls take microseconds; buckets resolve that range up to the timeout.
+const PLUGIN_CALL_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005,
+    0.01, 0.05,
+];
+
 /// Handshakes are expected in single-digit milliseconds; buckets resolve that range.
 const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -47,6 +69,11 @@ pub fn prometheus_handle() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(HANDSHAKE_SECONDS.to_owned()),
                     HANDSHAKE_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(PLUGIN_CALL_SECONDS.to_owned()),
+                    PLUGIN_CALL_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();

@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{Node, Publisher};
+use crate::node::{Delivery, Node, Publisher};
 use crate::protocol::{ErrorBody, ErrorCode, WireError};
 use crate::room::RoomId;
 use crate::stores::StoreError;
@@ -51,7 +51,7 @@ fn invalid(message: impl Into<String>) -> WireError {
 }
 
 /// Validates one inbound message and publishes it through the node.
-async fn handle_inbound(node: &Node, subject: &str, payload: &[u8]) -> Result<(), WireError> {
+async fn handle_inbound(node: &Node, subject: &str, payload: &[u8]) -> Result<Delivery, WireError> {
     let inbound: InboundEvent = serde_json::from_slice(payload).map_err(|error| {
         invalid(format!(
             "body must be {{\"event\":..,\"data\":..}}: {error}"
@@ -68,19 +68,24 @@ async fn handle_inbound(node: &Node, subject: &str, payload: &[u8]) -> Result<()
         metrics::counter!(crate::metrics::PUBLISHES, "source" => "nats").increment(1);
         node.publish_to_user(user, &inbound.event, &inbound.data)
             .await
+            .map(|()| Delivery::Delivered)
     } else {
         Err(invalid(format!("unexpected subject {subject}")))
     }
 }
 
-fn reply_body(result: &Result<(), WireError>) -> Bytes {
+fn reply_body(result: &Result<Delivery, WireError>) -> Bytes {
     #[derive(serde::Serialize)]
     struct Failed<'a> {
         ok: bool,
         error: ErrorBody<'a>,
     }
     let body = match result {
-        Ok(()) => serde_json::json!({"ok": true}).to_string(),
+        Ok(delivery) => {
+            let mut body = delivery.reply_fields();
+            body["ok"] = serde_json::Value::Bool(true);
+            body.to_string()
+        }
         Err(error) => serde_json::to_string(&Failed {
             ok: false,
             error: ErrorBody::from(error),

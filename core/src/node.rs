@@ -17,6 +17,7 @@ use crate::events::{EventBus, PlatformEvent};
 use crate::hub::{Hub, SocketHandle};
 use crate::metrics as names;
 use crate::notifications::NotificationService;
+use crate::plugins::{ChainEvent, ChainResult, PluginHost};
 use crate::protocol::{
     ErrorCode, EventPush, Frame, WireError, is_reserved_event_name, is_valid_event_name,
     unix_now_millis,
@@ -73,6 +74,27 @@ impl Drop for UserWatch {
     }
 }
 
+/// What became of a published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Handed to the broker for every member.
+    Delivered,
+    /// A plugin dropped it; nobody receives it.
+    Dropped { reason: String },
+}
+
+impl Delivery {
+    /// The fields publishers get back: `{"delivered":true}` or `{"delivered":false,"reason":..}`.
+    pub fn reply_fields(&self) -> serde_json::Value {
+        match self {
+            Delivery::Delivered => serde_json::json!({ "delivered": true }),
+            Delivery::Dropped { reason } => {
+                serde_json::json!({ "delivered": false, "reason": reason })
+            }
+        }
+    }
+}
+
 /// Who is publishing an event, which decides checks and the `from` field.
 #[derive(Debug, Clone, Copy)]
 pub enum Publisher<'a> {
@@ -108,6 +130,8 @@ pub struct Node {
     verifier: TokenVerifier,
     hub: Arc<Hub>,
     backends: Backends,
+    /// The plugin host, when any plugin is configured.
+    plugins: Option<Arc<PluginHost>>,
     events: EventBus,
     /// Sockets admitted (handshaking or connected); bounded by `server.max_connections`.
     admitted: Arc<AtomicUsize>,
@@ -134,6 +158,7 @@ impl Node {
         verifier: TokenVerifier,
         hub: Arc<Hub>,
         backends: Backends,
+        plugins: Option<Arc<PluginHost>>,
     ) -> Node {
         Node {
             settings,
@@ -141,6 +166,7 @@ impl Node {
             verifier,
             hub,
             backends,
+            plugins,
             events: EventBus::new(),
             admitted: Arc::new(AtomicUsize::new(0)),
             interest_locks: (0..INTEREST_LOCK_STRIPES)
@@ -165,6 +191,10 @@ impl Node {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    pub fn plugins(&self) -> Option<&Arc<PluginHost>> {
+        self.plugins.as_ref()
     }
 
     pub fn rate_limiter(&self) -> &Arc<dyn RateLimiter> {
@@ -565,7 +595,7 @@ impl Node {
         room_text: &str,
         event: &str,
         data: &RawValue,
-    ) -> Result<(), WireError> {
+    ) -> Result<Delivery, WireError> {
         let room = Self::parse_room(room_text)?;
         if !self.room_type(&room)?.client_publish {
             return Err(WireError::new(
@@ -592,21 +622,62 @@ impl Node {
     }
 
     /// Publishes an event to every member of a room on every node.
+    /// The room type's plugin chain runs first, once, whoever publishes.
     pub async fn publish_to_room(
         &self,
         room: &RoomId,
         event: &str,
         data: &RawValue,
         publisher: Publisher<'_>,
-    ) -> Result<(), WireError> {
+    ) -> Result<Delivery, WireError> {
         check_event_name(event)?;
-        self.room_type(room)?;
+        let room_type = self.room_type(room)?;
         let from = match publisher {
             Publisher::Client { user_id } => Some(user_id),
             Publisher::Service => None,
         };
-        self.broadcast(Topic::Room(room.clone()), event, Some(room), from, data)
-            .await
+        let ts = unix_now_millis();
+        let replaced = match (&self.plugins, room_type.plugins.is_empty()) {
+            (Some(plugins), false) => {
+                let chain_event = ChainEvent {
+                    name: event,
+                    room_id: room.as_str(),
+                    room_type: room.room_type(),
+                    sender: from,
+                    timestamp_ms: ts,
+                    payload: data.get(),
+                };
+                match plugins.run_chain(&room_type.plugins, room_type.plugin_failure, &chain_event)
+                {
+                    ChainResult::Deliver(replaced) => replaced,
+                    ChainResult::Dropped { reason, .. } => return Ok(Delivery::Dropped { reason }),
+                    ChainResult::Rejected { plugin, message } => {
+                        return Err(WireError::new(
+                            ErrorCode::PluginRejected,
+                            format!("{plugin}: {message}"),
+                        ));
+                    }
+                    ChainResult::Failed { plugin } => {
+                        return Err(WireError::new(
+                            ErrorCode::PluginFailed,
+                            format!(
+                                "plugin {plugin} failed and {} rooms fail closed",
+                                room.room_type()
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let replaced = replaced
+            .map(RawValue::from_string)
+            .transpose()
+            .map_err(|_| WireError::new(ErrorCode::InternalError, "plugin output was not JSON"))?;
+        let data = replaced.as_deref().unwrap_or(data);
+        self.broadcast_at(Topic::Room(room.clone()), event, Some(room), from, data, ts)
+            .await?;
+        Ok(Delivery::Delivered)
     }
 
     /// Publishes an event to every socket of a user on every node.
@@ -636,13 +707,26 @@ impl Node {
         from: Option<&str>,
         data: &RawValue,
     ) -> Result<(), WireError> {
+        self.broadcast_at(topic, event, room, from, data, unix_now_millis())
+            .await
+    }
+
+    async fn broadcast_at(
+        &self,
+        topic: Topic,
+        event: &str,
+        room: Option<&RoomId>,
+        from: Option<&str>,
+        data: &RawValue,
+        ts: u64,
+    ) -> Result<(), WireError> {
         let frame = Frame::event(&EventPush {
             kind: "event",
             event,
             room: room.map(RoomId::as_str),
             from,
             data,
-            ts: unix_now_millis(),
+            ts,
         });
         self.backends
             .broker

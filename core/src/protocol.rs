@@ -51,6 +51,10 @@ pub enum ErrorCode {
     SubjectMismatch,
     /// Too many requests on this connection; slow down.
     RateLimited,
+    /// A plugin refused the event; the message is the plugin's.
+    PluginRejected,
+    /// A plugin failed on the event and the room type fails closed.
+    PluginFailed,
     /// A backend the operation needs is unreachable; retry later.
     Unavailable,
     /// A bug on our side; details are in the server log, never in the reply.
@@ -80,6 +84,8 @@ impl ErrorCode {
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::SubjectMismatch => "subject_mismatch",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PluginRejected => "plugin_rejected",
+            ErrorCode::PluginFailed => "plugin_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::InternalError => "internal_error",
         }

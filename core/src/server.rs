@@ -22,6 +22,7 @@ use crate::nats_bridge;
 use crate::node::{Backends, Node};
 use crate::notifications::sql::{self, DatabaseError, SqlNotificationStore};
 use crate::notifications::{NotificationService, ingest};
+use crate::plugins::PluginHost;
 use crate::protocol::CloseCode;
 use crate::stores::memory::MemoryRateLimiter;
 use crate::stores::memory::{MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRoomStore};
@@ -39,6 +40,8 @@ pub enum StartError {
     Listener(#[from] std::io::Error),
     #[error(transparent)]
     Database(#[from] DatabaseError),
+    #[error("{0}")]
+    Plugin(String),
     #[error("configuration key `{key}`: cannot connect: {source}")]
     Backend {
         key: &'static str,
@@ -150,6 +153,38 @@ impl Connections {
     }
 }
 
+/// Loads the configured plugins (compiling is CPU work: off the async workers).
+async fn load_plugins(settings: Arc<Settings>) -> Result<Option<Arc<PluginHost>>, StartError> {
+    let loaded = tokio::task::spawn_blocking(move || PluginHost::load(&settings))
+        .await
+        .map_err(|error| StartError::Plugin(error.to_string()))?;
+    Ok(loaded
+        .map_err(|error| StartError::Plugin(error.to_string()))?
+        .map(Arc::new))
+}
+
+/// Checks plugin files every `plugin_runtime.reload_interval_ms` and swaps in changed versions.
+fn spawn_plugin_reloader(
+    plugins: Arc<PluginHost>,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let interval = Duration::from_millis(settings.plugin_runtime.reload_interval_ms);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    let plugins = plugins.clone();
+                    let _ = tokio::task::spawn_blocking(move || plugins.reload(false)).await;
+                }
+            }
+        }
+    })
+}
+
 /// Emits `user.offline` for users whose presence expired, every `presence.sweep_interval_secs`.
 fn spawn_offline_sweeper(node: Arc<Node>) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -177,14 +212,23 @@ impl Server {
         let connections = Connections::open(&settings, &node_id).await?;
         let hub = Arc::new(Hub::new());
         let backends = connections.backends(&settings, &hub).await?;
+        let plugins = load_plugins(settings.clone()).await?;
         let node = Arc::new(Node::new(
             settings.clone(),
             node_id,
             verifier,
             hub,
             backends,
+            plugins,
         ));
         let mut background = vec![spawn_offline_sweeper(node.clone())];
+        if let Some(plugins) = node.plugins() {
+            background.push(spawn_plugin_reloader(
+                plugins.clone(),
+                &settings,
+                node.shutdown_token().clone(),
+            ));
+        }
         let stop_event_publisher = CancellationToken::new();
         let mut event_publisher = None;
         if let Some(nats) = &connections.nats {
@@ -240,6 +284,19 @@ impl Server {
 
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// Re-reads every plugin file now (what `SIGHUP` does); returns how many were swapped.
+    pub async fn reload_plugins(&self) -> usize {
+        match self.node.plugins() {
+            Some(plugins) => {
+                let plugins = plugins.clone();
+                tokio::task::spawn_blocking(move || plugins.reload(true))
+                    .await
+                    .unwrap_or(0)
+            }
+            None => 0,
+        }
     }
 
     /// Stops accepting, closes every socket with 1012, and waits up to

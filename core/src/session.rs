@@ -402,9 +402,10 @@ where
                 Ok(None)
             }
             Request::Publish { room, event, data } => {
-                node.publish_from_client(&self.session, &room, &event, &data)
+                let delivery = node
+                    .publish_from_client(&self.session, &room, &event, &data)
                     .await?;
-                Ok(None)
+                Ok(Some(delivery.reply_fields()))
             }
             Request::Presence { room } => {
                 let (room, members) = node.room_presence(&self.session, &room).await?;

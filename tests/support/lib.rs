@@ -707,3 +707,28 @@ impl GraphqlSubscriptionClient {
         }
     }
 }
+
+/// Where `bash tests/run` puts the plugin builds (`REALTIME_PLUGIN_DIR` overrides).
+pub fn plugin_wasm(crate_name: &str) -> std::path::PathBuf {
+    let directory = std::env::var_os("REALTIME_PLUGIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-unknown-unknown/plugin")
+        });
+    let path = directory.join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the plugins first (bash tests/run does: cargo build --profile plugin --target wasm32-unknown-unknown ...)",
+        path.display()
+    );
+    path
+}
+
+/// Registers a plugin in the settings.
+pub fn add_plugin(settings: &mut Settings, name: &str, path: std::path::PathBuf, config: Value) {
+    settings.plugins.insert(
+        name.to_owned(),
+        realtime_core::config::PluginEntry { path, config },
+    );
+}

@@ -173,8 +173,8 @@ pub struct Page {
 pub struct StoreFailure(pub String);
 
 /// Where notifications live. Guarantees (checked by `conformance::notification_suite`):
-/// - `insert` is idempotent on `id`: a second insert with the same id changes nothing and
-///   returns the stored row with `created = false`.
+/// - `insert` is idempotent on `(user_id, id)`: a second insert with the same pair changes
+///   nothing and returns the stored row with `created = false`. Ids are scoped to their user.
 /// - Every read and change is scoped to `user_id`: another user's id behaves like an unknown id.
 /// - `list` is newest first (`created_at`, then `id`, descending), continues strictly after
 ///   `after`, and reports whether more rows follow.
@@ -225,7 +225,7 @@ impl NotificationService {
         &self.store
     }
 
-    /// Stores the notification (idempotent on id) and, if it is new, pushes `notification.new`.
+    /// Stores the notification (idempotent on user and id) and, if it is new, pushes `notification.new`.
     /// Returns the stored row and whether this call created it.
     pub async fn create(
         &self,

@@ -123,7 +123,7 @@ impl NotificationStore for SqlNotificationStore {
     async fn insert(&self, new: &NewNotification) -> Result<(Notification, bool), StoreFailure> {
         let inserted = sqlx::query(
             "INSERT INTO notifications (id, user_id, type, content, created_at, read_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT (id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT (user_id, id) DO NOTHING",
         )
         .bind(&new.id)
         .bind(&new.user_id)
@@ -133,9 +133,10 @@ impl NotificationStore for SqlNotificationStore {
         .execute(&self.pool)
         .await
         .map_err(failure)?;
-        let query = format!("SELECT {COLUMNS} FROM notifications WHERE id = $1");
+        let query = format!("SELECT {COLUMNS} FROM notifications WHERE id = $1 AND user_id = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(query))
             .bind(&new.id)
+            .bind(&new.user_id)
             .fetch_one(&self.pool)
             .await
             .map_err(failure)?;

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::render_error;
 use crate::metrics as names;
-use crate::node::{Node, Publisher};
+use crate::node::{Delivery, Node, Publisher};
 use crate::notifications::{Notification, NotificationRequest, rfc3339_millis};
 use crate::protocol::{ErrorCode, WireError};
 use crate::room::RoomId;
@@ -87,7 +87,7 @@ async fn authorized_json_body<T: serde::de::DeserializeOwned>(
 }
 
 impl PublishEndpoint {
-    async fn publish(&self, req: &mut Request) -> Result<(), WireError> {
+    async fn publish(&self, req: &mut Request) -> Result<Delivery, WireError> {
         let body: PublishBody = authorized_json_body(&self.node, req).await?;
         match (body.room, body.user) {
             (Some(room), None) => {
@@ -103,6 +103,7 @@ impl PublishEndpoint {
                 self.node
                     .publish_to_user(&user, &body.event, &body.data)
                     .await
+                    .map(|()| Delivery::Delivered)
             }
             _ => Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -122,7 +123,11 @@ impl Handler for PublishEndpoint {
         _ctrl: &mut FlowCtrl,
     ) {
         match self.publish(req).await {
-            Ok(()) => res.render(Json(serde_json::json!({ "ok": true }))),
+            Ok(delivery) => {
+                let mut body = delivery.reply_fields();
+                body["ok"] = serde_json::Value::Bool(true);
+                res.render(Json(body));
+            }
             Err(error) => render_error(res, &error),
         }
     }

@@ -60,6 +60,8 @@ fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::NodeFull | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::FrameTooLarge | ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::PluginRejected => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::PluginFailed => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }

@@ -1,0 +1,380 @@
+//! Event plugins: WebAssembly components that filter or transform room events, configured per
+//! room type as an ordered chain, run once per event before fan-out.
+//!
+//! - [`runtime`]: wasmtime (engine, compile cache, instances, limits).
+//! - here: loading from `[plugins.<name>]`, chains, the failure policy, a circuit breaker per
+//!   plugin, metrics, and hot reload (file changes and `SIGHUP`; a version that fails to load or
+//!   to `init` is refused and the old one keeps serving).
+
+pub mod runtime;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{FailurePolicy, PluginEntry, PluginRuntimeSettings, Settings};
+use crate::metrics as names;
+use runtime::{CallFailure, Instance, LoadError, PluginRuntime, Prepared, WasmEvent, WasmOutcome};
+
+/// Idle instances kept per plugin version; more concurrent calls make (and then drop) extras.
+const MAX_IDLE_INSTANCES: usize = 8;
+
+/// A plugin that could not be loaded at startup (the key names it).
+#[derive(Debug, thiserror::Error)]
+#[error("configuration key `plugins.{name}`: {source}")]
+pub struct PluginLoadError {
+    pub name: String,
+    pub source: LoadError,
+}
+
+/// The event a chain sees.
+pub struct ChainEvent<'a> {
+    pub name: &'a str,
+    pub room_id: &'a str,
+    pub room_type: &'a str,
+    pub sender: Option<&'a str>,
+    pub timestamp_ms: u64,
+    /// JSON text.
+    pub payload: &'a str,
+}
+
+/// What a chain decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainResult {
+    /// Deliver; `Some` is the replaced payload (JSON text), `None` the original.
+    Deliver(Option<String>),
+    Dropped {
+        plugin: String,
+        reason: String,
+    },
+    Rejected {
+        plugin: String,
+        message: String,
+    },
+    /// A plugin failed and the room type is `fail_closed`.
+    Failed {
+        plugin: String,
+    },
+}
+
+/// Consecutive failures and the cool-down they trigger.
+#[derive(Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// When the file was last seen, to notice replacements cheaply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &PathBuf) -> Option<FileStamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: metadata.modified().ok(),
+        len: metadata.len(),
+    })
+}
+
+/// One loaded version of a plugin and its idle instances.
+struct LoadedPlugin {
+    name: Arc<str>,
+    prepared: Prepared,
+    config_json: String,
+    /// Event names the plugin asked for; `None` = every event.
+    subscription: Option<HashSet<String>>,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl LoadedPlugin {
+    fn wants(&self, event_name: &str) -> bool {
+        self.subscription
+            .as_ref()
+            .is_none_or(|names| names.contains(event_name))
+    }
+
+    /// Takes an idle instance or makes (and initialises) a new one.
+    fn instance(&self, runtime: &PluginRuntime) -> Result<Instance, CallFailure> {
+        if let Some(instance) = self.idle.lock().pop() {
+            return Ok(instance);
+        }
+        let mut instance = runtime.instantiate(&self.name, &self.prepared)?;
+        match runtime.init(&mut instance, &self.config_json)? {
+            Ok(_) => Ok(instance),
+            Err(message) => Err(CallFailure::Instantiate(format!("init refused: {message}"))),
+        }
+    }
+
+    fn call(&self, runtime: &PluginRuntime, event: &WasmEvent) -> Result<WasmOutcome, CallFailure> {
+        let mut instance = self.instance(runtime)?;
+        let outcome = runtime.on_event(&mut instance, event)?;
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(instance);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Every configured plugin, ready to run.
+pub struct PluginHost {
+    runtime: PluginRuntime,
+    entries: BTreeMap<String, PluginEntry>,
+    loaded: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
+    stamps: Mutex<HashMap<String, FileStamp>>,
+    breakers: HashMap<String, Mutex<Breaker>>,
+    settings: PluginRuntimeSettings,
+}
+
+impl PluginHost {
+    /// Loads every `[plugins.<name>]`; `None` when none is configured.
+    pub fn load(settings: &Settings) -> Result<Option<PluginHost>, PluginLoadError> {
+        if settings.plugins.is_empty() {
+            return Ok(None);
+        }
+        let runtime =
+            PluginRuntime::new(&settings.plugin_runtime).map_err(|source| PluginLoadError {
+                name: "<runtime>".into(),
+                source,
+            })?;
+        let host = PluginHost {
+            runtime,
+            entries: settings.plugins.clone(),
+            loaded: RwLock::default(),
+            stamps: Mutex::default(),
+            breakers: settings
+                .plugins
+                .keys()
+                .map(|name| (name.clone(), Mutex::default()))
+                .collect(),
+            settings: settings.plugin_runtime.clone(),
+        };
+        for (name, entry) in &settings.plugins {
+            let plugin = host
+                .load_version(name, entry)
+                .map_err(|source| PluginLoadError {
+                    name: name.clone(),
+                    source,
+                })?;
+            tracing::info!(plugin = %name, version = %short(&plugin.prepared.version), "plugin loaded");
+            host.loaded.write().insert(name.clone(), Arc::new(plugin));
+            if let Some(file) = stamp(&entry.path) {
+                host.stamps.lock().insert(name.clone(), file);
+            }
+        }
+        Ok(Some(host))
+    }
+
+    /// Compiles, instantiates and initialises one version; refuses it on any failure.
+    fn load_version(&self, name: &str, entry: &PluginEntry) -> Result<LoadedPlugin, LoadError> {
+        let prepared = self.runtime.prepare(&entry.path)?;
+        let config_json = entry.config.to_string();
+        let plugin_name: Arc<str> = Arc::from(name);
+        let mut first = self
+            .runtime
+            .instantiate(&plugin_name, &prepared)
+            .map_err(|failure| LoadError::Instantiate(failure.to_string()))?;
+        let events = self
+            .runtime
+            .init(&mut first, &config_json)
+            .map_err(|failure| LoadError::Init(failure.to_string()))?
+            .map_err(LoadError::Init)?;
+        let subscription =
+            (!events.iter().any(|event| event == "*")).then(|| events.into_iter().collect());
+        Ok(LoadedPlugin {
+            name: plugin_name,
+            prepared,
+            config_json,
+            subscription,
+            idle: Mutex::new(vec![first]),
+        })
+    }
+
+    /// Reloads plugins whose file changed (or all of them with `force`, as on `SIGHUP`). A new
+    /// version that fails to load keeps the old one serving. Returns how many were swapped.
+    pub fn reload(&self, force: bool) -> usize {
+        let mut swapped = 0;
+        for (name, entry) in &self.entries {
+            let current = stamp(&entry.path);
+            let known = self.stamps.lock().get(name).cloned();
+            if !force && (current.is_none() || current == known) {
+                continue;
+            }
+            if let Some(current) = current {
+                // Remember the file either way: a broken version is not retried until it changes.
+                self.stamps.lock().insert(name.clone(), current);
+            }
+            match self.load_version(name, entry) {
+                Ok(plugin) => {
+                    let unchanged = self
+                        .loaded
+                        .read()
+                        .get(name)
+                        .is_some_and(|old| old.prepared.version == plugin.prepared.version);
+                    if !unchanged {
+                        tracing::info!(plugin = %name, version = %short(&plugin.prepared.version), "plugin reloaded");
+                        self.loaded.write().insert(name.clone(), Arc::new(plugin));
+                        *self.breaker(name).lock() = Breaker::default();
+                        swapped += 1;
+                    }
+                }
+                Err(error) => {
+                    metrics::counter!(names::PLUGIN_RELOAD_FAILURES, "plugin" => name.clone())
+                        .increment(1);
+                    tracing::error!(plugin = %name, %error, "new plugin version refused; the previous one keeps serving");
+                }
+            }
+        }
+        swapped
+    }
+
+    fn breaker(&self, name: &str) -> &Mutex<Breaker> {
+        self.breakers
+            .get(name)
+            .expect("breakers exist for every configured plugin")
+    }
+
+    /// Runs `chain` (plugin names, in order) on one event.
+    pub fn run_chain(
+        &self,
+        chain: &[String],
+        policy: FailurePolicy,
+        event: &ChainEvent<'_>,
+    ) -> ChainResult {
+        let mut payload: Option<String> = None;
+        for name in chain {
+            let Some(plugin) = self.loaded.read().get(name).cloned() else {
+                continue;
+            };
+            if !plugin.wants(event.name) {
+                continue;
+            }
+            let current_payload = payload.as_deref().unwrap_or(event.payload);
+            match self.call_guarded(&plugin, event, current_payload) {
+                Ok(WasmOutcome::Pass) => {}
+                Ok(WasmOutcome::Replace(replacement)) => payload = Some(replacement),
+                Ok(WasmOutcome::Drop(reason)) => {
+                    tracing::debug!(plugin = %name, %reason, event = event.name, "event dropped by plugin");
+                    return ChainResult::Dropped {
+                        plugin: name.clone(),
+                        reason,
+                    };
+                }
+                Ok(WasmOutcome::Reject(message)) => {
+                    return ChainResult::Rejected {
+                        plugin: name.clone(),
+                        message,
+                    };
+                }
+                Err(()) if policy == FailurePolicy::FailClosed => {
+                    return ChainResult::Failed {
+                        plugin: name.clone(),
+                    };
+                }
+                Err(()) => {}
+            }
+        }
+        ChainResult::Deliver(payload)
+    }
+
+    /// One call with the breaker, limits, metrics and output checks. `Err` = the plugin failed
+    /// (details already logged and counted).
+    fn call_guarded(
+        &self,
+        plugin: &LoadedPlugin,
+        event: &ChainEvent<'_>,
+        payload: &str,
+    ) -> Result<WasmOutcome, ()> {
+        let name = plugin.name.to_string();
+        {
+            let breaker = self.breaker(&name).lock();
+            if breaker
+                .open_until
+                .is_some_and(|until| Instant::now() < until)
+            {
+                metrics::counter!(names::PLUGIN_OUTCOMES, "plugin" => name, "outcome" => "skipped_breaker_open").increment(1);
+                return Err(());
+            }
+        }
+        let wasm_event = WasmEvent {
+            name: event.name.to_owned(),
+            room_id: event.room_id.to_owned(),
+            room_type: event.room_type.to_owned(),
+            sender: event.sender.map(str::to_owned),
+            timestamp_ms: event.timestamp_ms,
+            payload: payload.to_owned(),
+        };
+        let started = Instant::now();
+        let result = plugin.call(&self.runtime, &wasm_event);
+        metrics::histogram!(names::PLUGIN_CALL_SECONDS, "plugin" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(names::PLUGIN_CALLS, "plugin" => name.clone()).increment(1);
+        let result =
+            result
+                .map_err(|failure| failure.to_string())
+                .and_then(|outcome| match outcome {
+                    // A replacement must be JSON: anything else would reach clients as broken frames.
+                    WasmOutcome::Replace(text)
+                        if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() =>
+                    {
+                        Err("replaced the payload with text that is not JSON".to_owned())
+                    }
+                    outcome => Ok(outcome),
+                });
+        match result {
+            Ok(outcome) => {
+                self.breaker(&name).lock().consecutive_failures = 0;
+                let label = match &outcome {
+                    WasmOutcome::Pass => "pass",
+                    WasmOutcome::Drop(_) => "drop",
+                    WasmOutcome::Replace(_) => "replace",
+                    WasmOutcome::Reject(_) => "reject",
+                };
+                metrics::counter!(names::PLUGIN_OUTCOMES, "plugin" => name, "outcome" => label)
+                    .increment(1);
+                Ok(outcome)
+            }
+            Err(problem) => {
+                self.record_failure(&name, &problem);
+                Err(())
+            }
+        }
+    }
+
+    fn record_failure(&self, name: &str, problem: &str) {
+        let kind = if problem.starts_with("timed out") {
+            metrics::counter!(names::PLUGIN_TIMEOUTS, "plugin" => name.to_owned()).increment(1);
+            "timeout"
+        } else {
+            metrics::counter!(names::PLUGIN_TRAPS, "plugin" => name.to_owned()).increment(1);
+            "trap"
+        };
+        metrics::counter!(names::PLUGIN_OUTCOMES, "plugin" => name.to_owned(), "outcome" => kind)
+            .increment(1);
+        tracing::warn!(plugin = name, %problem, "plugin call failed");
+        let mut breaker = self.breaker(name).lock();
+        breaker.consecutive_failures += 1;
+        if breaker.consecutive_failures >= self.settings.breaker_failures {
+            let cooldown = Duration::from_secs(self.settings.breaker_cooldown_secs);
+            breaker.open_until = Some(Instant::now() + cooldown);
+            metrics::counter!(names::PLUGIN_BREAKER_OPENED, "plugin" => name.to_owned())
+                .increment(1);
+            tracing::error!(
+                plugin = name,
+                failures = breaker.consecutive_failures,
+                ?cooldown,
+                "plugin disabled for a cool-down"
+            );
+        }
+    }
+}
+
+fn short(version: &str) -> &str {
+    &version[..version.len().min(12)]
+}

@@ -1,0 +1,237 @@
+//! The plugin author's crate: implement [`Plugin`] and export it with [`export_plugin!`].
+//!
+//! ```ignore
+//! use realtime_sdk_plugin::{Event, Outcome, Plugin, Subscription, export_plugin};
+//!
+//! struct Shout;
+//!
+//! impl Plugin for Shout {
+//!     fn init(_config: serde_json::Value) -> Result<(Self, Subscription), String> {
+//!         Ok((Shout, Subscription::events(["chat.message"])))
+//!     }
+//!     fn on_event(&mut self, event: &Event) -> Outcome {
+//!         let text = event.payload["text"].as_str().unwrap_or_default().to_uppercase();
+//!         Outcome::Replace(serde_json::json!({ "text": text }))
+//!     }
+//! }
+//!
+//! export_plugin!(Shout);
+//! ```
+//!
+//! The same code compiles natively, so plugin logic is unit-tested with `cargo test`; only the
+//! `wasm32-unknown-unknown` build carries the component bindings (WIT package
+//! `realtime:plugin@0.1.0`, in `sdk-plugin/wit/`). See README.md for building and configuring.
+
+// The generated bindings name this crate by its path, also from inside it.
+extern crate self as realtime_sdk_plugin;
+
+pub use serde_json;
+
+/// One event on its way into a room, before fan-out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Event name, e.g. `match.update`.
+    pub name: String,
+    /// The room, e.g. `competition:42`.
+    pub room_id: String,
+    /// The room's type, e.g. `competition`.
+    pub room_type: String,
+    /// The publishing user for client publishes; `None` for internal services.
+    pub sender: Option<String>,
+    /// When the server accepted the event, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The event's `data`.
+    pub payload: serde_json::Value,
+}
+
+impl Event {
+    /// A test helper: an event with a payload and neutral other fields.
+    pub fn new(name: &str, room_id: &str, payload: serde_json::Value) -> Event {
+        Event {
+            name: name.to_owned(),
+            room_id: room_id.to_owned(),
+            room_type: room_id.split(':').next().unwrap_or_default().to_owned(),
+            sender: None,
+            timestamp_ms: 0,
+            payload,
+        }
+    }
+}
+
+/// What happens to an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Deliver unchanged.
+    Pass,
+    /// Do not deliver; the reason goes to the server log and metrics.
+    Drop(String),
+    /// Deliver this payload instead.
+    Replace(serde_json::Value),
+    /// Do not deliver; a client publisher gets an error with this message.
+    Reject(String),
+}
+
+/// Which events a plugin wants. Others never reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub events: Vec<String>,
+}
+
+impl Subscription {
+    pub fn events<I, S>(names: I) -> Subscription
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Subscription {
+            events: names.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Every event of the room types the plugin is configured for.
+    pub fn all() -> Subscription {
+        Subscription::events(["*"])
+    }
+}
+
+/// An event plugin. One value lives per plugin instance; the host may run several instances and
+/// discards an instance after any trap (panic, timeout, memory limit).
+pub trait Plugin: Sized + 'static {
+    /// Builds the plugin from its `config` table (JSON). An error refuses the plugin.
+    fn init(config: serde_json::Value) -> Result<(Self, Subscription), String>;
+
+    /// Decides what happens to one event. Must be quick: the host cuts calls after a few
+    /// milliseconds (`plugins.call_timeout_ms`).
+    fn on_event(&mut self, event: &Event) -> Outcome;
+}
+
+/// Levels for [`log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Writes to the server log (tagged with the plugin's name). Natively: to stderr.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_family = "wasm")]
+    {
+        use bindings::realtime::plugin::host;
+        let level = match level {
+            Level::Trace => host::Level::Trace,
+            Level::Debug => host::Level::Debug,
+            Level::Info => host::Level::Info,
+            Level::Warn => host::Level::Warn,
+            Level::Error => host::Level::Error,
+        };
+        host::log(level, message);
+    }
+    #[cfg(not(target_family = "wasm"))]
+    eprintln!("[{level:?}] {message}");
+}
+
+/// The component bindings (wasm only).
+#[cfg(target_family = "wasm")]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "plugin",
+        pub_export_macro: true,
+        default_bindings_module: "realtime_sdk_plugin::bindings",
+        runtime_path: "realtime_sdk_plugin::__private::wit_bindgen::rt",
+    });
+}
+
+/// What `export_plugin!` expands to; not for direct use.
+#[cfg(target_family = "wasm")]
+#[doc(hidden)]
+pub mod __private {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    pub use wit_bindgen;
+
+    use crate::bindings::realtime::plugin::types;
+    use crate::{Event, Level, Outcome, Plugin, log};
+
+    thread_local! {
+        /// The plugin value of this instance (wasm instances are single-threaded).
+        static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn init<P: Plugin>(config: String) -> Result<types::Subscription, String> {
+        // A panic becomes a trap the host handles; the message reaches the server log first.
+        std::panic::set_hook(Box::new(|panic| {
+            log(Level::Error, &format!("plugin panicked: {panic}"))
+        }));
+        let config: serde_json::Value = serde_json::from_str(&config)
+            .map_err(|error| format!("config is not JSON: {error}"))?;
+        let (plugin, subscription) = P::init(config)?;
+        INSTANCE.with(|instance| *instance.borrow_mut() = Some(Box::new(plugin)));
+        Ok(types::Subscription {
+            events: subscription.events,
+        })
+    }
+
+    pub fn on_event<P: Plugin>(event: types::Event) -> types::Outcome {
+        let payload = match serde_json::from_str(&event.payload) {
+            Ok(payload) => payload,
+            Err(error) => return types::Outcome::Reject(format!("payload is not JSON: {error}")),
+        };
+        let event = Event {
+            name: event.name,
+            room_id: event.room_id,
+            room_type: event.room_type,
+            sender: event.sender,
+            timestamp_ms: event.timestamp_ms,
+            payload,
+        };
+        let outcome = INSTANCE.with(|instance| {
+            let mut instance = instance.borrow_mut();
+            let plugin = instance
+                .as_mut()
+                .and_then(|plugin| plugin.downcast_mut::<P>())
+                .expect("init ran before on-event");
+            plugin.on_event(&event)
+        });
+        match outcome {
+            Outcome::Pass => types::Outcome::Pass,
+            Outcome::Drop(reason) => types::Outcome::Drop(reason),
+            Outcome::Replace(payload) => types::Outcome::Replace(payload.to_string()),
+            Outcome::Reject(message) => types::Outcome::Reject(message),
+        }
+    }
+}
+
+/// Exports a [`Plugin`] as the component's `init` and `on-event` (wasm builds only).
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            struct RealtimePluginExport;
+
+            impl $crate::bindings::Guest for RealtimePluginExport {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<
+                    $crate::bindings::realtime::plugin::types::Subscription,
+                    ::std::string::String,
+                > {
+                    $crate::__private::init::<$plugin>(config)
+                }
+
+                fn on_event(
+                    event: $crate::bindings::realtime::plugin::types::Event,
+                ) -> $crate::bindings::realtime::plugin::types::Outcome {
+                    $crate::__private::on_event::<$plugin>(event)
+                }
+            }
+
+    $crate::bindings::export!(RealtimePluginExport with_types_in $crate::bindings);
+        };
+    };
+}
