@@ -4,13 +4,13 @@
 //! Maps are sharded by key hash so joins, leaves and fan-outs on different rooms do not contend;
 //! each shard is a `parking_lot::RwLock` held only for the map operation (never across `.await`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{CloseCode, Frame};
@@ -20,26 +20,78 @@ use crate::stores::Topic;
 /// Shard count: a power of two well above the core count, so writers rarely meet.
 const SHARDS: usize = 64;
 
+/// A socket's bounded queue of frames waiting to be written.
+///
+/// A `VecDeque` behind a mutex rather than a channel: an idle socket's queue allocates nothing
+/// (a tokio channel allocates a block of slots up front, about 1 KiB per socket here). The lock
+/// is held for one push or one pop.
+pub struct Outbox {
+    frames: Mutex<VecDeque<Frame>>,
+    ready: Notify,
+    capacity: usize,
+}
+
+/// Queue capacity kept after a burst drains; more is given back.
+const OUTBOX_KEEP: usize = 8;
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            frames: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity,
+        }
+    }
+
+    /// Queues a frame; false when the queue is full.
+    fn push(&self, frame: Frame) -> bool {
+        let mut frames = self.frames.lock();
+        if frames.len() >= self.capacity {
+            return false;
+        }
+        frames.push_back(frame);
+        drop(frames);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The oldest queued frame, if any.
+    pub fn try_pop(&self) -> Option<Frame> {
+        let mut frames = self.frames.lock();
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > OUTBOX_KEEP {
+            frames.shrink_to(OUTBOX_KEEP);
+        }
+        frame
+    }
+
+    /// Resolves once at least one frame is queued. Cancel-safe.
+    pub async fn ready(&self) {
+        loop {
+            if !self.frames.lock().is_empty() {
+                return;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// The node's handle to one connected socket: its bounded outbox and its close signal.
 pub struct SocketHandle {
     pub socket_id: Arc<str>,
     pub user_id: Arc<str>,
-    outbox: mpsc::Sender<Frame>,
+    pub outbox: Outbox,
     close_requested: CancellationToken,
     /// The close code requested from outside the socket's own loop; 0 = none yet.
     close_code: AtomicU16,
 }
 
 impl SocketHandle {
-    pub fn new(
-        socket_id: Arc<str>,
-        user_id: Arc<str>,
-        outbox: mpsc::Sender<Frame>,
-    ) -> SocketHandle {
+    pub fn new(socket_id: Arc<str>, user_id: Arc<str>, outbox_capacity: usize) -> SocketHandle {
         SocketHandle {
             socket_id,
             user_id,
-            outbox,
+            outbox: Outbox::new(outbox_capacity),
             close_requested: CancellationToken::new(),
             close_code: AtomicU16::new(0),
         }
@@ -48,11 +100,8 @@ impl SocketHandle {
     /// Queues a frame without waiting. A full outbox means the client is not reading fast
     /// enough: the socket is closed as a slow consumer rather than buffering without bound.
     pub fn deliver(&self, frame: Frame) {
-        match self.outbox.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.request_close(CloseCode::SlowConsumer),
-            // The socket loop has ended; its cleanup removes this handle shortly.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        if !self.outbox.push(frame) {
+            self.request_close(CloseCode::SlowConsumer);
         }
     }
 
@@ -252,41 +301,45 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn socket(id: &str, user: &str, capacity: usize) -> (Arc<SocketHandle>, mpsc::Receiver<Frame>) {
-        let (sender, receiver) = mpsc::channel(capacity);
-        (
-            Arc::new(SocketHandle::new(Arc::from(id), Arc::from(user), sender)),
-            receiver,
-        )
+    fn socket(id: &str, user: &str, capacity: usize) -> Arc<SocketHandle> {
+        Arc::new(SocketHandle::new(Arc::from(id), Arc::from(user), capacity))
+    }
+
+    async fn next(socket: &SocketHandle) -> Frame {
+        socket.outbox.ready().await;
+        socket
+            .outbox
+            .try_pop()
+            .expect("ready means a frame is queued")
     }
 
     #[tokio::test]
     async fn fan_out_shares_one_buffer_and_reaches_only_members() {
         let hub = Hub::new();
         let room = RoomId::parse("chat:a").unwrap();
-        let (first, mut first_rx) = socket("s1", "u1", 4);
-        let (second, mut second_rx) = socket("s2", "u2", 4);
-        let (outsider, mut outsider_rx) = socket("s3", "u3", 4);
+        let first = socket("s1", "u1", 4);
+        let second = socket("s2", "u2", 4);
+        let outsider = socket("s3", "u3", 4);
         assert!(hub.add_to_room(&room, &first));
         assert!(!hub.add_to_room(&room, &second));
         hub.register(&outsider);
         let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}"));
         assert_eq!(hub.deliver(&Topic::Room(room.clone()), &frame), 2);
-        let got_first = first_rx.recv().await.unwrap();
-        let got_second = second_rx.recv().await.unwrap();
+        let got_first = next(&first).await;
+        let got_second = next(&second).await;
         assert_eq!(
             got_first.bytes().as_ptr(),
             got_second.bytes().as_ptr(),
             "one buffer shared"
         );
-        assert!(outsider_rx.try_recv().is_err());
+        assert!(outsider.outbox.try_pop().is_none());
         assert!(!hub.remove_from_room(&room, "s1"));
         assert!(hub.remove_from_room(&room, "s2"));
     }
 
     #[tokio::test]
     async fn a_full_outbox_closes_the_socket_as_slow_consumer() {
-        let (slow, _receiver) = socket("s1", "u1", 1);
+        let slow = socket("s1", "u1", 1);
         let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}"));
         slow.deliver(frame.clone());
         slow.deliver(frame);

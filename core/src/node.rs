@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Identity, TokenVerifier};
@@ -47,14 +46,13 @@ const WATCH_OUTBOX_FRAMES: usize = 64;
 pub struct UserWatch {
     node: Arc<Node>,
     handle: Arc<SocketHandle>,
-    frames: mpsc::Receiver<Frame>,
 }
 
 impl UserWatch {
     /// The next push, or `None` once the watch was closed (too slow, or shutdown).
     pub async fn next_frame(&mut self) -> Option<Frame> {
         tokio::select! {
-            frame = self.frames.recv() => frame,
+            _ = self.handle.outbox.ready() => self.handle.outbox.try_pop(),
             _ = self.handle.close_requested() => None,
             _ = self.node.shutdown.cancelled() => None,
         }
@@ -207,9 +205,12 @@ impl Node {
 
     /// Starts a feed of `user_id`'s pushes from every node.
     pub async fn watch_user(self: &Arc<Self>, user_id: &str) -> Result<UserWatch, WireError> {
-        let (sender, frames) = mpsc::channel(WATCH_OUTBOX_FRAMES);
         let watcher_id: Arc<str> = Arc::from(format!("watch-{:016x}", rand::random::<u64>()));
-        let handle = Arc::new(SocketHandle::new(watcher_id, Arc::from(user_id), sender));
+        let handle = Arc::new(SocketHandle::new(
+            watcher_id,
+            Arc::from(user_id),
+            WATCH_OUTBOX_FRAMES,
+        ));
         let topic = Topic::User(handle.user_id.clone());
         self.add_interest(
             &topic,
@@ -223,7 +224,6 @@ impl Node {
         Ok(UserWatch {
             node: self.clone(),
             handle,
-            frames,
         })
     }
 
@@ -301,17 +301,13 @@ impl Node {
     }
 
     /// Registers an authenticated socket: hub, user topic, presence, events.
-    pub async fn open_socket(
-        &self,
-        identity: Identity,
-        outbox: mpsc::Sender<Frame>,
-    ) -> Result<SocketSession, WireError> {
+    pub async fn open_socket(&self, identity: Identity) -> Result<SocketSession, WireError> {
         let socket_id: Arc<str> = Arc::from(format!("{:016x}", rand::random::<u64>()));
         let user_id: Arc<str> = Arc::from(identity.user_id.as_str());
         let handle = Arc::new(SocketHandle::new(
             socket_id.clone(),
             user_id.clone(),
-            outbox,
+            self.settings.limits.outbox_frames,
         ));
         let topic = Topic::User(user_id.clone());
         self.add_interest(

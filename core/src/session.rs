@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::auth::{Identity, unix_now_secs};
@@ -123,8 +122,7 @@ pub async fn run<S, K>(
 {
     let _permit = permit;
     let settings = node.settings();
-    let (outbox_sender, mut outbox) = mpsc::channel(settings.limits.outbox_frames);
-    let session = match node.open_socket(identity, outbox_sender).await {
+    let session = match node.open_socket(identity).await {
         Ok(session) => session,
         Err(error) => {
             tracing::warn!(message = %error.message, "could not register socket");
@@ -150,9 +148,7 @@ pub async fn run<S, K>(
         session,
         outgoing,
     };
-    let ending = connection
-        .serve(&mut incoming, &mut outbox, handshake_started)
-        .await;
+    let ending = connection.serve(&mut incoming, handshake_started).await;
     let reason = match ending {
         Ending::Close(code) => {
             metrics::counter!(names::CLOSES, "reason" => code.reason()).increment(1);
@@ -175,12 +171,7 @@ impl<K> Connection<'_, K>
 where
     K: Sink<Outbound> + Unpin + Send,
 {
-    async fn serve<S>(
-        &mut self,
-        incoming: &mut S,
-        outbox: &mut mpsc::Receiver<Frame>,
-        handshake_started: std::time::Instant,
-    ) -> Ending
+    async fn serve<S>(&mut self, incoming: &mut S, handshake_started: std::time::Instant) -> Ending
     where
         S: Stream<Item = Inbound> + Unpin + Send,
     {
@@ -222,8 +213,8 @@ where
                         return self.ending_after_failed_write();
                     }
                 }
-                Some(frame) = outbox.recv() => {
-                    if !self.write_pushes(frame, outbox).await {
+                _ = handle.outbox.ready() => {
+                    if !self.write_pushes().await {
                         return self.ending_after_failed_write();
                     }
                 }
@@ -263,24 +254,24 @@ where
         }
     }
 
-    /// Writes a push and whatever else is already queued (up to a batch), then flushes once.
-    async fn write_pushes(&mut self, first: Frame, outbox: &mut mpsc::Receiver<Frame>) -> bool {
-        let mut batch = 1;
-        if !self.write(Outbound::Text(first), false).await {
-            return false;
-        }
+    /// Writes what is queued (up to a batch), then flushes once: one syscall for a burst.
+    async fn write_pushes(&mut self) -> bool {
+        let handle = self.session.handle.clone();
+        let mut batch = 0;
         while batch < WRITE_BATCH {
-            let Ok(frame) = outbox.try_recv() else { break };
+            let Some(frame) = handle.outbox.try_pop() else {
+                break;
+            };
             if !self.write(Outbound::Text(frame), false).await {
                 return false;
             }
             batch += 1;
         }
         metrics::counter!(names::MESSAGES_OUT, "kind" => "event").increment(batch as u64);
-        matches!(
-            tokio::time::timeout(WRITE_TIMEOUT, self.outgoing.flush()).await,
-            Ok(Ok(()))
-        )
+        tokio::select! {
+            result = tokio::time::timeout(WRITE_TIMEOUT, self.outgoing.flush()) => matches!(result, Ok(Ok(()))),
+            _ = handle.close_requested() => false,
+        }
     }
 
     async fn reply(&mut self, frame: Frame) -> Option<Ending> {

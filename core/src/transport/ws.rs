@@ -16,9 +16,9 @@ use crate::node::Node;
 use crate::protocol::{ErrorCode, WireError};
 use crate::session::{self, Inbound, Outbound};
 
-/// Per-socket read buffer. Small on purpose: most sockets are idle, and frames larger than
-/// this still arrive (the buffer grows for them); tungstenite's default is 128 KiB per socket.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Per-socket read buffer. Small on purpose: most sockets are idle and client frames are small;
+/// larger frames still arrive (the buffer grows for them). tungstenite's default is 128 KiB.
+const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes buffered before tungstenite writes through; our loop flushes after each batch anyway.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Hard cap on a socket's unsent bytes; beyond it writes fail and the socket is dropped.
