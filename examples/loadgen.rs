@@ -238,6 +238,7 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
     let per_worker_rate = (args.rate / args.workers).max(1);
     let interval = Duration::from_secs_f64(1.0 / f64::from(per_worker_rate));
     let received = Arc::new(AtomicU64::new(0));
+    let last_arrival = Arc::new(AtomicU64::new(0));
     let delivery = Arc::new(Mutex::new(Histogram::new()));
     let mut handshakes = Histogram::new();
     let mut failed = 0u32;
@@ -259,9 +260,9 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
         match connect(&args, node, source, number, &room).await {
             Ok((socket, handshake_us)) => {
                 handshakes.record(handshake_us);
-                let received = received.clone();
+                let counters = (received.clone(), last_arrival.clone());
                 let delivery = delivery.clone();
-                held.push(tokio::spawn(read_deliveries(socket, received, delivery)));
+                held.push(tokio::spawn(read_deliveries(socket, counters, delivery)));
             }
             Err(error) => {
                 failed += 1;
@@ -285,7 +286,7 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
     let delivery = delivery.lock().await.clone();
     println!(
         "{}",
-        json!({ "received": received.load(Ordering::Relaxed), "delivery": delivery.to_json() })
+        json!({ "received": received.load(Ordering::Relaxed), "last_arrival_us": last_arrival.load(Ordering::Relaxed), "delivery": delivery.to_json() })
     );
     std::io::stdout().flush()?;
     for task in held {
@@ -356,7 +357,7 @@ async fn next_text(socket: &mut Socket) -> anyhow::Result<Value> {
 /// Counts `load.tick` pushes and their latency from the `sent_us` the publisher put in.
 async fn read_deliveries(
     mut socket: Socket,
-    received: Arc<AtomicU64>,
+    (received, last_arrival): (Arc<AtomicU64>, Arc<AtomicU64>),
     delivery: Arc<Mutex<Histogram>>,
 ) {
     while let Some(Ok(message)) = socket.next().await {
@@ -373,6 +374,7 @@ async fn read_deliveries(
         if let Some(sent) = frame["data"]["sent_us"].as_u64() {
             delivery.lock().await.record(arrived.saturating_sub(sent));
             received.fetch_add(1, Ordering::Relaxed);
+            last_arrival.fetch_max(arrived, Ordering::Relaxed);
         }
     }
 }
@@ -492,6 +494,7 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     let (rss_after, _) = usage_of(&args.server_pid);
 
     let publish_started = Instant::now();
+    let publish_started_us = now_micros();
     let published = publish_all(&args).await?;
     let publish_seconds = publish_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.drain_seconds)).await;
@@ -501,9 +504,11 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     }
     let mut delivery = Histogram::new();
     let mut delivered = 0u64;
+    let mut last_arrival_us = publish_started_us;
     for reader in &mut readers {
         let report = tokio::task::block_in_place(|| read_line(reader))?;
         delivered += report["received"].as_u64().unwrap_or(0);
+        last_arrival_us = last_arrival_us.max(report["last_arrival_us"].as_u64().unwrap_or(0));
         delivery.merge(&Histogram::from_json(&report["delivery"]));
     }
     for worker in &mut workers {
@@ -525,6 +530,10 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     } else {
         expected.saturating_sub(failed.min(expected))
     };
+    // From the first publish to the last delivery seen by any client.
+    let delivering_seconds =
+        (last_arrival_us.saturating_sub(publish_started_us) as f64 / 1e6).max(1e-6);
+    let deliveries_per_second = (delivered as f64 / delivering_seconds).round();
     let bytes_per_connection = if ready > 0 && rss_after > rss_before {
         (rss_after - rss_before) / ready
     } else {
@@ -533,7 +542,7 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     let report = json!({
         "connections": { "requested": args.connections, "held": ready, "failed": failed, "errors": errors, "seconds": (connect_seconds * 100.0).round() / 100.0 },
         "handshake": handshakes.summary(),
-        "messages": { "published": published, "expected": expected, "delivered": delivered, "lost": expected.saturating_sub(delivered), "publish_seconds": (publish_seconds * 100.0).round() / 100.0, "via": if args.nats.is_some() { "nats" } else { "http" } },
+        "messages": { "published": published, "expected": expected, "delivered": delivered, "lost": expected.saturating_sub(delivered), "publish_seconds": (publish_seconds * 100.0).round() / 100.0, "deliveries_per_second": deliveries_per_second, "via": if args.nats.is_some() { "nats" } else { "http" } },
         "delivery": delivery.summary(),
         "server": { "rss_before": rss_before, "rss_after": rss_after, "bytes_per_connection": bytes_per_connection, "cpu_seconds": ((cpu_after - cpu_before) * 100.0).round() / 100.0 },
     });

@@ -350,7 +350,9 @@ where
                     .await
             }
             Ok((id, request)) => {
-                let outcome = self.dispatch(request, now).await;
+                // Boxed: the request futures (joins, store calls) are the largest states of this
+                // loop; inline they would make every idle connection's task as big as a join.
+                let outcome = Box::pin(self.dispatch(request, now)).await;
                 match outcome {
                     Ok(extra) => {
                         self.reply(Frame::reply_ok(id.as_ref(), extra.as_ref()))

@@ -25,6 +25,7 @@
 // The generated bindings name this crate by its path, also from inside it.
 extern crate self as realtime_sdk_plugin;
 
+pub use serde;
 pub use serde_json;
 
 /// One event on its way into a room, before fan-out.
@@ -45,6 +46,12 @@ pub struct Event {
 }
 
 impl Event {
+    /// The payload as a typed value (any `serde::Deserialize` type); the error says what
+    /// did not fit, ready to use as a drop or reject reason.
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        T::deserialize(&self.payload).map_err(|error| format!("unexpected payload: {error}"))
+    }
+
     /// A test helper: an event with a payload and neutral other fields.
     pub fn new(name: &str, room_id: &str, payload: serde_json::Value) -> Event {
         Event {
@@ -69,6 +76,16 @@ pub enum Outcome {
     Replace(serde_json::Value),
     /// Do not deliver; a client publisher gets an error with this message.
     Reject(String),
+}
+
+impl Outcome {
+    /// `Replace` with any `serde::Serialize` value as the new payload.
+    pub fn replace_with<T: serde::Serialize>(payload: &T) -> Outcome {
+        match serde_json::to_value(payload) {
+            Ok(payload) => Outcome::Replace(payload),
+            Err(error) => Outcome::Drop(format!("replacement does not serialize: {error}")),
+        }
+    }
 }
 
 /// Which events a plugin wants. Others never reach it.
@@ -234,4 +251,37 @@ macro_rules! export_plugin {
     $crate::bindings::export!(RealtimePluginExport with_types_in $crate::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(serde::Deserialize, serde::Serialize, PartialEq, Debug)]
+    struct Score {
+        home: u32,
+        away: u32,
+    }
+
+    #[test]
+    fn typed_payload_helpers_round_trip() {
+        let event = Event::new(
+            "match.update",
+            "competition:1",
+            json!({"home": 2, "away": 1}),
+        );
+        let score: Score = event.payload_as().unwrap();
+        assert_eq!(score, Score { home: 2, away: 1 });
+        assert!(
+            event
+                .payload_as::<Vec<u8>>()
+                .unwrap_err()
+                .contains("unexpected payload")
+        );
+        assert_eq!(
+            Outcome::replace_with(&score),
+            Outcome::Replace(json!({"home": 2, "away": 1}))
+        );
+    }
 }

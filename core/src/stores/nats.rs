@@ -1,12 +1,14 @@
 //! NATS broker: per-topic subjects carrying encoded frames between nodes.
 //!
-//! A node subscribes to a topic's subject only while it has a local socket interested in it
-//! (per-room interest), so a node never receives traffic for rooms none of its sockets are in.
+//! A node subscribes to a room's subject only while it has a local socket in the room (per-room
+//! interest), so a node never receives traffic for rooms none of its sockets are in. User topics
+//! share one wildcard subscription per node (see [`NatsBroker`] for why).
 //! Subjects: `<prefix>.fanout.room.<room id>` and `<prefix>.fanout.user.<user id>` (prefix
 //! `nats.subject_prefix`, default `realtime`); a user id with characters a subject cannot carry
 //! is hex-encoded behind a `~`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -70,7 +72,27 @@ pub struct NatsBroker {
     client: async_nats::Client,
     subject_prefix: String,
     deliver: DeliveryHandler,
-    subscriptions: Mutex<HashMap<Topic, JoinHandle<()>>>,
+    /// Room topics: one subscription (and forwarding task) each, while a local socket is in
+    /// the room.
+    rooms: Mutex<HashMap<Topic, JoinHandle<()>>>,
+    /// Users with a local socket. User topics share one wildcard subscription per node: a
+    /// subscription costs a channel block and a task (about 6 KiB) and there is one user topic
+    /// per connected user, while user-targeted events are rare next to room broadcasts. Frames
+    /// for users not listed here are dropped before the delivery handler.
+    users: Arc<Mutex<HashSet<Arc<str>>>>,
+    user_wildcard: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The user id a user-topic token stands for (the inverse of [`user_token`]).
+pub fn user_from_token(token: &str) -> Option<String> {
+    let Some(hex) = token.strip_prefix('~') else {
+        return Some(token.to_owned());
+    };
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|index| u8::from_str_radix(hex.get(index..index + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 impl NatsBroker {
@@ -83,7 +105,9 @@ impl NatsBroker {
             client,
             subject_prefix: subject_prefix.to_owned(),
             deliver,
-            subscriptions: Mutex::default(),
+            rooms: Mutex::default(),
+            users: Arc::default(),
+            user_wildcard: Mutex::default(),
         }
     }
 
@@ -93,11 +117,54 @@ impl NatsBroker {
             state => Err(StoreError::Unavailable(format!("nats is {state}"))),
         }
     }
+
+    /// Subscribes `subject` and flushes, so the SUB is in place for every later publish.
+    async fn subscribe_subject(
+        &self,
+        subject: String,
+    ) -> Result<async_nats::Subscriber, StoreError> {
+        self.ensure_connected()?;
+        let subscriber = self.client.subscribe(subject).await.map_err(nats_error)?;
+        self.client.flush().await.map_err(nats_error)?;
+        Ok(subscriber)
+    }
+
+    /// The node's one subscription to every user topic, made on first need.
+    async fn ensure_user_wildcard(&self) -> Result<(), StoreError> {
+        if self.user_wildcard.lock().is_some() {
+            return Ok(());
+        }
+        let prefix = format!("{}.fanout.user.", self.subject_prefix);
+        let mut subscriber = self.subscribe_subject(format!("{prefix}>")).await?;
+        let (deliver, users) = (self.deliver.clone(), self.users.clone());
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let Some(user) = message
+                    .subject
+                    .strip_prefix(&prefix)
+                    .and_then(user_from_token)
+                else {
+                    continue;
+                };
+                let user: Option<Arc<str>> = users.lock().get(user.as_str()).cloned();
+                if let Some(user) = user {
+                    deliver(&Topic::User(user), Frame::from_encoded(message.payload));
+                }
+            }
+        });
+        if let Some(duplicate) = self.user_wildcard.lock().replace(task) {
+            duplicate.abort();
+        }
+        Ok(())
+    }
 }
 
 impl Drop for NatsBroker {
     fn drop(&mut self) {
-        for (_, task) in self.subscriptions.lock().drain() {
+        for (_, task) in self.rooms.lock().drain() {
+            task.abort();
+        }
+        if let Some(task) = self.user_wildcard.lock().take() {
             task.abort();
         }
     }
@@ -118,17 +185,17 @@ impl Broker for NatsBroker {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), StoreError> {
-        if self.subscriptions.lock().contains_key(topic) {
+        if let Topic::User(user) = topic {
+            self.ensure_user_wildcard().await?;
+            self.users.lock().insert(user.clone());
             return Ok(());
         }
-        self.ensure_connected()?;
+        if self.rooms.lock().contains_key(topic) {
+            return Ok(());
+        }
         let mut subscriber = self
-            .client
-            .subscribe(fanout_subject(&self.subject_prefix, topic))
-            .await
-            .map_err(nats_error)?;
-        // A round trip to the server: after it, the SUB is in place for every later publish.
-        self.client.flush().await.map_err(nats_error)?;
+            .subscribe_subject(fanout_subject(&self.subject_prefix, topic))
+            .await?;
         let deliver = self.deliver.clone();
         let task_topic = topic.clone();
         let task = tokio::spawn(async move {
@@ -136,16 +203,23 @@ impl Broker for NatsBroker {
                 deliver(&task_topic, Frame::from_encoded(message.payload));
             }
         });
-        if let Some(duplicate) = self.subscriptions.lock().insert(topic.clone(), task) {
+        if let Some(duplicate) = self.rooms.lock().insert(topic.clone(), task) {
             duplicate.abort();
         }
         Ok(())
     }
 
     async fn unsubscribe(&self, topic: &Topic) -> Result<(), StoreError> {
-        // Aborting drops the subscriber, which unsubscribes on the server.
-        if let Some(task) = self.subscriptions.lock().remove(topic) {
-            task.abort();
+        match topic {
+            Topic::User(user) => {
+                self.users.lock().remove(user);
+            }
+            // Aborting drops the subscriber, which unsubscribes on the server.
+            Topic::Room(_) => {
+                if let Some(task) = self.rooms.lock().remove(topic) {
+                    task.abort();
+                }
+            }
         }
         Ok(())
     }
