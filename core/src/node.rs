@@ -549,7 +549,14 @@ impl Node {
         let data = serde_json::json!({ "userId": user_id }).to_string();
         let data = RawValue::from_string(data).expect("json! output is valid JSON");
         if let Err(error) = self
-            .broadcast(Topic::Room(room.clone()), event, Some(room), None, &data)
+            .broadcast(
+                Topic::Room(room.clone()),
+                event,
+                Some(room),
+                None,
+                &data,
+                unix_now_millis(),
+            )
             .await
         {
             tracing::warn!(room = %room, message = %error.message, "membership announcement lost");
@@ -671,7 +678,7 @@ impl Node {
             .transpose()
             .map_err(|_| WireError::new(ErrorCode::InternalError, "plugin output was not JSON"))?;
         let data = replaced.as_deref().unwrap_or(data);
-        self.broadcast_at(Topic::Room(room.clone()), event, Some(room), from, data, ts)
+        self.broadcast(Topic::Room(room.clone()), event, Some(room), from, data, ts)
             .await?;
         Ok(Delivery::Delivered)
     }
@@ -690,24 +697,19 @@ impl Node {
                 "`user` must not be empty",
             ));
         }
-        self.broadcast(Topic::User(Arc::from(user_id)), event, None, None, data)
-            .await
+        self.broadcast(
+            Topic::User(Arc::from(user_id)),
+            event,
+            None,
+            None,
+            data,
+            unix_now_millis(),
+        )
+        .await
     }
 
-    /// Encodes the event once and hands the bytes to the broker.
+    /// Encodes the event once (stamped `ts`) and hands the bytes to the broker.
     async fn broadcast(
-        &self,
-        topic: Topic,
-        event: &str,
-        room: Option<&RoomId>,
-        from: Option<&str>,
-        data: &RawValue,
-    ) -> Result<(), WireError> {
-        self.broadcast_at(topic, event, room, from, data, unix_now_millis())
-            .await
-    }
-
-    async fn broadcast_at(
         &self,
         topic: Topic,
         event: &str,

@@ -30,18 +30,8 @@ impl GraphqlEndpoint {
         }
     }
 
-    fn viewer_from_token(&self, token: Option<&str>) -> Viewer {
-        match token {
-            None => Viewer::Anonymous("send Authorization: Bearer <token>".to_owned()),
-            Some(token) => match self.node.verify_token(token) {
-                Ok(identity) => Viewer::User(identity),
-                Err(error) => Viewer::Anonymous(error.to_string()),
-            },
-        }
-    }
-
     async fn execute(&self, req: &mut Request, res: &mut Response) {
-        let viewer = self.viewer_from_token(super::bearer_from_header(req).as_deref());
+        let viewer = viewer_for(&self.node, super::bearer_from_header(req).as_deref());
         let request = match req.payload_with_max_size(MAX_BODY_BYTES).await {
             Ok(body) => serde_json::from_slice::<async_graphql::Request>(body),
             Err(_) => {
@@ -73,7 +63,7 @@ impl GraphqlEndpoint {
             return res.render("use the graphql-transport-ws (or graphql-ws) subprotocol");
         };
         // A token on the upgrade request is used unless connection_init carries one.
-        let upgrade_viewer = self.viewer_from_token(super::bearer_token(req).as_deref());
+        let upgrade_viewer = viewer_for(&self.node, super::bearer_token(req).as_deref());
         let node = self.node.clone();
         let schema = self.schema.clone();
         let upgraded = WebSocketUpgrade::new()
@@ -95,12 +85,8 @@ impl GraphqlEndpoint {
                 let mut outgoing = async_graphql::http::WebSocket::new(schema, incoming, protocol)
                     .on_connection_init(move |payload| async move {
                         let mut data = Data::default();
-                        let token = token_from_init_payload(&payload);
-                        let viewer = match token {
-                            Some(token) => match node.verify_token(&token) {
-                                Ok(identity) => Viewer::User(identity),
-                                Err(error) => Viewer::Anonymous(error.to_string()),
-                            },
+                        let viewer = match token_from_init_payload(&payload) {
+                            Some(token) => viewer_for(&node, Some(&token)),
                             None => upgrade_viewer,
                         };
                         data.insert(viewer);
@@ -123,6 +109,17 @@ impl GraphqlEndpoint {
         if let Err(status) = upgraded {
             res.render(status);
         }
+    }
+}
+
+/// Who a request is from, given its token (if any).
+fn viewer_for(node: &Node, token: Option<&str>) -> Viewer {
+    match token {
+        None => Viewer::Anonymous("send Authorization: Bearer <token>".to_owned()),
+        Some(token) => match node.verify_token(token) {
+            Ok(identity) => Viewer::User(identity),
+            Err(error) => Viewer::Anonymous(error.to_string()),
+        },
     }
 }
 
