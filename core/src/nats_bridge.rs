@@ -81,11 +81,7 @@ fn reply_body(result: &Result<Delivery, WireError>) -> Bytes {
         error: ErrorBody<'a>,
     }
     let body = match result {
-        Ok(delivery) => {
-            let mut body = delivery.reply_fields();
-            body["ok"] = serde_json::Value::Bool(true);
-            body.to_string()
-        }
+        Ok(delivery) => delivery.service_reply().to_string(),
         Err(error) => serde_json::to_string(&Failed {
             ok: false,
             error: ErrorBody::from(error),

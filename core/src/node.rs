@@ -91,6 +91,13 @@ impl Delivery {
             }
         }
     }
+
+    /// The whole answer to a service publisher (HTTP API, NATS request): `{"ok":true, ..}`.
+    pub fn service_reply(&self) -> serde_json::Value {
+        let mut body = self.reply_fields();
+        body["ok"] = serde_json::Value::Bool(true);
+        body
+    }
 }
 
 /// Who is publishing an event, which decides checks and the `from` field.

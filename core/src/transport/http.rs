@@ -123,11 +123,7 @@ impl Handler for PublishEndpoint {
         _ctrl: &mut FlowCtrl,
     ) {
         match self.publish(req).await {
-            Ok(delivery) => {
-                let mut body = delivery.reply_fields();
-                body["ok"] = serde_json::Value::Bool(true);
-                res.render(Json(body));
-            }
+            Ok(delivery) => res.render(Json(delivery.service_reply())),
             Err(error) => render_error(res, &error),
         }
     }
