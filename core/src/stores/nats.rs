@@ -118,15 +118,32 @@ impl NatsBroker {
         }
     }
 
-    /// Subscribes `subject` and flushes, so the SUB is in place for every later publish.
+    /// Subscribes `subject` and waits until the server has the SUB, so a publish from any
+    /// other connection after this returns reaches the new subscription.
     async fn subscribe_subject(
         &self,
         subject: String,
     ) -> Result<async_nats::Subscriber, StoreError> {
         self.ensure_connected()?;
         let subscriber = self.client.subscribe(subject).await.map_err(nats_error)?;
-        self.client.flush().await.map_err(nats_error)?;
+        self.wait_for_server_round_trip().await?;
         Ok(subscriber)
+    }
+
+    /// Returns once the server has processed every command this connection sent before.
+    /// `Client::flush` only writes the socket; the server answers a request to a subject nobody
+    /// listens on with "no responders" itself, after the commands queued ahead of it, so the
+    /// answer proves an earlier SUB is live.
+    async fn wait_for_server_round_trip(&self) -> Result<(), StoreError> {
+        // Bounded so an unresponsive server turns into `unavailable`, not a hung join.
+        const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
+        let unanswered_subject = self.client.new_inbox();
+        let request = async_nats::Request::new().timeout(Some(ROUND_TRIP_TIMEOUT));
+        match self.client.send_request(unanswered_subject, request).await {
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(error) => Err(nats_error(error)),
+            Ok(_) => Err(nats_error("an unanswered inbox got a reply")),
+        }
     }
 
     /// The node's one subscription to every user topic, made on first need.
