@@ -24,8 +24,8 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
+use std::sync::Mutex;
 use tokio::net::TcpSocket;
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Clone)]
@@ -283,7 +283,7 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
         let _ = std::io::stdin().lock().read_line(&mut line);
     })
     .await?;
-    let delivery = delivery.lock().await.clone();
+    let delivery = delivery.lock().expect("histogram lock").clone();
     println!(
         "{}",
         json!({ "received": received.load(Ordering::Relaxed), "last_arrival_us": last_arrival.load(Ordering::Relaxed), "delivery": delivery.to_json() })
@@ -354,6 +354,20 @@ async fn next_text(socket: &mut Socket) -> anyhow::Result<Value> {
     }
 }
 
+/// The `sent_us` of a `load.tick` push. Read straight from the text rather than by parsing the
+/// JSON: the generator shares the cores with the servers, and its own cost per delivery should
+/// stay far below theirs.
+fn sent_micros(text: &str) -> Option<u64> {
+    if !text.contains(r#""event":"load.tick""#) {
+        return None;
+    }
+    let (_, after) = text.split_once(r#""sent_us":"#)?;
+    let digits = after
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after.len());
+    after[..digits].parse().ok()
+}
+
 /// Counts `load.tick` pushes and their latency from the `sent_us` the publisher put in.
 async fn read_deliveries(
     mut socket: Socket,
@@ -365,14 +379,11 @@ async fn read_deliveries(
             continue;
         };
         let arrived = now_micros();
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        if frame["event"] != "load.tick" {
-            continue;
-        }
-        if let Some(sent) = frame["data"]["sent_us"].as_u64() {
-            delivery.lock().await.record(arrived.saturating_sub(sent));
+        if let Some(sent) = sent_micros(&text) {
+            delivery
+                .lock()
+                .expect("histogram lock")
+                .record(arrived.saturating_sub(sent));
             received.fetch_add(1, Ordering::Relaxed);
             last_arrival.fetch_max(arrived, Ordering::Relaxed);
         }
@@ -443,6 +454,10 @@ async fn publish_all(args: &Args) -> anyhow::Result<u32> {
     Ok(published)
 }
 
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
 fn read_line(reader: &mut impl BufRead) -> anyhow::Result<Value> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -491,7 +506,7 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     let connect_seconds = connect_started.elapsed().as_secs_f64();
     // Let the server settle (allocator, lazy structures) before reading its memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_after, _) = usage_of(&args.server_pid);
+    let (rss_after, cpu_connected) = usage_of(&args.server_pid);
 
     let publish_started = Instant::now();
     let publish_started_us = now_micros();
@@ -539,12 +554,18 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     } else {
         0
     };
+    // The servers' own cost per delivery, apart from the load generator sharing the cores.
+    let deliveries_per_cpu_second = if cpu_after > cpu_connected {
+        (delivered as f64 / (cpu_after - cpu_connected)).round()
+    } else {
+        0.0
+    };
     let report = json!({
-        "connections": { "requested": args.connections, "held": ready, "failed": failed, "errors": errors, "seconds": (connect_seconds * 100.0).round() / 100.0 },
+        "connections": { "requested": args.connections, "held": ready, "failed": failed, "errors": errors, "seconds": round2(connect_seconds) },
         "handshake": handshakes.summary(),
-        "messages": { "published": published, "expected": expected, "delivered": delivered, "lost": expected.saturating_sub(delivered), "publish_seconds": (publish_seconds * 100.0).round() / 100.0, "deliveries_per_second": deliveries_per_second, "via": if args.nats.is_some() { "nats" } else { "http" } },
+        "messages": { "published": published, "expected": expected, "delivered": delivered, "lost": expected.saturating_sub(delivered), "publish_seconds": round2(publish_seconds), "deliveries_per_second": deliveries_per_second, "via": if args.nats.is_some() { "nats" } else { "http" } },
         "delivery": delivery.summary(),
-        "server": { "rss_before": rss_before, "rss_after": rss_after, "bytes_per_connection": bytes_per_connection, "cpu_seconds": ((cpu_after - cpu_before) * 100.0).round() / 100.0 },
+        "server": { "rss_before": rss_before, "rss_after": rss_after, "bytes_per_connection": bytes_per_connection, "cpu_seconds": round2(cpu_after - cpu_before), "cpu_seconds_connecting": round2(cpu_connected - cpu_before), "cpu_seconds_delivering": round2(cpu_after - cpu_connected), "deliveries_per_cpu_second": deliveries_per_cpu_second },
     });
     println!("{report}");
     Ok(failed == 0 && delivered == expected)
@@ -552,9 +573,16 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // A worker is one thread: the cores are shared with the servers under test, and several
+    // single-threaded processes cost less than threads handing sockets to each other.
+    let runtime = match args.worker {
+        Some(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     let limit = Duration::from_secs(args.max_seconds);
     match args.worker {
         Some(index) => runtime.block_on(async {
@@ -575,5 +603,21 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_micros_reads_load_ticks_only() {
+        let push = json!({"type":"event","event":"load.tick","room":"load:load-1",
+            "data":{"sent_us":1764115200123456u64,"n":3,"pad":"xx"}})
+        .to_string();
+        assert_eq!(sent_micros(&push), Some(1_764_115_200_123_456));
+        let other = push.replace("load.tick", "room.joined");
+        assert_eq!(sent_micros(&other), None);
+        assert_eq!(sent_micros(r#"{"event":"load.tick","data":{}}"#), None);
     }
 }

@@ -236,3 +236,40 @@ async fn over_max_connections_is_node_full_and_a_freed_slot_is_reusable() {
     }
     assert!(admitted.is_some(), "a closed connection frees its slot");
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_upgrade_gets_a_coded_400() {
+    let server = TestServer::start().await.unwrap();
+    let url = format!("http://{}/ws?token={}", server.addr, server.token("carol"));
+    let client = reqwest::Client::new();
+    let plain = client.get(&url).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+
+    let wrong_version = client
+        .get(&url)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_version.status(), 400);
+    let body: Value = wrong_version.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("13")),
+        "{body}"
+    );
+    // The node is unharmed: a real client still connects.
+    let Handshake::Upgraded(mut client) = handshake(&server.ws_url(&server.token("carol")), None)
+        .await
+        .unwrap()
+    else {
+        panic!("valid handshake refused after bad ones");
+    };
+    client.expect_connected().await.unwrap();
+}

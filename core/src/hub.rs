@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{CloseCode, Frame};
 use crate::room::RoomId;
@@ -20,70 +19,32 @@ use crate::stores::Topic;
 /// Shard count: a power of two well above the core count, so writers rarely meet.
 const SHARDS: usize = 64;
 
-/// A socket's bounded queue of frames waiting to be written.
-///
-/// A `VecDeque` behind a mutex rather than a channel: an idle socket's queue allocates nothing
-/// (a tokio channel allocates a block of slots up front, about 1 KiB per socket here). The lock
-/// is held for one push or one pop.
-pub struct Outbox {
-    frames: Mutex<VecDeque<Frame>>,
-    ready: Notify,
-    capacity: usize,
+/// What woke a socket's loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Frames are queued for the socket.
+    Frames,
+    /// A close was requested (slow consumer, shutdown, ...) with this code.
+    Close(CloseCode),
 }
 
 /// Queue capacity kept after a burst drains; more is given back.
 const OUTBOX_KEEP: usize = 8;
 
-impl Outbox {
-    pub fn new(capacity: usize) -> Outbox {
-        Outbox {
-            frames: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            capacity,
-        }
-    }
-
-    /// Queues a frame; false when the queue is full.
-    fn push(&self, frame: Frame) -> bool {
-        let mut frames = self.frames.lock();
-        if frames.len() >= self.capacity {
-            return false;
-        }
-        frames.push_back(frame);
-        drop(frames);
-        self.ready.notify_one();
-        true
-    }
-
-    /// The oldest queued frame, if any.
-    pub fn try_pop(&self) -> Option<Frame> {
-        let mut frames = self.frames.lock();
-        let frame = frames.pop_front();
-        if frames.is_empty() && frames.capacity() > OUTBOX_KEEP {
-            frames.shrink_to(OUTBOX_KEEP);
-        }
-        frame
-    }
-
-    /// Resolves once at least one frame is queued. Cancel-safe.
-    pub async fn ready(&self) {
-        loop {
-            if !self.frames.lock().is_empty() {
-                return;
-            }
-            self.ready.notified().await;
-        }
-    }
-}
-
-/// The node's handle to one connected socket: its bounded outbox and its close signal.
+/// The node's handle to one connected socket: its bounded outbox and its close request.
+///
+/// The outbox is a `VecDeque` behind a mutex rather than a channel: an idle socket's queue
+/// allocates nothing (a tokio channel allocates a block of slots up front, about 1 KiB per socket
+/// here). The lock is held for one push or one pop. One `Notify` wakes the socket's loop for both
+/// queued frames and close requests, so an idle loop waits on a single thing.
 pub struct SocketHandle {
     pub socket_id: Arc<str>,
     pub user_id: Arc<str>,
-    pub outbox: Outbox,
-    close_requested: CancellationToken,
+    frames: Mutex<VecDeque<Frame>>,
+    capacity: usize,
     /// The close code requested from outside the socket's own loop; 0 = none yet.
     close_code: AtomicU16,
+    wake: Notify,
 }
 
 impl SocketHandle {
@@ -91,18 +52,35 @@ impl SocketHandle {
         SocketHandle {
             socket_id,
             user_id,
-            outbox: Outbox::new(outbox_capacity),
-            close_requested: CancellationToken::new(),
+            frames: Mutex::new(VecDeque::new()),
+            capacity: outbox_capacity,
             close_code: AtomicU16::new(0),
+            wake: Notify::new(),
         }
     }
 
     /// Queues a frame without waiting. A full outbox means the client is not reading fast
     /// enough: the socket is closed as a slow consumer rather than buffering without bound.
     pub fn deliver(&self, frame: Frame) {
-        if !self.outbox.push(frame) {
+        let mut frames = self.frames.lock();
+        if frames.len() >= self.capacity {
+            drop(frames);
             self.request_close(CloseCode::SlowConsumer);
+            return;
         }
+        frames.push_back(frame);
+        drop(frames);
+        self.wake.notify_one();
+    }
+
+    /// The oldest queued frame, if any.
+    pub fn next_frame(&self) -> Option<Frame> {
+        let mut frames = self.frames.lock();
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > OUTBOX_KEEP {
+            frames.shrink_to(OUTBOX_KEEP);
+        }
+        frame
     }
 
     /// Asks the socket's loop to close with `code`; the first request wins.
@@ -112,7 +90,7 @@ impl SocketHandle {
             .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.close_requested.cancel();
+            self.wake.notify_one();
         }
     }
 
@@ -121,22 +99,114 @@ impl SocketHandle {
         CloseCode::from_code(self.close_code.load(Ordering::Acquire))
     }
 
-    /// Resolves once a close was requested; used by the socket's loop.
+    /// Resolves when a close was requested or frames are queued; a close wins. Cancel-safe.
+    pub async fn signalled(&self) -> Signal {
+        loop {
+            if let Some(code) = self.requested_close_code() {
+                return Signal::Close(code);
+            }
+            if !self.frames.lock().is_empty() {
+                return Signal::Frames;
+            }
+            // A notify between the checks and this wait is kept as a permit, so none is lost.
+            self.wake.notified().await;
+        }
+    }
+
+    /// Resolves once a close was requested. Cancel-safe.
     pub async fn close_requested(&self) -> CloseCode {
-        self.close_requested.cancelled().await;
-        self.requested_close_code().unwrap_or(CloseCode::Restart)
+        loop {
+            if let Some(code) = self.requested_close_code() {
+                return code;
+            }
+            // Queued frames wake this too; the state check above tells them apart.
+            self.wake.notified().await;
+        }
     }
 }
 
-type SocketMap = HashMap<Arc<str>, Arc<SocketHandle>>;
+/// The sockets under one key of a [`Sharded`] map.
+trait SocketSet: Default {
+    fn insert(&mut self, socket: &Arc<SocketHandle>);
+    /// Removes the socket; false when it was not there.
+    fn remove(&mut self, socket_id: &str) -> bool;
+    fn contains(&self, socket_id: &str) -> bool;
+    fn len(&self) -> usize;
+    fn for_each(&self, visit: impl FnMut(&Arc<SocketHandle>));
+}
+
+/// A room's local sockets: possibly thousands, so found by id through a map.
+type RoomSockets = HashMap<Arc<str>, Arc<SocketHandle>>;
+
+impl SocketSet for RoomSockets {
+    fn insert(&mut self, socket: &Arc<SocketHandle>) {
+        HashMap::insert(self, socket.socket_id.clone(), socket.clone());
+    }
+
+    fn remove(&mut self, socket_id: &str) -> bool {
+        HashMap::remove(self, socket_id).is_some()
+    }
+
+    fn contains(&self, socket_id: &str) -> bool {
+        self.contains_key(socket_id)
+    }
+
+    fn len(&self) -> usize {
+        HashMap::len(self)
+    }
+
+    fn for_each(&self, visit: impl FnMut(&Arc<SocketHandle>)) {
+        self.values().for_each(visit);
+    }
+}
+
+/// A user's local sockets: one to a handful, so a vector (a map's table would cost ~100 bytes
+/// more for every connected user).
+#[derive(Default)]
+struct UserSockets(Vec<Arc<SocketHandle>>);
+
+impl SocketSet for UserSockets {
+    fn insert(&mut self, socket: &Arc<SocketHandle>) {
+        if !self.contains(&socket.socket_id) {
+            self.0.reserve_exact(1);
+            self.0.push(socket.clone());
+        }
+    }
+
+    fn remove(&mut self, socket_id: &str) -> bool {
+        let Some(index) = self
+            .0
+            .iter()
+            .position(|socket| socket.socket_id.as_ref() == socket_id)
+        else {
+            return false;
+        };
+        self.0.swap_remove(index);
+        true
+    }
+
+    fn contains(&self, socket_id: &str) -> bool {
+        self.0
+            .iter()
+            .any(|socket| socket.socket_id.as_ref() == socket_id)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn for_each(&self, visit: impl FnMut(&Arc<SocketHandle>)) {
+        self.0.iter().for_each(visit);
+    }
+}
 
 /// A map split into independently locked shards.
-struct Sharded<K> {
-    shards: Box<[RwLock<HashMap<K, SocketMap>>]>,
+struct Sharded<K, S> {
+    shards: Box<[RwLock<HashMap<K, S>>]>,
     hasher: RandomState,
 }
 
-impl<K: Hash + Eq + Clone> Sharded<K> {
+impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
     fn new() -> Self {
         Sharded {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
@@ -144,7 +214,7 @@ impl<K: Hash + Eq + Clone> Sharded<K> {
         }
     }
 
-    fn shard(&self, key: &K) -> &RwLock<HashMap<K, SocketMap>> {
+    fn shard(&self, key: &K) -> &RwLock<HashMap<K, S>> {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
@@ -152,8 +222,8 @@ impl<K: Hash + Eq + Clone> Sharded<K> {
     fn insert(&self, key: &K, socket: &Arc<SocketHandle>) -> bool {
         let mut shard = self.shard(key).write();
         let sockets = shard.entry(key.clone()).or_default();
-        let first = sockets.is_empty();
-        sockets.insert(socket.socket_id.clone(), socket.clone());
+        let first = sockets.len() == 0;
+        sockets.insert(socket);
         first
     }
 
@@ -163,10 +233,10 @@ impl<K: Hash + Eq + Clone> Sharded<K> {
         let Some(sockets) = shard.get_mut(key) else {
             return false;
         };
-        if sockets.remove(socket_id).is_none() {
+        if !sockets.remove(socket_id) {
             return false;
         }
-        let now_empty = sockets.is_empty();
+        let now_empty = sockets.len() == 0;
         if now_empty {
             shard.remove(key);
         }
@@ -177,7 +247,7 @@ impl<K: Hash + Eq + Clone> Sharded<K> {
         self.shard(key)
             .read()
             .get(key)
-            .is_some_and(|sockets| sockets.contains_key(socket_id))
+            .is_some_and(|sockets| sockets.contains(socket_id))
     }
 
     /// Hands the frame to every socket under `key`; returns how many.
@@ -186,31 +256,26 @@ impl<K: Hash + Eq + Clone> Sharded<K> {
         let Some(sockets) = shard.get(key) else {
             return 0;
         };
-        // try_send never blocks, so holding the read lock here is short and safe.
-        for socket in sockets.values() {
-            socket.deliver(frame.clone());
-        }
+        // deliver never blocks, so holding the read lock here is short and safe.
+        sockets.for_each(|socket| socket.deliver(frame.clone()));
         sockets.len()
     }
 
     fn all_sockets(&self) -> Vec<Arc<SocketHandle>> {
-        self.shards
-            .iter()
-            .flat_map(|shard| {
-                shard
-                    .read()
-                    .values()
-                    .flat_map(|sockets| sockets.values().cloned())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            for sockets in shard.read().values() {
+                sockets.for_each(|socket| all.push(socket.clone()));
+            }
+        }
+        all
     }
 }
 
 /// Local sockets by room and by user.
 pub struct Hub {
-    rooms: Sharded<RoomId>,
-    users: Sharded<Arc<str>>,
+    rooms: Sharded<RoomId, RoomSockets>,
+    users: Sharded<Arc<str>, UserSockets>,
     connections: AtomicUsize,
     /// Frames the broker brought to this node (shows that per-topic interest keeps
     /// unrelated traffic away).
@@ -306,11 +371,10 @@ mod tests {
     }
 
     async fn next(socket: &SocketHandle) -> Frame {
-        socket.outbox.ready().await;
+        assert_eq!(socket.signalled().await, Signal::Frames);
         socket
-            .outbox
-            .try_pop()
-            .expect("ready means a frame is queued")
+            .next_frame()
+            .expect("signalled means a frame is queued")
     }
 
     #[tokio::test]
@@ -332,7 +396,7 @@ mod tests {
             got_second.bytes().as_ptr(),
             "one buffer shared"
         );
-        assert!(outsider.outbox.try_pop().is_none());
+        assert!(outsider.next_frame().is_none());
         assert!(!hub.remove_from_room(&room, "s1"));
         assert!(hub.remove_from_room(&room, "s2"));
     }

@@ -2,7 +2,6 @@
 //! sessions and the HTTP API alike. Transport-free: it takes parsed values and returns frames or
 //! [`WireError`]s.
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, Identity, TokenVerifier};
 use crate::config::{JoinPolicy, RoomTypeSettings, Settings};
 use crate::events::{EventBus, PlatformEvent};
-use crate::hub::{Hub, SocketHandle};
+use crate::hub::{Hub, Signal, SocketHandle};
 use crate::metrics as names;
 use crate::notifications::NotificationService;
 use crate::plugins::{ChainEvent, ChainResult, PluginHost};
 use crate::protocol::{
-    ErrorCode, EventPush, Frame, WireError, is_reserved_event_name, is_valid_event_name,
+    CloseCode, ErrorCode, EventPush, Frame, WireError, is_reserved_event_name, is_valid_event_name,
     unix_now_millis,
 };
 use crate::room::RoomId;
@@ -51,10 +50,10 @@ pub struct UserWatch {
 impl UserWatch {
     /// The next push, or `None` once the watch was closed (too slow, or shutdown).
     pub async fn next_frame(&mut self) -> Option<Frame> {
-        tokio::select! {
-            _ = self.handle.outbox.ready() => self.handle.outbox.try_pop(),
-            _ = self.handle.close_requested() => None,
-            _ = self.node.shutdown.cancelled() => None,
+        match self.handle.signalled().await {
+            Signal::Frames => self.handle.next_frame(),
+            // Shutdown reaches watchers as a close request too (`Hub::close_all`).
+            Signal::Close(_) => None,
         }
     }
 }
@@ -115,7 +114,53 @@ pub struct SocketSession {
     pub entry: SocketEntry,
     pub identity: Identity,
     /// Rooms this socket is in, for limits, membership checks and cleanup.
-    pub rooms: HashSet<RoomId>,
+    pub rooms: JoinedRooms,
+}
+
+/// The rooms one socket is in. A vector, not a set: a socket is in a handful of rooms (at most
+/// `limits.max_rooms_per_connection`), so a linear search is as fast, and a set's table would
+/// cost ~100 bytes more on every connection.
+#[derive(Debug, Default)]
+pub struct JoinedRooms(Vec<RoomId>);
+
+impl JoinedRooms {
+    pub fn contains(&self, room: &RoomId) -> bool {
+        self.0.contains(room)
+    }
+
+    pub fn insert(&mut self, room: RoomId) {
+        if !self.contains(&room) {
+            // Exact: most sockets join one or two rooms; growing by one is cheap at this size.
+            self.0.reserve_exact(1);
+            self.0.push(room);
+        }
+    }
+
+    /// Removes the room; false when the socket was not in it.
+    pub fn remove(&mut self, room: &RoomId) -> bool {
+        let Some(index) = self.0.iter().position(|joined| joined == room) else {
+            return false;
+        };
+        self.0.swap_remove(index);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[RoomId] {
+        &self.0
+    }
+
+    /// Empties the set, returning the rooms.
+    pub fn take(&mut self) -> Vec<RoomId> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 /// Keeps a connection slot until dropped (see [`Node::try_admit`]).
@@ -228,15 +273,26 @@ impl Node {
         )
         .await
         .map_err(unavailable)?;
+        self.close_if_shutting_down(&handle);
         Ok(UserWatch {
             node: self.clone(),
             handle,
         })
     }
 
-    /// Cancelled when the node shuts down; sessions watch it.
+    /// Cancelled when the node shuts down; background tasks watch it. Sockets are told through
+    /// [`Hub::close_all`] instead, so an idle socket waits on one signal only.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// A socket registered after shutdown began was missed by `close_all`: close it here.
+    /// (Shutdown cancels before `close_all`, and this runs after registering, so every socket
+    /// is caught by one or the other.)
+    fn close_if_shutting_down(&self, handle: &SocketHandle) {
+        if self.shutdown.is_cancelled() {
+            handle.request_close(CloseCode::Restart);
+        }
     }
 
     /// Reserves a connection slot, or `None` when the node is full.
@@ -326,6 +382,7 @@ impl Node {
         )
         .await
         .map_err(unavailable)?;
+        self.close_if_shutting_down(&handle);
         metrics::gauge!(names::CONNECTIONS).increment(1.0);
         let entry = SocketEntry {
             user_id: user_id.clone(),
@@ -347,7 +404,7 @@ impl Node {
             handle,
             entry,
             identity,
-            rooms: HashSet::new(),
+            rooms: JoinedRooms::default(),
         })
     }
 
@@ -371,10 +428,9 @@ impl Node {
             .map_err(unavailable)?;
         self.note_arrival(&session.entry, arrival);
         if !session.rooms.is_empty() {
-            let rooms: Vec<RoomId> = session.rooms.iter().cloned().collect();
             self.backends
                 .rooms
-                .refresh(&rooms, &Self::member_of(session), ttl)
+                .refresh(session.rooms.as_slice(), &Self::member_of(session), ttl)
                 .await
                 .map_err(unavailable)?;
         }
@@ -390,7 +446,7 @@ impl Node {
 
     /// Tears a socket down: leaves its rooms, unregisters it, records the disconnect.
     pub async fn close_socket(&self, session: &mut SocketSession, reason: &str) {
-        let rooms: Vec<RoomId> = session.rooms.drain().collect();
+        let rooms = session.rooms.take();
         for room in rooms {
             if let Err(error) = self.leave_room(session, &room, reason).await {
                 tracing::warn!(room = %room, message = %error.message, "leave during close failed");

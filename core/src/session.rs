@@ -5,13 +5,15 @@
 //! bounded outbox and are written in batches with one flush.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::json;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::auth::{Identity, unix_now_secs};
+use crate::hub::Signal;
 use crate::metrics as names;
 use crate::node::{ConnectionPermit, Node, SocketSession};
 use crate::protocol::{
@@ -91,8 +93,10 @@ enum Ending {
 }
 
 /// The state one connection's loop carries.
-struct Connection<'a, K> {
-    node: &'a Node,
+struct Connection<K> {
+    node: Arc<Node>,
+    /// Holds the node's connection slot until the connection is dropped.
+    _permit: ConnectionPermit,
     session: SocketSession,
     outgoing: K,
     budget: RequestBudget,
@@ -120,39 +124,18 @@ pub async fn run<S, K>(
     S: Stream<Item = Inbound> + Unpin + Send,
     K: Sink<Outbound> + Unpin + Send,
 {
-    let _permit = permit;
-    let settings = node.settings();
-    let session = match node.open_socket(identity).await {
-        Ok(session) => session,
-        Err(error) => {
-            tracing::warn!(message = %error.message, "could not register socket");
-            let mut outgoing = outgoing;
-            let _ = outgoing
-                .send(Outbound::Close(CloseCode::BackendUnavailable))
-                .await;
-            return;
-        }
-    };
-    let now = Instant::now();
-    let mut connection = Connection {
-        node: &node,
-        budget: RequestBudget::new(
-            settings.limits.requests_per_sec,
-            settings.limits.request_burst,
-            now,
-        ),
-        rate_limited_in_a_row: 0,
-        last_activity: now,
-        last_presence_refresh: now,
-        token_deadline: token_deadline(session.identity.expires_at, settings.auth.leeway_secs),
-        session,
-        outgoing,
+    // Boxed, like every once-per-connection step: the task keeps the size of its largest state
+    // for the connection's whole life, and 10,000 idle sockets should not carry these. The
+    // connection itself is boxed too: held inline, rustc keeps a second slot for it.
+    let opened = Box::pin(Connection::open(node, identity, permit, outgoing)).await;
+    let Some(mut connection) = opened else {
+        return;
     };
     let ending = connection.serve(&mut incoming, handshake_started).await;
     let reason = match ending {
         Ending::Close(code) => {
             metrics::counter!(names::CLOSES, "reason" => code.reason()).increment(1);
-            connection.close(code, &mut incoming).await;
+            Box::pin(connection.close(code, &mut incoming)).await;
             code.reason()
         }
         Ending::Gone(reason) => reason,
@@ -164,24 +147,63 @@ pub async fn run<S, K>(
         reason,
         "socket DISCONNECTED"
     );
-    node.close_socket(&mut connection.session, reason).await;
+    let node = connection.node.clone();
+    Box::pin(node.close_socket(&mut connection.session, reason)).await;
 }
 
-impl<K> Connection<'_, K>
+impl<K> Connection<K>
 where
     K: Sink<Outbound> + Unpin + Send,
 {
+    /// Registers the socket with the node; `None` (after telling the client) when the backends
+    /// cannot take it.
+    async fn open(
+        node: Arc<Node>,
+        identity: Identity,
+        permit: ConnectionPermit,
+        mut outgoing: K,
+    ) -> Option<Box<Connection<K>>> {
+        let session = match node.open_socket(identity).await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(message = %error.message, "could not register socket");
+                let _ = outgoing
+                    .send(Outbound::Close(CloseCode::BackendUnavailable))
+                    .await;
+                return None;
+            }
+        };
+        let settings = node.settings();
+        let now = Instant::now();
+        Some(Box::new(Connection {
+            budget: RequestBudget::new(
+                settings.limits.requests_per_sec,
+                settings.limits.request_burst,
+                now,
+            ),
+            rate_limited_in_a_row: 0,
+            last_activity: now,
+            last_presence_refresh: now,
+            token_deadline: token_deadline(session.identity.expires_at, settings.auth.leeway_secs),
+            _permit: permit,
+            session,
+            outgoing,
+            node,
+        }))
+    }
+
     async fn serve<S>(&mut self, incoming: &mut S, handshake_started: std::time::Instant) -> Ending
     where
         S: Stream<Item = Inbound> + Unpin + Send,
     {
-        let settings = self.node.settings();
+        let presence = &self.node.settings().presence;
+        let (idle_limit, keepalive_interval) = (presence.ttl(), presence.heartbeat_interval());
         let hello = Frame::connected(&Connected {
             kind: "connected",
             socket_id: &self.session.entry.socket_id,
             user_id: &self.session.entry.user_id,
             node: self.node.node_id(),
-            heartbeat_interval_ms: settings.presence.heartbeat_interval_secs * 1000,
+            heartbeat_interval_ms: presence.heartbeat_interval_secs * 1000,
             expires_at: self.session.identity.expires_at,
         });
         if !self.write(Outbound::Text(hello), true).await {
@@ -193,37 +215,52 @@ where
         metrics::counter!(names::MESSAGES_OUT, "kind" => "connected").increment(1);
         tracing::debug!(socket_id = %self.session.entry.socket_id, user_id = %self.session.entry.user_id, "socket CONNECTED");
 
-        let idle_limit = settings.presence.ttl();
-        let mut keepalive = tokio::time::interval(settings.presence.heartbeat_interval());
-        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        keepalive.tick().await;
+        let mut next_keepalive = Instant::now() + keepalive_interval;
+        // One timer for both the keepalive and the token expiry, reset only when one of them
+        // moves: a timer per loop turn would touch the runtime's timer wheel on every push.
+        let timer = tokio::time::sleep_until(next_keepalive.min(self.token_deadline));
+        tokio::pin!(timer);
         let handle = self.session.handle.clone();
-        let shutdown = self.node.shutdown_token().clone();
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ending::Close(CloseCode::Restart),
-                code = handle.close_requested() => return Ending::Close(code),
-                _ = tokio::time::sleep_until(self.token_deadline) => return Ending::Close(CloseCode::TokenExpired),
-                _ = keepalive.tick() => {
-                    if self.last_activity.elapsed() >= idle_limit {
-                        return Ending::Close(CloseCode::HeartbeatTimeout);
+                signal = handle.signalled() => match signal {
+                    Signal::Close(code) => return Ending::Close(code),
+                    Signal::Frames => {
+                        if !self.write_pushes().await {
+                            return self.ending_after_failed_write();
+                        }
                     }
-                    if !self.write(Outbound::Ping, true).await {
-                        return self.ending_after_failed_write();
+                },
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= self.token_deadline {
+                        return Ending::Close(CloseCode::TokenExpired);
                     }
-                }
-                _ = handle.outbox.ready() => {
-                    if !self.write_pushes().await {
-                        return self.ending_after_failed_write();
+                    if now >= next_keepalive {
+                        if self.last_activity.elapsed() >= idle_limit {
+                            return Ending::Close(CloseCode::HeartbeatTimeout);
+                        }
+                        // Boxed: once per heartbeat interval, and inline it would be
+                        // this loop's largest state.
+                        if !Box::pin(self.write(Outbound::Ping, true)).await {
+                            return self.ending_after_failed_write();
+                        }
+                        next_keepalive = now + keepalive_interval;
                     }
                 }
                 inbound = incoming.next() => {
                     let inbound = inbound.unwrap_or(Inbound::Close);
-                    if let Some(ending) = self.on_inbound(inbound).await {
+                    // Boxed: request handling (joins, store calls) is this loop's largest state;
+                    // inline, every idle connection's task would be as big as a join.
+                    if let Some(ending) = Box::pin(self.on_inbound(inbound)).await {
                         return ending;
                     }
                 }
+            }
+            let next_timer = next_keepalive.min(self.token_deadline);
+            if timer.deadline() != next_timer {
+                timer.as_mut().reset(next_timer);
             }
         }
     }
@@ -232,17 +269,53 @@ where
     /// close was requested meanwhile (a client that stops reading blocks writes; the slow-consumer
     /// close must still win).
     async fn write(&mut self, frame: Outbound, flush: bool) -> bool {
-        let handle = self.session.handle.clone();
-        let written = async {
-            if flush {
-                self.outgoing.send(frame).await
-            } else {
-                self.outgoing.feed(frame).await
+        let mut unsent = Some(frame);
+        self.sink_step(move |sink, cx| {
+            if let Some(frame) = unsent.take() {
+                match sink.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => sink.start_send_unpin(frame)?,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {
+                        unsent = Some(frame);
+                        return Poll::Pending;
+                    }
+                }
             }
-        };
-        tokio::select! {
-            result = tokio::time::timeout(WRITE_TIMEOUT, written) => matches!(result, Ok(Ok(()))),
-            _ = handle.close_requested() => false,
+            if flush {
+                sink.poll_flush_unpin(cx)
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        })
+        .await
+    }
+
+    /// Drives one sink step (ready or flush) to its end. It almost always completes on the first
+    /// poll; only then is the wait for a client that is not reading set up, bounded by
+    /// `WRITE_TIMEOUT` and cut short by a close request. That wait is boxed because it is rare
+    /// and large (a timer and a waiter): inline it would sit in every idle connection's task.
+    async fn sink_step<F>(&mut self, mut step: F) -> bool
+    where
+        F: FnMut(&mut K, &mut Context<'_>) -> Poll<Result<(), K::Error>> + Send,
+    {
+        let outgoing = &mut self.outgoing;
+        let first = std::future::poll_fn(|cx| Poll::Ready(step(outgoing, cx))).await;
+        match first {
+            Poll::Ready(result) => result.is_ok(),
+            Poll::Pending => {
+                let handle = self.session.handle.clone();
+                let finished = std::future::poll_fn(move |cx| step(outgoing, cx));
+                Box::pin(async move {
+                    tokio::select! {
+                        biased;
+                        result = tokio::time::timeout(WRITE_TIMEOUT, finished) => {
+                            matches!(result, Ok(Ok(())))
+                        }
+                        _ = handle.close_requested() => false,
+                    }
+                })
+                .await
+            }
         }
     }
 
@@ -255,23 +328,29 @@ where
     }
 
     /// Writes what is queued (up to a batch), then flushes once: one syscall for a burst.
+    /// A frame leaves the outbox only when the sink can take it, so the wait for a slow client
+    /// holds no frame.
     async fn write_pushes(&mut self) -> bool {
         let handle = self.session.handle.clone();
         let mut batch = 0;
-        while batch < WRITE_BATCH {
-            let Some(frame) = handle.outbox.try_pop() else {
-                break;
-            };
-            if !self.write(Outbound::Text(frame), false).await {
-                return false;
-            }
-            batch += 1;
-        }
+        let written = self
+            .sink_step(|sink, cx| {
+                while batch < WRITE_BATCH {
+                    match sink.poll_ready_unpin(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        other => return other,
+                    }
+                    let Some(frame) = handle.next_frame() else {
+                        break;
+                    };
+                    sink.start_send_unpin(Outbound::Text(frame))?;
+                    batch += 1;
+                }
+                sink.poll_flush_unpin(cx)
+            })
+            .await;
         metrics::counter!(names::MESSAGES_OUT, "kind" => "event").increment(batch as u64);
-        tokio::select! {
-            result = tokio::time::timeout(WRITE_TIMEOUT, self.outgoing.flush()) => matches!(result, Ok(Ok(()))),
-            _ = handle.close_requested() => false,
-        }
+        written
     }
 
     async fn reply(&mut self, frame: Frame) -> Option<Ending> {
@@ -350,9 +429,7 @@ where
                     .await
             }
             Ok((id, request)) => {
-                // Boxed: the request futures (joins, store calls) are the largest states of this
-                // loop; inline they would make every idle connection's task as big as a join.
-                let outcome = Box::pin(self.dispatch(request, now)).await;
+                let outcome = self.dispatch(request, now).await;
                 match outcome {
                     Ok(extra) => {
                         self.reply(Frame::reply_ok(id.as_ref(), extra.as_ref()))
@@ -370,7 +447,7 @@ where
         request: Request,
         now: Instant,
     ) -> Result<Option<serde_json::Value>, WireError> {
-        let node = self.node;
+        let node = self.node.clone();
         let kind = match &request {
             Request::Join { .. } => "join",
             Request::Leave { .. } => "leave",

@@ -1,6 +1,7 @@
 //! The plugin author's crate: implement [`Plugin`] and export it with [`export_plugin!`].
 //!
-//! ```ignore
+//! ```
+//! use realtime_sdk_plugin::serde_json;
 //! use realtime_sdk_plugin::{Event, Outcome, Plugin, Subscription, export_plugin};
 //!
 //! struct Shout;

@@ -92,6 +92,54 @@ impl Broker for MemoryBroker {
     }
 }
 
+/// A few values keyed by socket id. A user has one to a handful of sockets, so a vector with a
+/// linear search beats a hash map here: one small allocation instead of a table (the map is
+/// ~150 bytes per user even with a single socket, and there is one per connected user).
+#[derive(Debug)]
+struct PerSocket<T>(Vec<(Arc<str>, T)>);
+
+impl<T> PerSocket<T> {
+    fn one(socket_id: Arc<str>, value: T) -> Self {
+        PerSocket(vec![(socket_id, value)])
+    }
+
+    fn get_mut(&mut self, socket_id: &str) -> Option<&mut T> {
+        self.0
+            .iter_mut()
+            .find(|(id, _)| id.as_ref() == socket_id)
+            .map(|(_, value)| value)
+    }
+
+    /// Sets the socket's value; returns the previous one.
+    fn insert(&mut self, socket_id: &Arc<str>, value: T) -> Option<T> {
+        match self.get_mut(socket_id) {
+            Some(slot) => Some(std::mem::replace(slot, value)),
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((socket_id.clone(), value));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, socket_id: &str) -> Option<T> {
+        let index = self.0.iter().position(|(id, _)| id.as_ref() == socket_id)?;
+        Some(self.0.swap_remove(index).1)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.0.retain(|(_, value)| keep(value));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Arc<str>, T)> {
+        self.0.iter()
+    }
+}
+
 #[derive(Debug)]
 struct SocketPresence {
     node_id: Arc<str>,
@@ -100,7 +148,7 @@ struct SocketPresence {
 
 #[derive(Debug)]
 struct UserPresence {
-    sockets: HashMap<Arc<str>, SocketPresence>,
+    sockets: PerSocket<SocketPresence>,
     /// The latest expiry ever granted to any socket of the user.
     online_until: Instant,
 }
@@ -120,21 +168,24 @@ impl MemoryPresenceStore {
         let expires_at = Instant::now() + ttl;
         let mut users = self.users.lock();
         let mut arrival = Arrival::AlreadyOnline;
-        let user = users.entry(socket.user_id.clone()).or_insert_with(|| {
-            arrival = Arrival::CameOnline;
-            UserPresence {
-                sockets: HashMap::new(),
-                online_until: expires_at,
+        let presence = SocketPresence {
+            node_id: socket.node_id.clone(),
+            expires_at,
+        };
+        match users.get_mut(&socket.user_id) {
+            Some(user) => {
+                user.online_until = user.online_until.max(expires_at);
+                user.sockets.insert(&socket.socket_id, presence);
             }
-        });
-        user.online_until = user.online_until.max(expires_at);
-        user.sockets.insert(
-            socket.socket_id.clone(),
-            SocketPresence {
-                node_id: socket.node_id.clone(),
-                expires_at,
-            },
-        );
+            None => {
+                arrival = Arrival::CameOnline;
+                let user = UserPresence {
+                    sockets: PerSocket::one(socket.socket_id.clone(), presence),
+                    online_until: expires_at,
+                };
+                users.insert(socket.user_id.clone(), user);
+            }
+        }
         arrival
     }
 }
@@ -181,7 +232,10 @@ impl PresenceStore for MemoryPresenceStore {
         let mut gone = Vec::new();
         self.users.lock().retain(|user_id, user| {
             let expired = user.online_until <= now
-                && user.sockets.values().all(|socket| socket.expires_at <= now);
+                && user
+                    .sockets
+                    .iter()
+                    .all(|(_, socket)| socket.expires_at <= now);
             if expired {
                 gone.push(user_id.to_string());
             }
@@ -193,12 +247,13 @@ impl PresenceStore for MemoryPresenceStore {
 }
 
 /// Membership of one room: user -> that user's sockets in the room, each with its expiry.
-type RoomMembers = HashMap<Arc<str>, HashMap<Arc<str>, Instant>>;
+type RoomMembers = HashMap<Arc<str>, PerSocket<Instant>>;
 
-/// Drops expired memberships of one room.
+/// Drops expired memberships of one room. O(members): run only where expired entries would
+/// change the answer (a full room, a listing), not on every join.
 fn purge_expired(members: &mut RoomMembers, now: Instant) {
     members.retain(|_, sockets| {
-        sockets.retain(|_, expires_at| *expires_at > now);
+        sockets.retain(|expires_at| *expires_at > now);
         !sockets.is_empty()
     });
 }
@@ -228,15 +283,21 @@ impl RoomStore for MemoryRoomStore {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let members = rooms.entry(room.clone()).or_default();
-        purge_expired(members, now);
         if let Some(sockets) = members.get_mut(&member.user_id) {
-            let previous = sockets.insert(member.socket_id.clone(), now + ttl);
-            return Ok(match previous {
-                Some(_) => JoinOutcome::AlreadyMember,
-                None => JoinOutcome::Joined {
-                    first_for_user: false,
-                },
-            });
+            sockets.retain(|expires_at| *expires_at > now);
+            if !sockets.is_empty() {
+                let previous = sockets.insert(&member.socket_id, now + ttl);
+                return Ok(match previous {
+                    Some(_) => JoinOutcome::AlreadyMember,
+                    None => JoinOutcome::Joined {
+                        first_for_user: false,
+                    },
+                });
+            }
+            members.remove(&member.user_id);
+        }
+        if members.len() >= capacity as usize {
+            purge_expired(members, now);
         }
         if members.len() >= capacity as usize {
             if members.is_empty() {
@@ -246,7 +307,7 @@ impl RoomStore for MemoryRoomStore {
         }
         members.insert(
             member.user_id.clone(),
-            HashMap::from([(member.socket_id.clone(), now + ttl)]),
+            PerSocket::one(member.socket_id.clone(), now + ttl),
         );
         Ok(JoinOutcome::Joined {
             first_for_user: true,
@@ -280,18 +341,20 @@ impl RoomStore for MemoryRoomStore {
         let Some(members) = rooms.get_mut(room) else {
             return Ok(LeaveOutcome::NotMember);
         };
-        purge_expired(members, now);
-        let removed = members
-            .get_mut(&member.user_id)
-            .and_then(|sockets| sockets.remove(&member.socket_id));
-        let outcome = match removed {
+        let outcome = match members.get_mut(&member.user_id) {
             None => LeaveOutcome::NotMember,
-            Some(_) => {
-                let last_for_user = members.get(&member.user_id).is_none_or(HashMap::is_empty);
+            Some(sockets) => {
+                // An expired membership counts as gone already, like in the networked stores.
+                sockets.retain(|expires_at| *expires_at > now);
+                let removed = sockets.remove(&member.socket_id);
+                let last_for_user = sockets.is_empty();
                 if last_for_user {
                     members.remove(&member.user_id);
                 }
-                LeaveOutcome::Left { last_for_user }
+                match removed {
+                    Some(_) => LeaveOutcome::Left { last_for_user },
+                    None => LeaveOutcome::NotMember,
+                }
             }
         };
         if members.is_empty() {

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+#! Reruns the README's benchmark scenarios: starts release servers on loopback, drives them with
+#! the load tool (examples/loadgen.rs), prints the load tool's JSON line and stops the servers.
+#!
+#!   bash examples/bench.sh SCENARIO [extra loadgen flags]
+#!
+#! Scenarios (all on a room type `load` configured below, so nothing else in the config matters):
+#!   one-node     1 node, memory backends, 10,000 connections in 20 rooms, 200 HTTP broadcasts
+#!   two-nodes    2 nodes on Redis + NATS, the same load, broadcasts published on NATS
+#!   big-room     2 nodes on Redis + NATS, one 1,000-member room spread over both, NATS broadcasts
+#!   max          1 node, 19,000 connections (this machine's file limit is 20,000 per process)
+#!   fanout       1 node, one room of 10,000, 100 broadcasts of 64 B at 100/s
+#!   idle         1 node, 10,000 connections that only hold (memory per idle connection)
+#!   presence     one-node with presence on (join/leave announcements broadcast to the room)
+#!   plugins      one-node with a plugin on every event (parses the payload and rewrites it)
+#! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios (`bash tests/run` starts them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenario="${1:-}"
+shift || true
+base_port="${BENCH_PORT:-18201}"
+
+cargo build --release -q -p realtime-core -p realtime-examples
+if [ "$scenario" = plugins ]; then
+    rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
+    cargo build -q --profile plugin --target wasm32-unknown-unknown -p misbehaving-plugin
+fi
+
+workdir="$(mktemp -d)"
+server_pids=()
+cleanup() {
+    for pid in "${server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+presence=false
+plugins='[]'
+case "$scenario" in
+    presence) presence=true ;;
+    plugins) plugins='["tagger"]' ;;
+esac
+cat >"$workdir/bench.toml" <<EOF
+[server]
+max_connections = 20000
+
+[api]
+key = "bench"
+
+[database]
+url = "sqlite::memory:"
+
+[log]
+level = "warn"
+
+[room_types.load]
+capacity = 20000
+client_publish = false
+presence = $presence
+join = "open"
+plugins = $plugins
+EOF
+if [ "$scenario" = plugins ]; then
+    cat >>"$workdir/bench.toml" <<EOF
+
+[plugins.tagger]
+path = "$PWD/target/wasm32-unknown-unknown/plugin/misbehaving_plugin.wasm"
+config = { tag = "bench" }
+EOF
+fi
+
+# start_node PORT [env assignments...]: a release server on 127.0.0.1:PORT with the bench config.
+start_node() {
+    local port="$1"
+    shift
+    env "$@" REALTIME_SERVER__LISTEN="127.0.0.1:$port" \
+        target/release/realtime --config "$workdir/bench.toml" serve &
+    server_pids+=("$!")
+    for _ in $(seq 1 100); do
+        if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "node on port $port did not become healthy" >&2
+    exit 1
+}
+
+cluster_env=(REALTIME_REDIS__URL=redis://127.0.0.1:6379 REALTIME_NATS__URL=nats://127.0.0.1:4222
+    REALTIME_NATS__SUBJECT_PREFIX="bench$$" REALTIME_REDIS__KEY_PREFIX="bench$$:")
+one_node() { start_node "$base_port"; nodes="127.0.0.1:$base_port"; }
+two_nodes() {
+    start_node "$base_port" "${cluster_env[@]}"
+    start_node "$((base_port + 1))" "${cluster_env[@]}"
+    nodes="127.0.0.1:$base_port,127.0.0.1:$((base_port + 1))"
+}
+pids() { local IFS=,; echo "${server_pids[*]}"; }
+loadgen() {
+    target/release/loadgen --nodes "$nodes" --server-pid "$(pids)" --room-type load \
+        --api-key bench --assert-clean "$@"
+}
+
+case "$scenario" in
+    one-node | presence | plugins)
+        one_node
+        loadgen --connections 10000 --workers 2 --rate 500 --rooms 20 --messages 200 \
+            --publish-rate 50 "$@"
+        ;;
+    two-nodes)
+        two_nodes
+        loadgen --connections 10000 --workers 2 --rate 500 --rooms 20 --messages 200 \
+            --publish-rate 50 --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" "$@"
+        ;;
+    big-room)
+        two_nodes
+        loadgen --connections 1000 --workers 2 --rate 500 --rooms 1 --messages 200 \
+            --publish-rate 50 --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" "$@"
+        ;;
+    max)
+        one_node
+        loadgen --connections 19000 --workers 2 --rate 1000 --rooms 20 --messages 100 \
+            --publish-rate 50 "$@"
+        ;;
+    fanout)
+        one_node
+        loadgen --connections 10000 --workers 2 --rate 1000 --rooms 1 --messages 100 \
+            --publish-rate 100 --payload-bytes 64 "$@"
+        ;;
+    idle)
+        one_node
+        loadgen --connections 10000 --workers 2 --rate 1000 --rooms 20 --messages 0 "$@"
+        ;;
+    *)
+        sed -n 's/^#! \{0,1\}//p' "$0" >&2
+        exit 2
+        ;;
+esac
