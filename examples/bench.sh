@@ -11,7 +11,9 @@
 #!   max          1 node, 19,000 connections (this machine's file limit is 20,000 per process)
 #!   fanout       1 node, one room of 10,000, 100 broadcasts of 64 B at 100/s
 #!   idle         1 node, 10,000 connections that only hold (memory per idle connection)
-#!   presence     one-node with presence on (join/leave announcements broadcast to the room)
+#!   presence     one-node with room presence on (member listing; joins and leaves not pushed)
+#!   announce     one-node with joins and leaves pushed to the room (10,000 joins into rooms
+#!                of 500 send ~2.5 million announcement frames while connecting)
 #!   plugins      one-node with a plugin on every event (parses the payload and rewrites it)
 #! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios (`bash tests/run` starts them).
 set -euo pipefail
@@ -37,9 +39,11 @@ cleanup() {
 trap cleanup EXIT
 
 presence=false
+announce=false
 plugins='[]'
 case "$scenario" in
     presence) presence=true ;;
+    announce) presence=true announce=true ;;
     plugins) plugins='["tagger"]' ;;
 esac
 cat >"$workdir/bench.toml" <<EOF
@@ -59,6 +63,7 @@ level = "warn"
 capacity = 20000
 client_publish = false
 presence = $presence
+announce = $announce
 join = "open"
 plugins = $plugins
 EOF
@@ -101,7 +106,7 @@ loadgen() {
 }
 
 case "$scenario" in
-    one-node | presence | plugins)
+    one-node | presence | announce | plugins)
         one_node
         loadgen --connections 10000 --workers 2 --rate 500 --rooms 20 --messages 200 \
             --publish-rate 50 "$@"

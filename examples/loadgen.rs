@@ -29,6 +29,8 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Clone)]
+// A flag given twice takes its last value, so `examples/bench.sh SCENARIO --flag value` overrides.
+#[command(args_override_self = true)]
 struct Args {
     /// Node addresses (host:port, loopback only); connections are spread round-robin.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
@@ -297,6 +299,30 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
+/// Sets `IP_BIND_ADDRESS_NO_PORT`: `bind` to a source address then leaves the port to `connect`,
+/// which only needs the 4-tuple to be unique. Without it, `bind` wants a port free on that
+/// address, and the TIME_WAIT sockets of earlier runs make the search slow and then fail.
+fn defer_port_choice_to_connect(socket: &TcpSocket) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let enabled: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&enabled as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        result == 0,
+        "IP_BIND_ADDRESS_NO_PORT: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 /// TCP connect from `source`, WebSocket handshake, `connected` frame, join. Returns the socket and
 /// the handshake time (TCP connect to `connected` frame) in microseconds.
 async fn connect(
@@ -312,6 +338,7 @@ async fn connect(
     );
     let started = Instant::now();
     let tcp = TcpSocket::new_v4()?;
+    defer_port_choice_to_connect(&tcp)?;
     tcp.bind(SocketAddr::new(source, 0))
         .context("bind source address")?;
     let stream = tokio::time::timeout(Duration::from_secs(10), tcp.connect(node))
@@ -573,16 +600,9 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // A worker is one thread: the cores are shared with the servers under test, and several
-    // single-threaded processes cost less than threads handing sockets to each other.
-    let runtime = match args.worker {
-        Some(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let limit = Duration::from_secs(args.max_seconds);
     match args.worker {
         Some(index) => runtime.block_on(async {

@@ -50,6 +50,40 @@ async fn members_see_joins_and_leaves_and_presence_lists_members() {
 }
 
 #[tokio::test]
+async fn announce_off_keeps_presence_but_pushes_no_joins_or_leaves() {
+    let server = TestServer::start_with(|settings| {
+        let chat = settings.room_types.get_mut("chat").unwrap();
+        chat.presence = true;
+        chat.announce = Some(false);
+    })
+    .await
+    .unwrap();
+    let mut alice = server.connect("alice").await.unwrap();
+    let mut bob = server.connect("bob").await.unwrap();
+    alice.join("chat:quiet").await.unwrap();
+    bob.join("chat:quiet").await.unwrap();
+    let presence = alice
+        .ok(json!({"op":"presence","room":"chat:quiet"}), 2)
+        .await
+        .unwrap();
+    assert_eq!(presence["members"], json!(["alice", "bob"]));
+    bob.ok(json!({"op":"leave","room":"chat:quiet"}), 3)
+        .await
+        .unwrap();
+    // A publish after the join and the leave: the first push alice sees must be this one.
+    let (status, _) = server
+        .publish(json!({"room":"chat:quiet","event":"note","data":{}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let first = alice.next_event().await.unwrap();
+    assert_eq!(
+        first["event"], "note",
+        "no join or leave was pushed: {first}"
+    );
+}
+
+#[tokio::test]
 async fn disconnecting_leaves_rooms_with_a_leave_event() {
     let server = TestServer::start().await.unwrap();
     let mut alice = server.connect("alice").await.unwrap();

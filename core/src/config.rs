@@ -262,11 +262,22 @@ pub struct RoomTypeSettings {
     pub capacity: u32,
     pub client_publish: bool,
     pub presence: bool,
+    /// Whether joins and leaves are pushed to the room (`room.user_joined`, `room.user_left`).
+    /// Unset: the value of `presence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<bool>,
     pub join: JoinPolicy,
     #[serde(default)]
     pub plugins: Vec<String>,
     #[serde(default)]
     pub plugin_failure: FailurePolicy,
+}
+
+impl RoomTypeSettings {
+    /// Whether joins and leaves are pushed to the room's members.
+    pub fn announces_membership(&self) -> bool {
+        self.announce.unwrap_or(self.presence)
+    }
 }
 
 /// Who may join a room of a type.

@@ -541,7 +541,7 @@ impl Node {
             room: room.to_string(),
             node: self.node_id.to_string(),
         });
-        if first_for_user && room_type.presence {
+        if first_for_user && room_type.announces_membership() {
             self.announce_membership(&room, "room.user_joined", &member.user_id)
                 .await;
         }
@@ -595,7 +595,7 @@ impl Node {
         });
         let announces = self
             .room_type(room)
-            .is_ok_and(|room_type| room_type.presence);
+            .is_ok_and(|room_type| room_type.announces_membership());
         if outcome
             == (LeaveOutcome::Left {
                 last_for_user: true,

@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use salvo::conn::tcp::TcpAcceptor;
-use salvo::server::ServerHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -56,8 +54,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 pub struct Server {
     node: Arc<Node>,
     local_addr: SocketAddr,
-    http: ServerHandle,
-    http_task: JoinHandle<()>,
+    http: crate::transport::HttpServer,
     background: Vec<JoinHandle<()>>,
     /// Stops the NATS event publisher once the sockets have drained.
     stop_event_publisher: CancellationToken,
@@ -254,11 +251,7 @@ impl Server {
             background.push(notification_ingest);
         }
         let local_addr = listener.local_addr()?;
-        let acceptor = TcpAcceptor::try_from(listener)?;
-        let http_server = salvo::Server::new(acceptor);
-        let http = http_server.handle();
-        let router = crate::transport::router(node.clone());
-        let http_task = tokio::spawn(http_server.serve(router));
+        let http = crate::transport::serve(listener, node.clone())?;
         tracing::info!(
             node = node.node_id(),
             %local_addr,
@@ -271,7 +264,6 @@ impl Server {
             node,
             local_addr,
             http,
-            http_task,
             background,
             stop_event_publisher,
             event_publisher,
@@ -329,7 +321,7 @@ impl Server {
         if let Some(publisher) = self.event_publisher {
             let _ = tokio::time::timeout(grace, publisher).await;
         }
-        let _ = tokio::time::timeout(grace, self.http_task).await;
+        let _ = tokio::time::timeout(grace, self.http.finished()).await;
         tracing::info!("stopped");
     }
 }

@@ -9,15 +9,71 @@ mod http;
 mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use salvo::conn::tcp::TcpAcceptor;
 use salvo::http::StatusCode;
 use salvo::prelude::*;
+use salvo::server::ServerHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::node::Node;
 use crate::protocol::{ErrorBody, ErrorCode, WireError};
 
+/// The running HTTP server of a node.
+pub struct HttpServer {
+    handle: ServerHandle,
+    task: JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Stops accepting; requests in flight get `grace` to finish.
+    pub fn stop_graceful(&self, grace: Duration) {
+        self.handle.stop_graceful(grace);
+    }
+
+    /// Resolves once the server has stopped.
+    pub async fn finished(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Serves the node's routes on `listener`.
+pub fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<HttpServer> {
+    disable_nagle_for_accepted_sockets(&listener)?;
+    let acceptor = TcpAcceptor::try_from(listener)?;
+    let server = salvo::Server::new(acceptor);
+    let handle = server.handle();
+    let task = tokio::spawn(server.serve(router(node)));
+    Ok(HttpServer { handle, task })
+}
+
+/// Sets TCP_NODELAY on the listening socket; Linux copies it to every accepted socket (salvo
+/// offers no per-connection hook). A push must leave at once: with Nagle's algorithm a small
+/// frame waits for the ACK of the previous one, and the client may delay that ACK by up to 40 ms.
+fn disable_nagle_for_accepted_sockets(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let enabled: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
+    let result = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&enabled as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Builds the router for a node.
-pub fn router(node: Arc<Node>) -> Router {
+fn router(node: Arc<Node>) -> Router {
     Router::new()
         .push(Router::with_path("ws").get(ws::WebSocketEndpoint::new(node.clone())))
         .push(Router::with_path("api/publish").post(http::PublishEndpoint::new(node.clone())))
@@ -78,4 +134,21 @@ fn render_error(res: &mut Response, error: &WireError) {
     res.render(Json(Body {
         error: ErrorBody::from(error),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_tcp_nodelay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        disable_nagle_for_accepted_sockets(&listener).unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let ((accepted, _), _client) = tokio::try_join!(listener.accept(), client).unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "the accepted socket sends at once"
+        );
+    }
 }
