@@ -3,10 +3,11 @@
 //!
 //! Code map, from the edge inwards:
 //!
-//! - [`transport`]: the only module that knows salvo: `GET /ws`, `POST /api/publish`, `/metrics`,
-//!   `/health`; maps errors to HTTP statuses once.
-//! - [`session`]: one connection's loop (`select!` over socket, outbox, timers, shutdown);
-//!   request dispatch, rate limiting, token expiry, heartbeats.
+//! - [`transport`]: the only module that knows salvo: serves the listener; `GET /ws` (with its
+//!   own WebSocket upgrade), `POST /api/publish`, `/graphql`, `/metrics`, `/health`; maps errors
+//!   to HTTP statuses once.
+//! - [`session`]: one connection's loop (`select!` over the socket, the socket's wake signal and
+//!   one timer); request dispatch, rate limiting, token expiry, heartbeats.
 //! - [`protocol`]: the wire types: requests, replies, pushes, error codes, close codes. Frames are
 //!   encoded once and shared.
 //! - [`node`]: shared state and every operation (join, leave, publish, presence, sweeps), used by
