@@ -29,7 +29,7 @@ fn unique(prefix: &str) -> String {
 }
 
 fn frame(text: &str) -> Frame {
-    Frame::from_encoded(Bytes::copy_from_slice(text.as_bytes()))
+    Frame::from_encoded(Bytes::copy_from_slice(text.as_bytes())).expect("suite frames are text")
 }
 
 /// A delivery handler that forwards into a channel the suite reads.

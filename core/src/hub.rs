@@ -387,7 +387,7 @@ mod tests {
         assert!(hub.add_to_room(&room, &first));
         assert!(!hub.add_to_room(&room, &second));
         hub.register(&outsider);
-        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}"));
+        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}")).unwrap();
         assert_eq!(hub.deliver(&Topic::Room(room.clone()), &frame), 2);
         let got_first = next(&first).await;
         let got_second = next(&second).await;
@@ -404,7 +404,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_outbox_closes_the_socket_as_slow_consumer() {
         let slow = socket("s1", "u1", 1);
-        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}"));
+        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}")).unwrap();
         slow.deliver(frame.clone());
         slow.deliver(frame);
         assert_eq!(slow.close_requested().await, CloseCode::SlowConsumer);

@@ -311,8 +311,17 @@ pub fn is_reserved_event_name(name: &str) -> bool {
 }
 
 /// An encoded server-to-client text frame. Cloning shares the bytes: encode once, send to many.
+///
+/// Always valid UTF-8: frames are made by serde_json here or checked once by
+/// [`Frame::from_encoded`], so the transport sends one as text without checking it again for
+/// every recipient (a room of 10,000 would otherwise check the same bytes 10,000 times).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame(Bytes);
+
+/// Bytes that are not UTF-8 text cannot be a frame.
+#[derive(Debug, thiserror::Error)]
+#[error("an encoded frame must be UTF-8 text")]
+pub struct NotText;
 
 impl Frame {
     fn from_json(value: &impl Serialize) -> Frame {
@@ -322,9 +331,11 @@ impl Frame {
         ))
     }
 
-    /// Wraps bytes that are already one encoded frame (for example from the broker).
-    pub fn from_encoded(bytes: Bytes) -> Frame {
-        Frame(bytes)
+    /// Wraps bytes that are already one encoded frame (for example from the broker), after
+    /// checking that they are text.
+    pub fn from_encoded(bytes: Bytes) -> Result<Frame, NotText> {
+        std::str::from_utf8(&bytes).map_err(|_| NotText)?;
+        Ok(Frame(bytes))
     }
 
     pub fn bytes(&self) -> &Bytes {
@@ -441,6 +452,13 @@ pub fn unix_now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_frame_must_be_text() {
+        let text = Bytes::from_static("{\"t\":\"héllo\"}".as_bytes());
+        assert_eq!(Frame::from_encoded(text.clone()).unwrap().bytes(), &text);
+        assert!(Frame::from_encoded(Bytes::from_static(&[b'{', 0xff, b'}'])).is_err());
+    }
 
     #[test]
     fn parses_each_op() {

@@ -19,6 +19,16 @@ pub enum Topic {
 /// local sockets' outboxes.
 pub type DeliveryHandler = Arc<dyn Fn(&Topic, Frame) + Send + Sync>;
 
+/// Hands bytes a networked broker received to the handler as a frame. Nodes only publish
+/// frames, so bytes that are not text mean something else wrote on our subjects: dropped and
+/// logged, never passed on to clients.
+pub fn deliver_checked(deliver: &DeliveryHandler, topic: &Topic, payload: bytes::Bytes) {
+    match Frame::from_encoded(payload) {
+        Ok(frame) => deliver(topic, frame),
+        Err(error) => tracing::warn!(?topic, %error, "dropped a fan-out message"),
+    }
+}
+
 /// Publish/subscribe between nodes.
 ///
 /// Guarantees every implementation keeps (checked by `conformance::broker`):

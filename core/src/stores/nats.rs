@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use super::StoreError;
-use super::broker::{Broker, DeliveryHandler, Topic};
+use super::broker::{Broker, DeliveryHandler, Topic, deliver_checked};
 use crate::protocol::Frame;
 
 /// Connects to NATS with fast reconnects that never give up: an outage heals by itself.
@@ -165,7 +165,7 @@ impl NatsBroker {
                 };
                 let user: Option<Arc<str>> = users.lock().get(user.as_str()).cloned();
                 if let Some(user) = user {
-                    deliver(&Topic::User(user), Frame::from_encoded(message.payload));
+                    deliver_checked(&deliver, &Topic::User(user), message.payload);
                 }
             }
         });
@@ -217,7 +217,7 @@ impl Broker for NatsBroker {
         let task_topic = topic.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                deliver(&task_topic, Frame::from_encoded(message.payload));
+                deliver_checked(&deliver, &task_topic, message.payload);
             }
         });
         if let Some(duplicate) = self.rooms.lock().insert(topic.clone(), task) {

@@ -35,7 +35,7 @@ use redis::{
 use tokio::sync::mpsc;
 
 use super::StoreError;
-use super::broker::{Broker, DeliveryHandler, Topic};
+use super::broker::{Broker, DeliveryHandler, Topic, deliver_checked};
 use super::presence::{Arrival, PresenceStore, SocketEntry};
 use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
@@ -647,7 +647,7 @@ impl RedisBroker {
                 {
                     let topic = routing.read().get(channel.as_slice()).cloned();
                     if let Some(topic) = topic {
-                        deliver(&topic, Frame::from_encoded(Bytes::copy_from_slice(payload)));
+                        deliver_checked(&deliver, &topic, Bytes::copy_from_slice(payload));
                     }
                 }
             }
