@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::auth::{Identity, unix_now_secs};
-use crate::hub::Signal;
+use crate::hub::{Signal, SocketHandle};
 use crate::metrics as names;
 use crate::node::{ConnectionPermit, Node, SocketSession};
 use crate::protocol::{
@@ -227,7 +227,7 @@ where
                 signal = handle.signalled() => match signal {
                     Signal::Close(code) => return Ending::Close(code),
                     Signal::Frames => {
-                        if !self.write_pushes().await {
+                        if !self.write_pushes(&handle).await {
                             return self.ending_after_failed_write();
                         }
                     }
@@ -330,8 +330,8 @@ where
     /// Writes what is queued (up to a batch), then flushes once: one syscall for a burst.
     /// A frame leaves the outbox only when the sink can take it, so the wait for a slow client
     /// holds no frame.
-    async fn write_pushes(&mut self) -> bool {
-        let handle = self.session.handle.clone();
+    /// `handle` is this socket's own (the loop's copy, so no reference count moves per batch).
+    async fn write_pushes(&mut self, handle: &SocketHandle) -> bool {
         let mut batch = 0;
         let written = self
             .sink_step(|sink, cx| {

@@ -53,23 +53,7 @@ pub fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<HttpServ
 /// offers no per-connection hook). A push must leave at once: with Nagle's algorithm a small
 /// frame waits for the ACK of the previous one, and the client may delay that ACK by up to 40 ms.
 fn disable_nagle_for_accepted_sockets(listener: &TcpListener) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let enabled: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
-    let result = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&enabled as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    socket2::SockRef::from(listener).set_tcp_nodelay(true)
 }
 
 /// Builds the router for a node.
