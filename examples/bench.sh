@@ -15,6 +15,8 @@
 #!   announce     one-node with joins and leaves pushed to the room (10,000 joins into rooms
 #!                of 500 send ~2.5 million announcement frames while connecting)
 #!   plugins      one-node with a plugin on every event (parses the payload and rewrites it)
+#!   floor        no server: the loopback floor for big-room (1,000 sockets written by two
+#!                threads with one plain write each, read by two epoll threads)
 #! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios (`bash tests/run` starts them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,11 @@ cargo build --release -q -p realtime-core -p realtime-examples
 if [ "$scenario" = plugins ]; then
     rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
     cargo build -q --profile plugin --target wasm32-unknown-unknown -p misbehaving-plugin
+fi
+
+if [ "$scenario" = floor ]; then
+    exec target/release/loopback-floor --members 1000 --writers 2 --readers 2 --messages 200 \
+        --publish-rate 50 "$@"
 fi
 
 workdir="$(mktemp -d)"
