@@ -110,6 +110,8 @@ async fn a_redis_outage_gives_unavailable_and_heals_by_itself() {
     let server = TestServer::start_with(|settings| {
         settings.redis.url = Some(format!("redis://127.0.0.1:{}", redis.port));
         settings.redis.command_timeout_ms = 500;
+        // A heartbeat writes presence at most once per half interval: 0.5 s here.
+        settings.presence.heartbeat_interval_secs = 1;
     })
     .await
     .unwrap();
@@ -117,6 +119,7 @@ async fn a_redis_outage_gives_unavailable_and_heals_by_itself() {
     client.join("chat:before").await.unwrap();
 
     redis.kill();
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         client
             .error_code(json!({"op":"join","room":"chat:during"}), 1)

@@ -210,6 +210,33 @@ async fn shutdown_closes_sockets_with_1012() {
         .unwrap();
 }
 
+/// Shutdown returns only after every socket's teardown (rooms left, presence entry removed,
+/// `socket.disconnect` emitted), not as soon as the sockets are unregistered: otherwise a
+/// process exiting right after would cut those backend calls off.
+#[tokio::test]
+async fn shutdown_waits_for_every_socket_teardown() {
+    const SOCKETS: usize = 100;
+    let server = TestServer::start().await.unwrap();
+    let mut clients = Vec::new();
+    for number in 0..SOCKETS {
+        let mut client = server.connect(&format!("user-{number}")).await.unwrap();
+        client.join("chat:shutdown").await.unwrap();
+        clients.push(client);
+    }
+    let mut events = server.events();
+    tokio::time::timeout(Duration::from_secs(10), server.server.shutdown())
+        .await
+        .unwrap();
+    let mut disconnects = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, PlatformEvent::SocketDisconnect { ref reason, .. } if reason == "server_restart")
+        {
+            disconnects += 1;
+        }
+    }
+    assert_eq!(disconnects, SOCKETS);
+}
+
 #[tokio::test]
 async fn metrics_and_health_are_served() {
     let server = TestServer::start().await.unwrap();

@@ -295,6 +295,12 @@ impl Node {
         }
     }
 
+    /// Sockets admitted and not yet torn down: a socket counts from the handshake until its
+    /// teardown (rooms left, presence removed, `socket.disconnect` emitted) has finished.
+    pub fn admitted_count(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+
     /// Reserves a connection slot, or `None` when the node is full.
     pub fn try_admit(&self) -> Option<ConnectionPermit> {
         let limit = self.settings.server.max_connections;

@@ -47,7 +47,7 @@ pub enum StartError {
     },
 }
 
-/// How often shutdown checks whether every socket has closed.
+/// How often shutdown checks whether every socket has closed and been torn down.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// A running node.
@@ -302,16 +302,18 @@ impl Server {
         self.http.stop_graceful(grace);
         self.node.shutdown_token().cancel();
         self.node.hub().close_all(CloseCode::Restart);
+        // Admitted, not registered: a socket leaves the hub before its teardown's backend calls
+        // (rooms, presence, `socket.disconnect`), and those must not be cut off by the exit.
         let drained = tokio::time::timeout(grace, async {
-            while self.node.hub().connection_count() > 0 {
+            while self.node.admitted_count() > 0 {
                 tokio::time::sleep(DRAIN_POLL).await;
             }
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
-                remaining = self.node.hub().connection_count(),
-                "shutdown grace ran out with sockets still open"
+                remaining = self.node.admitted_count(),
+                "shutdown grace ran out with sockets still open or tearing down"
             );
         }
         for task in &self.background {

@@ -386,15 +386,23 @@ where
         }
     }
 
-    /// Pings and pongs refresh presence, at most twice per heartbeat interval (each refresh is a
-    /// backend write).
-    async fn refresh_presence_if_due(&mut self, now: Instant) {
-        let half_interval = self.node.settings().presence.heartbeat_interval() / 2;
-        if now.saturating_duration_since(self.last_presence_refresh) >= half_interval {
+    /// Marks a presence refresh as done now when one is due (see [`presence_refresh_due`]).
+    fn take_presence_refresh(&mut self, now: Instant) -> bool {
+        let interval = self.node.settings().presence.heartbeat_interval();
+        let due = presence_refresh_due(self.last_presence_refresh, now, interval);
+        if due {
             self.last_presence_refresh = now;
-            if let Err(error) = self.node.heartbeat(&self.session).await {
-                tracing::debug!(message = %error.message, "presence refresh failed");
-            }
+        }
+        due
+    }
+
+    /// Pings and pongs refresh presence when a refresh is due; a failure only logs (the next
+    /// one retries, and the TTL leaves room for it).
+    async fn refresh_presence_if_due(&mut self, now: Instant) {
+        if self.take_presence_refresh(now)
+            && let Err(error) = self.node.heartbeat(&self.session).await
+        {
+            tracing::debug!(message = %error.message, "presence refresh failed");
         }
     }
 
@@ -467,8 +475,9 @@ where
                 Ok(Some(json!({ "room": room.as_str() })))
             }
             Request::Heartbeat => {
-                self.last_presence_refresh = now;
-                node.heartbeat(&self.session).await?;
+                if self.take_presence_refresh(now) {
+                    node.heartbeat(&self.session).await?;
+                }
                 Ok(None)
             }
             Request::Publish { room, event, data } => {
@@ -530,9 +539,31 @@ where
     }
 }
 
+/// Whether a presence refresh (a backend write) is due, the last one having been at `last`: at
+/// most one per half heartbeat interval, whatever asks for it (ping, pong or the `heartbeat` op; a
+/// pong and a client's heartbeat often arrive together). The stored TTL then never runs closer
+/// than `ttl - interval / 2` to expiry while the client is alive.
+fn presence_refresh_due(last: Instant, now: Instant, heartbeat_interval: Duration) -> bool {
+    now.saturating_duration_since(last) >= heartbeat_interval / 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_refreshes_at_most_once_per_half_interval() {
+        let interval = Duration::from_secs(20);
+        let connected = Instant::now();
+        assert!(!presence_refresh_due(connected, connected, interval));
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(!presence_refresh_due(connected, Instant::now(), interval));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let refreshed = Instant::now();
+        assert!(presence_refresh_due(connected, refreshed, interval));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!presence_refresh_due(refreshed, Instant::now(), interval));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn budget_allows_a_burst_then_the_sustained_rate() {
