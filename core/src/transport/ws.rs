@@ -24,10 +24,11 @@ use crate::protocol::{ErrorCode, WireError};
 use crate::session::{self, Inbound, Outbound};
 
 /// Per-socket read buffer, allocated for the socket's whole life. Small on purpose: most sockets
-/// are idle and client requests (join, heartbeat) are well under this; a larger frame still
-/// arrives (the buffer grows to the frame's length, read this many bytes per call).
-/// tungstenite's default is 128 KiB.
-const READ_BUFFER_BYTES: usize = 256;
+/// are idle, and the usual client requests (join, leave, heartbeat, presence: 20-80 bytes with
+/// their 6-byte header) fit in one read; a larger frame (a token refresh, a client publish) still
+/// arrives, the buffer growing to the frame's length and read this many bytes per call.
+/// tungstenite's default is 128 KiB, and it zero-fills the read space before every read.
+const READ_BUFFER_BYTES: usize = 128;
 /// Bytes buffered before tungstenite writes through; our loop flushes after each batch anyway.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Hard cap on a socket's unsent bytes; beyond it writes fail and the socket is dropped.
