@@ -386,22 +386,26 @@ where
         }
     }
 
-    /// Marks a presence refresh as done now when one is due (see [`presence_refresh_due`]).
-    fn take_presence_refresh(&mut self, now: Instant) -> bool {
+    /// Refreshes presence when a refresh is due (see [`presence_refresh_due`]); `Ok` without a
+    /// backend call otherwise. A failed refresh does not count, so the next ping, pong or
+    /// heartbeat tries again.
+    async fn refresh_presence(&mut self, now: Instant) -> Result<(), WireError> {
         let interval = self.node.settings().presence.heartbeat_interval();
-        let due = presence_refresh_due(self.last_presence_refresh, now, interval);
-        if due {
-            self.last_presence_refresh = now;
+        if !presence_refresh_due(self.last_presence_refresh, now, interval) {
+            return Ok(());
         }
-        due
+        let previous = std::mem::replace(&mut self.last_presence_refresh, now);
+        let refreshed = self.node.heartbeat(&self.session).await;
+        if refreshed.is_err() {
+            self.last_presence_refresh = previous;
+        }
+        refreshed
     }
 
-    /// Pings and pongs refresh presence when a refresh is due; a failure only logs (the next
-    /// one retries, and the TTL leaves room for it).
+    /// Pings and pongs refresh presence when a refresh is due; a failure only logs (the TTL
+    /// leaves room for the next attempt).
     async fn refresh_presence_if_due(&mut self, now: Instant) {
-        if self.take_presence_refresh(now)
-            && let Err(error) = self.node.heartbeat(&self.session).await
-        {
+        if let Err(error) = self.refresh_presence(now).await {
             tracing::debug!(message = %error.message, "presence refresh failed");
         }
     }
@@ -475,9 +479,7 @@ where
                 Ok(Some(json!({ "room": room.as_str() })))
             }
             Request::Heartbeat => {
-                if self.take_presence_refresh(now) {
-                    node.heartbeat(&self.session).await?;
-                }
+                self.refresh_presence(now).await?;
                 Ok(None)
             }
             Request::Publish { room, event, data } => {
