@@ -206,7 +206,7 @@ where
             heartbeat_interval_ms: presence.heartbeat_interval_secs * 1000,
             expires_at: self.session.identity.expires_at,
         });
-        if !self.write(Outbound::Text(hello), true).await {
+        if !self.write(Outbound::Text(hello)).await {
             return self.ending_after_failed_write();
         }
         metrics::histogram!(names::HANDSHAKE_SECONDS)
@@ -243,7 +243,7 @@ where
                         }
                         // Boxed: once per heartbeat interval, and inline it would be
                         // this loop's largest state.
-                        if !Box::pin(self.write(Outbound::Ping, true)).await {
+                        if !Box::pin(self.write(Outbound::Ping)).await {
                             return self.ending_after_failed_write();
                         }
                         next_keepalive = now + keepalive_interval;
@@ -265,10 +265,10 @@ where
         }
     }
 
-    /// Writes one frame; `flush` sends it now. False when the connection is unusable, or when a
-    /// close was requested meanwhile (a client that stops reading blocks writes; the slow-consumer
+    /// Writes one frame and flushes it. False when the connection is unusable, or when a close
+    /// was requested meanwhile (a client that stops reading blocks writes; the slow-consumer
     /// close must still win).
-    async fn write(&mut self, frame: Outbound, flush: bool) -> bool {
+    async fn write(&mut self, frame: Outbound) -> bool {
         let mut unsent = Some(frame);
         self.sink_step(move |sink, cx| {
             if let Some(frame) = unsent.take() {
@@ -281,11 +281,7 @@ where
                     }
                 }
             }
-            if flush {
-                sink.poll_flush_unpin(cx)
-            } else {
-                Poll::Ready(Ok(()))
-            }
+            sink.poll_flush_unpin(cx)
         })
         .await
     }
@@ -355,7 +351,7 @@ where
 
     async fn reply(&mut self, frame: Frame) -> Option<Ending> {
         metrics::counter!(names::MESSAGES_OUT, "kind" => "reply").increment(1);
-        if self.write(Outbound::Text(frame), true).await {
+        if self.write(Outbound::Text(frame)).await {
             None
         } else {
             Some(self.ending_after_failed_write())
