@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::protocol::{CloseCode, Frame};
 use crate::room::RoomId;
+use crate::small_set::SmallSet;
 use crate::stores::Topic;
 
 /// Shard count: a power of two well above the core count, so writers rarely meet.
@@ -160,43 +161,31 @@ impl SocketSet for RoomSockets {
     }
 }
 
-/// A user's local sockets: one to a handful, so a vector (a map's table would cost ~100 bytes
-/// more for every connected user).
-#[derive(Default)]
-struct UserSockets(Vec<Arc<SocketHandle>>);
+/// A user's local sockets: one to a handful.
+type UserSockets = SmallSet<Arc<SocketHandle>>;
 
 impl SocketSet for UserSockets {
     fn insert(&mut self, socket: &Arc<SocketHandle>) {
         if !self.contains(&socket.socket_id) {
-            self.0.reserve_exact(1);
-            self.0.push(socket.clone());
+            self.push(socket.clone());
         }
     }
 
     fn remove(&mut self, socket_id: &str) -> bool {
-        let Some(index) = self
-            .0
-            .iter()
-            .position(|socket| socket.socket_id.as_ref() == socket_id)
-        else {
-            return false;
-        };
-        self.0.swap_remove(index);
-        true
+        self.remove_where(|socket| socket.socket_id.as_ref() == socket_id)
+            .is_some()
     }
 
     fn contains(&self, socket_id: &str) -> bool {
-        self.0
-            .iter()
-            .any(|socket| socket.socket_id.as_ref() == socket_id)
+        self.any(|socket| socket.socket_id.as_ref() == socket_id)
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        SmallSet::len(self)
     }
 
     fn for_each(&self, visit: impl FnMut(&Arc<SocketHandle>)) {
-        self.0.iter().for_each(visit);
+        self.iter().for_each(visit);
     }
 }
 

@@ -26,6 +26,7 @@
 //! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
 //! - [`auth`]: JWT verification and minting; [`room`]: room ids and grants.
 //! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
+//! - [`small_set`]: a few values in a vector, for per-connection and per-user sets.
 //! - [`server`]: start and stop a node.
 
 pub mod auth;
@@ -44,5 +45,6 @@ pub mod protocol;
 pub mod room;
 pub mod server;
 pub mod session;
+pub mod small_set;
 pub mod stores;
 mod transport;

@@ -21,6 +21,7 @@ use crate::protocol::{
     unix_now_millis,
 };
 use crate::room::RoomId;
+use crate::small_set::SmallSet;
 use crate::stores::{
     Arrival, Broker, JoinOutcome, LeaveOutcome, Member, PresenceStore, RateLimiter, RoomStore,
     SocketEntry, StoreError, Topic,
@@ -117,51 +118,8 @@ pub struct SocketSession {
     pub rooms: JoinedRooms,
 }
 
-/// The rooms one socket is in. A vector, not a set: a socket is in a handful of rooms (at most
-/// `limits.max_rooms_per_connection`), so a linear search is as fast, and a set's table would
-/// cost ~100 bytes more on every connection.
-#[derive(Debug, Default)]
-pub struct JoinedRooms(Vec<RoomId>);
-
-impl JoinedRooms {
-    pub fn contains(&self, room: &RoomId) -> bool {
-        self.0.contains(room)
-    }
-
-    pub fn insert(&mut self, room: RoomId) {
-        if !self.contains(&room) {
-            // Exact: most sockets join one or two rooms; growing by one is cheap at this size.
-            self.0.reserve_exact(1);
-            self.0.push(room);
-        }
-    }
-
-    /// Removes the room; false when the socket was not in it.
-    pub fn remove(&mut self, room: &RoomId) -> bool {
-        let Some(index) = self.0.iter().position(|joined| joined == room) else {
-            return false;
-        };
-        self.0.swap_remove(index);
-        true
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn as_slice(&self) -> &[RoomId] {
-        &self.0
-    }
-
-    /// Empties the set, returning the rooms.
-    pub fn take(&mut self) -> Vec<RoomId> {
-        std::mem::take(&mut self.0)
-    }
-}
+/// The rooms one socket is in: a handful at most (`limits.max_rooms_per_connection`).
+pub type JoinedRooms = SmallSet<RoomId>;
 
 /// Keeps a connection slot until dropped (see [`Node::try_admit`]).
 pub struct ConnectionPermit {

@@ -21,6 +21,7 @@ use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
 use crate::protocol::Frame;
 use crate::room::RoomId;
+use crate::small_set::SmallSet;
 
 /// The in-process "network" that memory brokers publish on.
 #[derive(Default)]
@@ -92,51 +93,17 @@ impl Broker for MemoryBroker {
     }
 }
 
-/// A few values keyed by socket id. A user has one to a handful of sockets, so a vector with a
-/// linear search beats a hash map here: one small allocation instead of a table (the map is
-/// ~150 bytes per user even with a single socket, and there is one per connected user).
-#[derive(Debug)]
-struct PerSocket<T>(Vec<(Arc<str>, T)>);
+/// A few values keyed by socket id (a user has one to a handful of sockets).
+type PerSocket<T> = SmallSet<(Arc<str>, T)>;
 
-impl<T> PerSocket<T> {
-    fn one(socket_id: Arc<str>, value: T) -> Self {
-        PerSocket(vec![(socket_id, value)])
-    }
-
-    fn get_mut(&mut self, socket_id: &str) -> Option<&mut T> {
-        self.0
-            .iter_mut()
-            .find(|(id, _)| id.as_ref() == socket_id)
-            .map(|(_, value)| value)
-    }
-
-    /// Sets the socket's value; returns the previous one.
-    fn insert(&mut self, socket_id: &Arc<str>, value: T) -> Option<T> {
-        match self.get_mut(socket_id) {
-            Some(slot) => Some(std::mem::replace(slot, value)),
-            None => {
-                self.0.reserve_exact(1);
-                self.0.push((socket_id.clone(), value));
-                None
-            }
+/// Sets the socket's value; returns the previous one.
+fn set_for_socket<T>(sockets: &mut PerSocket<T>, socket_id: &Arc<str>, value: T) -> Option<T> {
+    match sockets.find_mut(|(id, _)| id == socket_id) {
+        Some((_, slot)) => Some(std::mem::replace(slot, value)),
+        None => {
+            sockets.push((socket_id.clone(), value));
+            None
         }
-    }
-
-    fn remove(&mut self, socket_id: &str) -> Option<T> {
-        let index = self.0.iter().position(|(id, _)| id.as_ref() == socket_id)?;
-        Some(self.0.swap_remove(index).1)
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.0.retain(|(_, value)| keep(value));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &(Arc<str>, T)> {
-        self.0.iter()
     }
 }
 
@@ -175,12 +142,12 @@ impl MemoryPresenceStore {
         match users.get_mut(&socket.user_id) {
             Some(user) => {
                 user.online_until = user.online_until.max(expires_at);
-                user.sockets.insert(&socket.socket_id, presence);
+                set_for_socket(&mut user.sockets, &socket.socket_id, presence);
             }
             None => {
                 arrival = Arrival::CameOnline;
                 let user = UserPresence {
-                    sockets: PerSocket::one(socket.socket_id.clone(), presence),
+                    sockets: PerSocket::one((socket.socket_id.clone(), presence)),
                     online_until: expires_at,
                 };
                 users.insert(socket.user_id.clone(), user);
@@ -202,7 +169,7 @@ impl PresenceStore for MemoryPresenceStore {
 
     async fn disconnect(&self, socket: &SocketEntry) -> Result<(), StoreError> {
         if let Some(user) = self.users.lock().get_mut(&socket.user_id) {
-            user.sockets.remove(&socket.socket_id);
+            user.sockets.remove_where(|(id, _)| *id == socket.socket_id);
         }
         Ok(())
     }
@@ -253,7 +220,7 @@ type RoomMembers = HashMap<Arc<str>, PerSocket<Instant>>;
 /// change the answer (a full room, a listing), not on every join.
 fn purge_expired(members: &mut RoomMembers, now: Instant) {
     members.retain(|_, sockets| {
-        sockets.retain(|expires_at| *expires_at > now);
+        sockets.retain(|(_, expires_at)| *expires_at > now);
         !sockets.is_empty()
     });
 }
@@ -284,9 +251,9 @@ impl RoomStore for MemoryRoomStore {
         let mut rooms = self.rooms.lock();
         let members = rooms.entry(room.clone()).or_default();
         if let Some(sockets) = members.get_mut(&member.user_id) {
-            sockets.retain(|expires_at| *expires_at > now);
+            sockets.retain(|(_, expires_at)| *expires_at > now);
             if !sockets.is_empty() {
-                let previous = sockets.insert(&member.socket_id, now + ttl);
+                let previous = set_for_socket(sockets, &member.socket_id, now + ttl);
                 return Ok(match previous {
                     Some(_) => JoinOutcome::AlreadyMember,
                     None => JoinOutcome::Joined {
@@ -307,7 +274,7 @@ impl RoomStore for MemoryRoomStore {
         }
         members.insert(
             member.user_id.clone(),
-            PerSocket::one(member.socket_id.clone(), now + ttl),
+            PerSocket::one((member.socket_id.clone(), now + ttl)),
         );
         Ok(JoinOutcome::Joined {
             first_for_user: true,
@@ -326,7 +293,8 @@ impl RoomStore for MemoryRoomStore {
             let socket = all_rooms
                 .get_mut(room)
                 .and_then(|members| members.get_mut(&member.user_id))
-                .and_then(|sockets| sockets.get_mut(&member.socket_id))
+                .and_then(|sockets| sockets.find_mut(|(id, _)| *id == member.socket_id))
+                .map(|(_, expires_at)| expires_at)
                 .filter(|expires_at| **expires_at > now);
             if let Some(expires_at) = socket {
                 *expires_at = now + ttl;
@@ -345,8 +313,8 @@ impl RoomStore for MemoryRoomStore {
             None => LeaveOutcome::NotMember,
             Some(sockets) => {
                 // An expired membership counts as gone already, like in the networked stores.
-                sockets.retain(|expires_at| *expires_at > now);
-                let removed = sockets.remove(&member.socket_id);
+                sockets.retain(|(_, expires_at)| *expires_at > now);
+                let removed = sockets.remove_where(|(id, _)| *id == member.socket_id);
                 let last_for_user = sockets.is_empty();
                 if last_for_user {
                     members.remove(&member.user_id);
