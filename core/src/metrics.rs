@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use metrics::Counter;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Gauge: open WebSocket connections on this node.
@@ -86,4 +87,16 @@ pub fn prometheus_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// `MESSAGES_OUT{kind="event"}`, looked up once. It moves on every batch of pushes a socket
+/// writes (one push, usually), and finding a labelled counter in the recorder each time cost
+/// ~390 instructions per push (callgrind), a tenth of a push's user-space cost.
+pub fn events_out() -> &'static Counter {
+    static EVENTS_OUT: OnceLock<Counter> = OnceLock::new();
+    EVENTS_OUT.get_or_init(|| {
+        // The recorder first, so that the handle is not the no-op of a process without one.
+        prometheus_handle();
+        metrics::counter!(MESSAGES_OUT, "kind" => "event")
+    })
 }

@@ -1,8 +1,8 @@
 //! One connection's loop: a single `select!` over the socket, the outbox, timers and shutdown.
 //!
-//! Transport-free: the WebSocket is seen as a stream of [`Inbound`] and a sink of [`Outbound`],
-//! which `transport` adapts. Replies are written directly; pushes arrive through the socket's
-//! bounded outbox and are written in batches with one flush.
+//! Transport-free: the WebSocket is seen as one object, a stream of [`Inbound`] and a sink of
+//! [`Outbound`], which `transport` adapts. Replies are written directly; pushes arrive through the
+//! socket's bounded outbox and are written in batches with one flush.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -98,7 +98,8 @@ struct Connection<K> {
     /// Holds the node's connection slot until the connection is dropped.
     _permit: ConnectionPermit,
     session: SocketSession,
-    outgoing: K,
+    /// The WebSocket, both directions: only this loop reads and writes it.
+    socket: K,
     budget: RequestBudget,
     rate_limited_in_a_row: u32,
     last_activity: Instant,
@@ -113,29 +114,27 @@ fn token_deadline(expires_at: u64, leeway_secs: u64) -> Instant {
 }
 
 /// Runs an authenticated connection until it ends. `permit` holds the connection slot.
-pub async fn run<S, K>(
+pub async fn run<K>(
     node: Arc<Node>,
     identity: Identity,
     permit: ConnectionPermit,
     handshake_started: std::time::Instant,
-    mut incoming: S,
-    outgoing: K,
+    socket: K,
 ) where
-    S: Stream<Item = Inbound> + Unpin + Send,
-    K: Sink<Outbound> + Unpin + Send,
+    K: Stream<Item = Inbound> + Sink<Outbound> + Unpin + Send,
 {
     // Boxed, like every once-per-connection step: the task keeps the size of its largest state
     // for the connection's whole life, and 10,000 idle sockets should not carry these. The
     // connection itself is boxed too: held inline, rustc keeps a second slot for it.
-    let opened = Box::pin(Connection::open(node, identity, permit, outgoing)).await;
+    let opened = Box::pin(Connection::open(node, identity, permit, socket)).await;
     let Some(mut connection) = opened else {
         return;
     };
-    let ending = connection.serve(&mut incoming, handshake_started).await;
+    let ending = connection.serve(handshake_started).await;
     let reason = match ending {
         Ending::Close(code) => {
             metrics::counter!(names::CLOSES, "reason" => code.reason()).increment(1);
-            Box::pin(connection.close(code, &mut incoming)).await;
+            Box::pin(connection.close(code)).await;
             code.reason()
         }
         Ending::Gone(reason) => reason,
@@ -153,7 +152,7 @@ pub async fn run<S, K>(
 
 impl<K> Connection<K>
 where
-    K: Sink<Outbound> + Unpin + Send,
+    K: Stream<Item = Inbound> + Sink<Outbound> + Unpin + Send,
 {
     /// Registers the socket with the node; `None` (after telling the client) when the backends
     /// cannot take it.
@@ -161,13 +160,13 @@ where
         node: Arc<Node>,
         identity: Identity,
         permit: ConnectionPermit,
-        mut outgoing: K,
+        mut socket: K,
     ) -> Option<Box<Connection<K>>> {
         let session = match node.open_socket(identity).await {
             Ok(session) => session,
             Err(error) => {
                 tracing::warn!(message = %error.message, "could not register socket");
-                let _ = outgoing
+                let _ = socket
                     .send(Outbound::Close(CloseCode::BackendUnavailable))
                     .await;
                 return None;
@@ -187,15 +186,12 @@ where
             token_deadline: token_deadline(session.identity.expires_at, settings.auth.leeway_secs),
             _permit: permit,
             session,
-            outgoing,
+            socket,
             node,
         }))
     }
 
-    async fn serve<S>(&mut self, incoming: &mut S, handshake_started: std::time::Instant) -> Ending
-    where
-        S: Stream<Item = Inbound> + Unpin + Send,
-    {
+    async fn serve(&mut self, handshake_started: std::time::Instant) -> Ending {
         let presence = &self.node.settings().presence;
         let (idle_limit, keepalive_interval) = (presence.ttl(), presence.heartbeat_interval());
         let hello = Frame::connected(&Connected {
@@ -249,7 +245,7 @@ where
                         next_keepalive = now + keepalive_interval;
                     }
                 }
-                inbound = incoming.next() => {
+                inbound = self.socket.next() => {
                     let inbound = inbound.unwrap_or(Inbound::Close);
                     // Boxed: request handling (joins, store calls) is this loop's largest state;
                     // inline, every idle connection's task would be as big as a join.
@@ -294,13 +290,13 @@ where
     where
         F: FnMut(&mut K, &mut Context<'_>) -> Poll<Result<(), K::Error>> + Send,
     {
-        let outgoing = &mut self.outgoing;
-        let first = std::future::poll_fn(|cx| Poll::Ready(step(outgoing, cx))).await;
+        let socket = &mut self.socket;
+        let first = std::future::poll_fn(|cx| Poll::Ready(step(socket, cx))).await;
         match first {
             Poll::Ready(result) => result.is_ok(),
             Poll::Pending => {
                 let handle = self.session.handle.clone();
-                let finished = std::future::poll_fn(move |cx| step(outgoing, cx));
+                let finished = std::future::poll_fn(move |cx| step(socket, cx));
                 Box::pin(async move {
                     tokio::select! {
                         biased;
@@ -345,7 +341,7 @@ where
                 sink.poll_flush_unpin(cx)
             })
             .await;
-        metrics::counter!(names::MESSAGES_OUT, "kind" => "event").increment(batch as u64);
+        names::events_out().increment(batch as u64);
         written
     }
 
@@ -512,22 +508,19 @@ where
     }
 
     /// Sends the close frame and waits briefly for the client's close reply.
-    async fn close<S>(&mut self, code: CloseCode, incoming: &mut S)
-    where
-        S: Stream<Item = Inbound> + Unpin + Send,
-    {
+    async fn close(&mut self, code: CloseCode) {
         tracing::debug!(code = code.code(), reason = code.reason(), "closing socket");
         // Not `write`: a close may already be requested, and this write must still be tried.
         let sent = tokio::time::timeout(
             CLOSE_HANDSHAKE_TIMEOUT,
-            self.outgoing.send(Outbound::Close(code)),
+            self.socket.send(Outbound::Close(code)),
         )
         .await;
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-            while let Some(inbound) = incoming.next().await {
+            while let Some(inbound) = self.socket.next().await {
                 if matches!(inbound, Inbound::Close | Inbound::Failed(_)) {
                     break;
                 }
