@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 #! Reruns the README's benchmark scenarios: starts release servers on loopback, drives them with
-#! the load tool (examples/loadgen.rs), prints the load tool's JSON line and stops the servers.
+#! the load tool (examples/loadgen/), prints the load tool's JSON line and stops the servers.
 #!
 #!   bash examples/bench.sh SCENARIO [extra loadgen flags]
 #!

@@ -11,23 +11,24 @@
 //! ```
 //! It stops by itself (`--max-seconds`) and refuses targets outside 127.0.0.0/8.
 
+mod reader;
+mod wire;
+
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
-use std::sync::Mutex;
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use reader::{Held, Readers};
+use wire::{OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, client_frame, frame_at};
 
 #[derive(Parser, Clone)]
 // A flag given twice takes its last value, so `examples/bench.sh SCENARIO --flag value` overrides.
@@ -88,7 +89,11 @@ struct Args {
     /// Hard stop for the whole run.
     #[arg(long, default_value_t = 300)]
     max_seconds: u64,
-    /// Exit with status 1 when any handshake failed or any message was lost.
+    /// Reading threads per worker process (plain epoll loops that hold the connections).
+    #[arg(long, default_value_t = 1)]
+    readers: usize,
+    /// Exit with status 1 when any handshake failed, any connection dropped or any message was
+    /// lost.
     #[arg(long)]
     assert_clean: bool,
     /// Internal: run as worker number N (the coordinator starts these).
@@ -240,13 +245,10 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
         .sum::<u32>();
     let per_worker_rate = (args.rate / args.workers).max(1);
     let interval = Duration::from_secs_f64(1.0 / f64::from(per_worker_rate));
-    let received = Arc::new(AtomicU64::new(0));
-    let last_arrival = Arc::new(AtomicU64::new(0));
-    let delivery = Arc::new(Mutex::new(Histogram::new()));
+    let mut readers = Readers::start(args.readers)?;
     let mut handshakes = Histogram::new();
-    let mut failed = 0u32;
+    let (mut ready, mut failed) = (0u32, 0u32);
     let mut errors: HashMap<String, u32> = HashMap::new();
-    let mut held = Vec::new();
     let mut ticker = tokio::time::interval(interval);
     for offset in 0..share {
         ticker.tick().await;
@@ -261,11 +263,10 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
         ));
         let room = format!("{}:load-{}", args.room_type, number % args.rooms);
         match connect(&args, node, source, number, &room).await {
-            Ok(joined) => {
-                handshakes.record(joined.handshake_us);
-                let counters = (received.clone(), last_arrival.clone());
-                let delivery = delivery.clone();
-                held.push(tokio::spawn(hold(joined, counters, delivery)));
+            Ok((held, handshake_us)) => {
+                handshakes.record(handshake_us);
+                readers.hand_over(held)?;
+                ready += 1;
             }
             Err(error) => {
                 failed += 1;
@@ -277,7 +278,7 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        json!({ "ready": held.len(), "failed": failed, "errors": errors, "handshake": handshakes.to_json() })
+        json!({ "ready": ready, "failed": failed, "errors": errors, "handshake": handshakes.to_json() })
     );
     std::io::stdout().flush()?;
     // Wait for the coordinator's "finish" line (it publishes meanwhile).
@@ -286,19 +287,14 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
         let _ = std::io::stdin().lock().read_line(&mut line);
     })
     .await?;
-    let delivery = delivery.lock().expect("histogram lock").clone();
+    let tally = readers.finish()?;
     println!(
         "{}",
-        json!({ "received": received.load(Ordering::Relaxed), "last_arrival_us": last_arrival.load(Ordering::Relaxed), "delivery": delivery.to_json() })
+        json!({ "received": tally.received, "last_arrival_us": tally.last_arrival_us, "dropped": tally.dropped, "delivery": tally.delivery.to_json() })
     );
     std::io::stdout().flush()?;
-    for task in held {
-        task.abort();
-    }
     Ok(())
 }
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`: `bind` to a source address then leaves the port to `connect`,
 /// which only needs the 4-tuple to be unique. Without it, `bind` wants a port free on that
@@ -324,34 +320,17 @@ fn defer_port_choice_to_connect(socket: &TcpSocket) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// tungstenite zero-fills its whole read buffer before every read: at the default 128 KiB that
-/// memset was the largest cost of the generator (18% of all CPU in a 1,000-member room run,
-/// perf). Pushes here are well under 4 KiB; a larger frame still arrives over several reads.
-const CLIENT_READ_BUFFER_BYTES: usize = 4096;
-
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER_BYTES)
-}
-
-/// A connection that has joined its room.
-struct Joined {
-    socket: Socket,
-    /// TCP connect to `connected` frame, in microseconds.
-    handshake_us: u64,
-    /// The heartbeat interval the server advised in its `connected` frame.
-    heartbeat_interval: Duration,
-}
-
-/// TCP connect from `source`, WebSocket handshake, `connected` frame, join.
+/// TCP connect from `source`, WebSocket handshake, `connected` frame, join. Returns the
+/// connection, ready to be held, and the handshake time (TCP connect to `connected` frame, µs).
 async fn connect(
     args: &Args,
     node: SocketAddr,
     source: IpAddr,
     number: u32,
     room: &str,
-) -> anyhow::Result<Joined> {
-    let url = format!(
-        "ws://{node}/ws?token={}",
+) -> anyhow::Result<(Held, u64)> {
+    let path = format!(
+        "/ws?token={}",
         token(&args.jwt_secret, &format!("load-{number}"))?
     );
     let started = Instant::now();
@@ -359,17 +338,18 @@ async fn connect(
     defer_port_choice_to_connect(&tcp)?;
     tcp.bind(SocketAddr::new(source, 0))
         .context("bind source address")?;
-    let stream = tokio::time::timeout(Duration::from_secs(10), tcp.connect(node))
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), tcp.connect(node))
         .await
         .context("tcp connect timeout")??;
     stream.set_nodelay(true)?;
-    let (mut socket, _) = tokio::time::timeout(
+    let mut received = Vec::with_capacity(1024);
+    tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())),
+        upgrade(&mut stream, &node.to_string(), &path, &mut received),
     )
     .await
     .context("handshake timeout")??;
-    let hello = next_text(&mut socket).await?;
+    let hello = next_text(&mut stream, &mut received).await?;
     ensure!(hello["type"] == "connected", "first frame was {hello}");
     let handshake_us = started.elapsed().as_micros() as u64;
     let heartbeat_interval = hello["heartbeat_interval_ms"]
@@ -377,95 +357,75 @@ async fn connect(
         .filter(|millis| *millis > 0)
         .map(Duration::from_millis)
         .context("`connected` frame without heartbeat_interval_ms")?;
-    socket
-        .send(Message::text(
-            json!({"id": 1, "op": "join", "room": room}).to_string(),
-        ))
+    let join = json!({"id": 1, "op": "join", "room": room}).to_string();
+    stream
+        .write_all(&client_frame(OPCODE_TEXT, join.as_bytes()))
         .await?;
     loop {
-        let frame = next_text(&mut socket).await?;
+        let frame = next_text(&mut stream, &mut received).await?;
         if frame["id"] == 1 {
             ensure!(frame["ok"] == true, "join failed: {frame}");
             break;
         }
     }
-    Ok(Joined {
-        socket,
-        handshake_us,
+    let held = Held {
+        // Leaves tokio's reactor, still non-blocking, for a reader's epoll.
+        stream: stream.into_std()?,
+        pending: received,
         heartbeat_interval,
-    })
+    };
+    Ok((held, handshake_us))
 }
 
-async fn next_text(socket: &mut Socket) -> anyhow::Result<Value> {
+/// Sends the upgrade request and reads the `101` answer; frames read past it stay in `received`.
+async fn upgrade(
+    stream: &mut TcpStream,
+    host: &str,
+    path: &str,
+    received: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    stream
+        .write_all(wire::upgrade_request(host, path).as_bytes())
+        .await?;
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .context("no frame")?
-            .context("closed")??;
-        if let Message::Text(text) = message {
-            return Ok(serde_json::from_str(&text)?);
+        if let Some(length) = wire::upgrade_response_length(received)? {
+            received.drain(..length);
+            return Ok(());
         }
+        read_more(stream, received).await?;
     }
 }
 
-/// The `sent_us` of a `load.tick` push. Read straight from the text rather than by parsing the
-/// JSON: the generator shares the cores with the servers, and its own cost per delivery should
-/// stay far below theirs.
-fn sent_micros(text: &str) -> Option<u64> {
-    if !text.contains(r#""event":"load.tick""#) {
-        return None;
-    }
-    let (_, after) = text.split_once(r#""sent_us":"#)?;
-    let digits = after
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(after.len());
-    after[..digits].parse().ok()
+async fn read_more(stream: &mut TcpStream, received: &mut Vec<u8>) -> anyhow::Result<()> {
+    received.reserve(1024);
+    let read = stream.read_buf(received).await?;
+    ensure!(read > 0, "closed");
+    Ok(())
 }
 
-/// Holds a joined connection like a well-behaved client: sends the `heartbeat` op at the interval
-/// the server advised (tungstenite answers the server's pings), and counts `load.tick` pushes and
-/// their latency from the `sent_us` the publisher put in.
-async fn hold(
-    joined: Joined,
-    (received, last_arrival): (Arc<AtomicU64>, Arc<AtomicU64>),
-    delivery: Arc<Mutex<Histogram>>,
-) {
-    let Joined {
-        mut socket,
-        heartbeat_interval,
-        ..
-    } = joined;
-    // Connections open at `--rate`, so their first heartbeats are spread the same way.
-    let mut heartbeats = tokio::time::interval_at(
-        tokio::time::Instant::now() + heartbeat_interval,
-        heartbeat_interval,
-    );
-    loop {
-        let message = tokio::select! {
-            message = socket.next() => message,
-            _ = heartbeats.tick() => {
-                let heartbeat = Message::text(r#"{"op":"heartbeat"}"#);
-                if socket.send(heartbeat).await.is_err() {
-                    return;
+/// The next text frame as JSON (pings answered on the way); what follows it stays in `received`.
+async fn next_text(stream: &mut TcpStream, received: &mut Vec<u8>) -> anyhow::Result<Value> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            while let Some(frame) = frame_at(received)? {
+                let payload = received[frame.payload.clone()].to_vec();
+                received.drain(..frame.length);
+                match frame.opcode {
+                    OPCODE_TEXT => return Ok(serde_json::from_slice(&payload)?),
+                    OPCODE_PING => {
+                        stream
+                            .write_all(&client_frame(OPCODE_PONG, &payload))
+                            .await?
+                    }
+                    OPCODE_CLOSE => bail!("closed by the server"),
+                    _ => {}
                 }
-                continue;
             }
-        };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return,
-        };
-        let arrived = now_micros();
-        if let Some(sent) = sent_micros(&text) {
-            delivery
-                .lock()
-                .expect("histogram lock")
-                .record(arrived.saturating_sub(sent));
-            received.fetch_add(1, Ordering::Relaxed);
-            last_arrival.fetch_max(arrived, Ordering::Relaxed);
+            read_more(stream, received).await?;
         }
-    }
+    })
+    .await
+    .context("no frame")?
 }
 
 fn is_loopback_only(args: &Args) -> bool {
@@ -602,11 +562,12 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
         writeln!(worker.stdin.as_mut().expect("piped"), "finish")?;
     }
     let mut delivery = Histogram::new();
-    let mut delivered = 0u64;
+    let (mut delivered, mut dropped) = (0u64, 0u64);
     let mut last_arrival_us = publish_started_us;
     for reader in &mut readers {
         let report = tokio::task::block_in_place(|| read_line(reader))?;
         delivered += report["received"].as_u64().unwrap_or(0);
+        dropped += report["dropped"].as_u64().unwrap_or(0);
         last_arrival_us = last_arrival_us.max(report["last_arrival_us"].as_u64().unwrap_or(0));
         delivery.merge(&Histogram::from_json(&report["delivery"]));
     }
@@ -645,14 +606,14 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
         0.0
     };
     let report = json!({
-        "connections": { "requested": args.connections, "held": ready, "failed": failed, "errors": errors, "seconds": round2(connect_seconds) },
+        "connections": { "requested": args.connections, "held": ready, "failed": failed, "dropped": dropped, "errors": errors, "seconds": round2(connect_seconds) },
         "handshake": handshakes.summary(),
         "messages": { "published": published, "expected": expected, "delivered": delivered, "lost": expected.saturating_sub(delivered), "publish_seconds": round2(publish_seconds), "deliveries_per_second": deliveries_per_second, "via": if args.nats.is_some() { "nats" } else { "http" } },
         "delivery": delivery.summary(),
         "server": { "rss_before": rss_before, "rss_after": rss_after, "bytes_per_connection": bytes_per_connection, "cpu_seconds": round2(cpu_after - cpu_before), "cpu_seconds_connecting": round2(cpu_connected - cpu_before), "cpu_seconds_delivering": round2(cpu_after - cpu_connected), "deliveries_per_cpu_second": deliveries_per_cpu_second },
     });
     println!("{report}");
-    Ok(failed == 0 && delivered == expected)
+    Ok(failed == 0 && dropped == 0 && delivered == expected)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -675,7 +636,7 @@ fn main() -> anyhow::Result<()> {
                     .context("run ran out of time")?
             })?;
             if assert_clean && !clean {
-                eprintln!("loadgen: failed handshakes or lost messages");
+                eprintln!("loadgen: failed handshakes, dropped connections or lost messages");
                 std::process::exit(1);
             }
             Ok(())
@@ -686,17 +647,6 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sent_micros_reads_load_ticks_only() {
-        let push = json!({"type":"event","event":"load.tick","room":"load:load-1",
-            "data":{"sent_us":1764115200123456u64,"n":3,"pad":"xx"}})
-        .to_string();
-        assert_eq!(sent_micros(&push), Some(1_764_115_200_123_456));
-        let other = push.replace("load.tick", "room.joined");
-        assert_eq!(sent_micros(&other), None);
-        assert_eq!(sent_micros(r#"{"event":"load.tick","data":{}}"#), None);
-    }
 
     #[test]
     fn errors_of_several_workers_add_up() {
