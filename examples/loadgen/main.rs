@@ -2,14 +2,20 @@
 //! spread over worker processes (a process holds at most ~20,000 files) and source addresses
 //! 127.0.0.2, 127.0.0.3, ... (one address has ~28k ephemeral ports). It joins rooms, publishes
 //! broadcasts through NATS or the HTTP API with a send timestamp, and reports one JSON line:
-//! connections held and failed, handshake and delivery latency percentiles, expected vs delivered
-//! messages, server RSS before and after connecting (bytes per connection) and server CPU seconds.
+//! connections held, failed and dropped, handshake and delivery latency percentiles, expected vs
+//! delivered messages, server RSS before and after connecting (bytes per connection) and server
+//! CPU seconds.
 //!
 //! ```sh
 //! cargo run --release -p realtime-examples --bin loadgen -- \
 //!   --nodes 127.0.0.1:8080 --connections 10000 --rooms 20 --messages 200 --server-pid $(pgrep -n realtime)
 //! ```
 //! It stops by itself (`--max-seconds`) and refuses targets outside 127.0.0.0/8.
+//!
+//! - `main.rs`: arguments, the coordinator (starts workers, publishes, adds up the reports) and
+//!   the worker's connect phase (tokio).
+//! - `wire`: the tool's own WebSocket framing (upgrade request, server frames, masked frames).
+//! - `reader`: the epoll threads that hold the connections and time the pushes.
 
 mod reader;
 mod wire;
