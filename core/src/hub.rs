@@ -9,6 +9,7 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -32,15 +33,54 @@ pub enum Signal {
 /// Queue capacity kept after a burst drains; more is given back.
 const OUTBOX_KEEP: usize = 8;
 
+/// What became of a push handed to a [`PushLane`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// On its way to the client; nothing waits.
+    Written,
+    /// Waiting behind earlier bytes: the socket's task must drain the lane.
+    Queued,
+    /// Kept until the socket's first frame is out ([`PushLane::start`]).
+    Held,
+    /// The lane already holds its limit: the client is not reading.
+    Full,
+    /// The socket is closing; pushes are no longer written.
+    Dropped,
+}
+
+/// A socket's write side as the fan-out sees it, for transports that let the publishing task
+/// write a push itself: a wake-up and poll of the socket's own task costs more than the write.
+///
+/// Guarantees an implementation gives: bytes leave in the order they were handed over, whether
+/// by [`push`](Self::push) or by the socket's task; pushes before [`start`](Self::start) are held
+/// and leave after what the socket's task wrote first; none leaves after [`stop`](Self::stop).
+pub trait PushLane: Send + Sync {
+    /// The frame as this transport writes it. Made once per fan-out and shared by every
+    /// recipient: every socket of a node speaks the same transport.
+    fn encode(&self, frame: &Frame) -> Bytes;
+    /// Writes an encoded push now, or queues it when bytes wait before it; refuses it when
+    /// `backlog_limit` chunks already wait.
+    fn push(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed;
+    /// Whether bytes wait for the socket's task to drain them (or a write failed).
+    fn has_backlog(&self) -> bool;
+    /// The socket's first frame is out: held pushes follow it. True when bytes now wait.
+    fn start(&self) -> bool;
+    /// No push is written from now on (the close frame may follow).
+    fn stop(&self);
+}
+
 /// The node's handle to one connected socket: its bounded outbox and its close request.
 ///
-/// The outbox is a `VecDeque` behind a mutex rather than a channel: an idle socket's queue
-/// allocates nothing (a tokio channel allocates a block of slots up front, about 1 KiB per socket
-/// here). The lock is held for one push or one pop. One `Notify` wakes the socket's loop for both
+/// With a [`PushLane`], pushes are written through it by the task fanning them out, and the lane's
+/// backlog is the outbox. Without one (GraphQL subscriptions), frames wait in `frames`: a
+/// `VecDeque` behind a mutex rather than a channel, since an idle socket's queue then allocates
+/// nothing (a tokio channel allocates a block of slots up front, about 1 KiB per socket here).
+/// The lock is held for one push or one pop. One `Notify` wakes the socket's loop for both
 /// queued frames and close requests, so an idle loop waits on a single thing.
 pub struct SocketHandle {
     pub socket_id: Arc<str>,
     pub user_id: Arc<str>,
+    lane: Option<Arc<dyn PushLane>>,
     frames: Mutex<VecDeque<Frame>>,
     capacity: usize,
     /// The close code requested from outside the socket's own loop; 0 = none yet.
@@ -49,10 +89,16 @@ pub struct SocketHandle {
 }
 
 impl SocketHandle {
-    pub fn new(socket_id: Arc<str>, user_id: Arc<str>, outbox_capacity: usize) -> SocketHandle {
+    pub fn new(
+        socket_id: Arc<str>,
+        user_id: Arc<str>,
+        outbox_capacity: usize,
+        lane: Option<Arc<dyn PushLane>>,
+    ) -> SocketHandle {
         SocketHandle {
             socket_id,
             user_id,
+            lane,
             frames: Mutex::new(VecDeque::new()),
             capacity: outbox_capacity,
             close_code: AtomicU16::new(0),
@@ -72,6 +118,43 @@ impl SocketHandle {
         frames.push_back(frame);
         drop(frames);
         self.wake.notify_one();
+    }
+
+    /// Hands a push to the socket: through its lane when it has one, `encoded` then being the
+    /// lane's encoding of `frame`, made by the first recipient and reused by the others.
+    pub fn push(&self, frame: &Frame, encoded: &mut Option<Bytes>) {
+        let Some(lane) = &self.lane else {
+            return self.deliver(frame.clone());
+        };
+        let encoded = encoded.get_or_insert_with(|| lane.encode(frame));
+        match lane.push(encoded, self.capacity) {
+            Pushed::Written | Pushed::Held | Pushed::Dropped => {}
+            Pushed::Queued => self.wake.notify_one(),
+            Pushed::Full => self.request_close(CloseCode::SlowConsumer),
+        }
+    }
+
+    /// The socket's first frame is out: pushes held until now follow it.
+    pub fn start_pushes(&self) {
+        if let Some(lane) = &self.lane
+            && lane.start()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// No push is written to the socket from now on (it is closing).
+    pub fn stop_pushes(&self) {
+        if let Some(lane) = &self.lane {
+            lane.stop();
+        }
+    }
+
+    fn has_queued_frames(&self) -> bool {
+        match &self.lane {
+            Some(lane) => lane.has_backlog(),
+            None => !self.frames.lock().is_empty(),
+        }
     }
 
     /// The oldest queued frame, if any.
@@ -106,7 +189,7 @@ impl SocketHandle {
             if let Some(code) = self.requested_close_code() {
                 return Signal::Close(code);
             }
-            if !self.frames.lock().is_empty() {
+            if self.has_queued_frames() {
                 return Signal::Frames;
             }
             // A notify between the checks and this wait is kept as a permit, so none is lost.
@@ -241,13 +324,19 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
 
     /// Hands the frame to every socket under `key`; returns how many.
     fn fan_out(&self, key: &K, frame: &Frame) -> usize {
-        let shard = self.shard(key).read();
-        let Some(sockets) = shard.get(key) else {
-            return 0;
-        };
-        // deliver never blocks, so holding the read lock here is short and safe.
-        sockets.for_each(|socket| socket.deliver(frame.clone()));
-        sockets.len()
+        // Copied out so the shard's lock is not held across the pushes, which may write to
+        // sockets (a syscall each) while joins to the shard's rooms wait.
+        let mut recipients = Vec::new();
+        if let Some(sockets) = self.shard(key).read().get(key) {
+            recipients.reserve_exact(sockets.len());
+            sockets.for_each(|socket| recipients.push(socket.clone()));
+        }
+        let mut encoded = None;
+        for socket in &recipients {
+            socket.push(frame, &mut encoded);
+        }
+        crate::metrics::events_out().increment(recipients.len() as u64);
+        recipients.len()
     }
 
     fn all_sockets(&self) -> Vec<Arc<SocketHandle>> {
@@ -356,7 +445,12 @@ mod tests {
     use super::*;
 
     fn socket(id: &str, user: &str, capacity: usize) -> Arc<SocketHandle> {
-        Arc::new(SocketHandle::new(Arc::from(id), Arc::from(user), capacity))
+        Arc::new(SocketHandle::new(
+            Arc::from(id),
+            Arc::from(user),
+            capacity,
+            None,
+        ))
     }
 
     async fn next(socket: &SocketHandle) -> Frame {
@@ -388,6 +482,98 @@ mod tests {
         assert!(outsider.next_frame().is_none());
         assert!(!hub.remove_from_room(&room, "s1"));
         assert!(hub.remove_from_room(&room, "s2"));
+    }
+
+    /// A lane that records what the hub hands it and answers every push the same way.
+    struct RecordingLane {
+        answer: Pushed,
+        encodes: AtomicUsize,
+        pushed: Mutex<Vec<Bytes>>,
+    }
+
+    impl RecordingLane {
+        fn answering(answer: Pushed) -> Arc<RecordingLane> {
+            Arc::new(RecordingLane {
+                answer,
+                encodes: AtomicUsize::new(0),
+                pushed: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl PushLane for RecordingLane {
+        fn encode(&self, frame: &Frame) -> Bytes {
+            self.encodes.fetch_add(1, Ordering::Relaxed);
+            Bytes::copy_from_slice(frame.bytes())
+        }
+
+        fn push(&self, encoded: &Bytes, _backlog_limit: usize) -> Pushed {
+            self.pushed.lock().push(encoded.clone());
+            self.answer
+        }
+
+        fn has_backlog(&self) -> bool {
+            self.answer == Pushed::Queued
+        }
+
+        fn start(&self) -> bool {
+            false
+        }
+
+        fn stop(&self) {}
+    }
+
+    fn socket_with_lane(id: &str, lane: &Arc<RecordingLane>) -> Arc<SocketHandle> {
+        let lane: Arc<dyn PushLane> = lane.clone();
+        Arc::new(SocketHandle::new(
+            Arc::from(id),
+            Arc::from(id),
+            4,
+            Some(lane),
+        ))
+    }
+
+    #[tokio::test]
+    async fn fan_out_through_lanes_encodes_once_per_broadcast() {
+        let hub = Hub::new();
+        let room = RoomId::parse("chat:a").unwrap();
+        let lanes = [
+            RecordingLane::answering(Pushed::Written),
+            RecordingLane::answering(Pushed::Written),
+            RecordingLane::answering(Pushed::Written),
+        ];
+        for (index, lane) in lanes.iter().enumerate() {
+            hub.add_to_room(&room, &socket_with_lane(&format!("s{index}"), lane));
+        }
+        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}")).unwrap();
+        assert_eq!(hub.deliver(&Topic::Room(room), &frame), 3);
+        let encodes: usize = lanes
+            .iter()
+            .map(|lane| lane.encodes.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(encodes, 1, "one encoding for the whole broadcast");
+        let pushed: Vec<Bytes> = lanes
+            .iter()
+            .flat_map(|lane| lane.pushed.lock().clone())
+            .collect();
+        assert_eq!(pushed.len(), 3);
+        assert!(
+            pushed
+                .iter()
+                .all(|bytes| bytes.as_ptr() == pushed[0].as_ptr()),
+            "every recipient gets the same buffer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lane_backlog_wakes_the_socket_and_a_full_lane_closes_it() {
+        let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}")).unwrap();
+        let queued = socket_with_lane("s1", &RecordingLane::answering(Pushed::Queued));
+        queued.push(&frame, &mut None);
+        assert_eq!(queued.signalled().await, Signal::Frames);
+        let full = socket_with_lane("s2", &RecordingLane::answering(Pushed::Full));
+        full.push(&frame, &mut None);
+        assert_eq!(full.close_requested().await, CloseCode::SlowConsumer);
     }
 
     #[tokio::test]

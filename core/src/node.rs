@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, Identity, TokenVerifier};
 use crate::config::{JoinPolicy, RoomTypeSettings, Settings};
 use crate::events::{EventBus, PlatformEvent};
-use crate::hub::{Hub, Signal, SocketHandle};
+use crate::hub::{Hub, PushLane, Signal, SocketHandle};
 use crate::metrics as names;
 use crate::notifications::NotificationService;
 use crate::plugins::{ChainEvent, ChainResult, PluginHost};
@@ -220,6 +220,7 @@ impl Node {
             watcher_id,
             Arc::from(user_id),
             WATCH_OUTBOX_FRAMES,
+            None,
         ));
         let topic = Topic::User(handle.user_id.clone());
         self.add_interest(
@@ -328,13 +329,19 @@ impl Node {
     }
 
     /// Registers an authenticated socket: hub, user topic, presence, events.
-    pub async fn open_socket(&self, identity: Identity) -> Result<SocketSession, WireError> {
+    /// `push_lane`: see [`SocketHandle`].
+    pub async fn open_socket(
+        &self,
+        identity: Identity,
+        push_lane: Option<Arc<dyn PushLane>>,
+    ) -> Result<SocketSession, WireError> {
         let socket_id: Arc<str> = Arc::from(format!("{:016x}", rand::random::<u64>()));
         let user_id: Arc<str> = Arc::from(identity.user_id.as_str());
         let handle = Arc::new(SocketHandle::new(
             socket_id.clone(),
             user_id.clone(),
             self.settings.limits.outbox_frames,
+            push_lane,
         ));
         let topic = Topic::User(user_id.clone());
         self.add_interest(

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::auth::{Identity, unix_now_secs};
-use crate::hub::{Signal, SocketHandle};
+use crate::hub::{PushLane, Signal, SocketHandle};
 use crate::metrics as names;
 use crate::node::{ConnectionPermit, Node, SocketSession};
 use crate::protocol::{
@@ -114,23 +114,28 @@ fn token_deadline(expires_at: u64, leeway_secs: u64) -> Instant {
 }
 
 /// Runs an authenticated connection until it ends. `permit` holds the connection slot.
+/// `push_lane`, when the transport offers one, lets fan-outs write pushes to the socket
+/// themselves; without it they queue for this loop.
 pub async fn run<K>(
     node: Arc<Node>,
     identity: Identity,
     permit: ConnectionPermit,
     handshake_started: std::time::Instant,
     socket: K,
+    push_lane: Option<Arc<dyn PushLane>>,
 ) where
     K: Stream<Item = Inbound> + Sink<Outbound> + Unpin + Send,
 {
     // Boxed, like every once-per-connection step: the task keeps the size of its largest state
     // for the connection's whole life, and 10,000 idle sockets should not carry these. The
     // connection itself is boxed too: held inline, rustc keeps a second slot for it.
-    let opened = Box::pin(Connection::open(node, identity, permit, socket)).await;
+    let opened = Box::pin(Connection::open(node, identity, permit, socket, push_lane)).await;
     let Some(mut connection) = opened else {
         return;
     };
     let ending = connection.serve(handshake_started).await;
+    // Before the close frame: no data frame may follow it.
+    connection.session.handle.stop_pushes();
     let reason = match ending {
         Ending::Close(code) => {
             metrics::counter!(names::CLOSES, "reason" => code.reason()).increment(1);
@@ -161,8 +166,9 @@ where
         identity: Identity,
         permit: ConnectionPermit,
         mut socket: K,
+        push_lane: Option<Arc<dyn PushLane>>,
     ) -> Option<Box<Connection<K>>> {
-        let session = match node.open_socket(identity).await {
+        let session = match node.open_socket(identity, push_lane).await {
             Ok(session) => session,
             Err(error) => {
                 tracing::warn!(message = %error.message, "could not register socket");
@@ -205,6 +211,7 @@ where
         if !self.write(Outbound::Text(hello)).await {
             return self.ending_after_failed_write();
         }
+        self.session.handle.start_pushes();
         metrics::histogram!(names::HANDSHAKE_SECONDS)
             .record(handshake_started.elapsed().as_secs_f64());
         metrics::counter!(names::CONNECTION_STATES, "state" => "connected").increment(1);
@@ -319,30 +326,28 @@ where
         }
     }
 
-    /// Writes what is queued (up to a batch), then flushes once: one syscall for a burst.
+    /// Writes what is queued (up to a batch), then flushes once: one syscall for a burst. With
+    /// a push lane nothing is queued here, and the flush drains the lane's backlog.
     /// A frame leaves the outbox only when the sink can take it, so the wait for a slow client
     /// holds no frame.
     /// `handle` is this socket's own (the loop's copy, so no reference count moves per batch).
     async fn write_pushes(&mut self, handle: &SocketHandle) -> bool {
         let mut batch = 0;
-        let written = self
-            .sink_step(|sink, cx| {
-                while batch < WRITE_BATCH {
-                    match sink.poll_ready_unpin(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        other => return other,
-                    }
-                    let Some(frame) = handle.next_frame() else {
-                        break;
-                    };
-                    sink.start_send_unpin(Outbound::Text(frame))?;
-                    batch += 1;
+        self.sink_step(|sink, cx| {
+            while batch < WRITE_BATCH {
+                match sink.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return other,
                 }
-                sink.poll_flush_unpin(cx)
-            })
-            .await;
-        names::events_out().increment(batch as u64);
-        written
+                let Some(frame) = handle.next_frame() else {
+                    break;
+                };
+                sink.start_send_unpin(Outbound::Text(frame))?;
+                batch += 1;
+            }
+            sink.poll_flush_unpin(cx)
+        })
+        .await
     }
 
     async fn reply(&mut self, frame: Frame) -> Option<Ending> {

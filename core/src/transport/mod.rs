@@ -6,12 +6,12 @@
 
 mod graphql;
 mod http;
+mod lane;
 mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use salvo::conn::tcp::TcpAcceptor;
 use salvo::http::StatusCode;
 use salvo::prelude::*;
 use salvo::server::ServerHandle;
@@ -42,10 +42,11 @@ impl HttpServer {
 /// Serves the node's routes on `listener`.
 pub fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<HttpServer> {
     disable_nagle_for_accepted_sockets(&listener)?;
-    let acceptor = TcpAcceptor::try_from(listener)?;
+    let lanes = Arc::new(lane::Lanes::default());
+    let acceptor = lane::LaneAcceptor::new(listener, lanes.clone())?;
     let server = salvo::Server::new(acceptor);
     let handle = server.handle();
-    let task = tokio::spawn(server.serve(router(node)));
+    let task = tokio::spawn(server.serve(router(node, lanes)));
     Ok(HttpServer { handle, task })
 }
 
@@ -56,10 +57,10 @@ fn disable_nagle_for_accepted_sockets(listener: &TcpListener) -> std::io::Result
     socket2::SockRef::from(listener).set_tcp_nodelay(true)
 }
 
-/// Builds the router for a node.
-fn router(node: Arc<Node>) -> Router {
+/// Builds the router for a node; `lanes` are the write lanes of its accepted connections.
+fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
     Router::new()
-        .push(Router::with_path("ws").get(ws::WebSocketEndpoint::new(node.clone())))
+        .push(Router::with_path("ws").get(ws::WebSocketEndpoint::new(node.clone(), lanes)))
         .push(Router::with_path("api/publish").post(http::PublishEndpoint::new(node.clone())))
         .push(
             Router::with_path("api/notifications")

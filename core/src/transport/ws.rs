@@ -21,7 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as TungsteniteError, Message};
 
+use super::lane::Lanes;
 use super::{bearer_token, render_error};
+use crate::hub::PushLane;
 use crate::metrics as names;
 use crate::node::Node;
 use crate::protocol::{ErrorCode, WireError};
@@ -48,10 +50,11 @@ const HARD_FRAME_LIMIT_FACTOR: usize = 4;
 pub struct WebSocketEndpoint {
     node: Arc<Node>,
     config: WebSocketConfig,
+    lanes: Arc<Lanes>,
 }
 
 impl WebSocketEndpoint {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, lanes: Arc<Lanes>) -> Self {
         let hard_limit = node.settings().limits.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
@@ -59,7 +62,11 @@ impl WebSocketEndpoint {
             .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
             .max_message_size(Some(hard_limit))
             .max_frame_size(Some(hard_limit));
-        WebSocketEndpoint { node, config }
+        WebSocketEndpoint {
+            node,
+            config,
+            lanes,
+        }
     }
 }
 
@@ -278,6 +285,12 @@ impl Handler for WebSocketEndpoint {
         res.headers_mut().typed_insert(answer);
         let node = self.node.clone();
         let config = self.config;
+        let push_lane = req
+            .remote_addr()
+            .clone()
+            .into_std()
+            .and_then(|peer| self.lanes.take(&peer))
+            .map(|lane| lane as Arc<dyn PushLane>);
         // The 101 goes out when this handler returns; the upgraded stream arrives after that.
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
@@ -298,7 +311,7 @@ impl Handler for WebSocketEndpoint {
             // Boxed: an async fn keeps its arguments for its whole life, so passed inline the
             // socket would take its size twice in every connection's task.
             let socket = Box::new(SessionSocket::new(socket));
-            session::run(node, identity, permit, started, socket).await;
+            session::run(node, identity, permit, started, socket, push_lane).await;
         });
     }
 }
