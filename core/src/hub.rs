@@ -63,8 +63,9 @@ pub trait PushLane: Send + Sync {
     fn push(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed;
     /// Whether bytes wait for the socket's task to drain them (or a write failed).
     fn has_backlog(&self) -> bool;
-    /// The socket's first frame is out: held pushes follow it. True when bytes now wait.
-    fn start(&self) -> bool;
+    /// Writes the socket's first frame (already encoded), then lets held pushes follow it.
+    /// True when bytes now wait for the socket's task.
+    fn start(&self, first_frame: Bytes) -> bool;
     /// No push is written from now on (the close frame may follow).
     fn stop(&self);
 }
@@ -80,15 +81,24 @@ pub trait PushLane: Send + Sync {
 pub struct SocketHandle {
     pub socket_id: Arc<str>,
     pub user_id: Arc<str>,
-    lane: Option<Arc<dyn PushLane>>,
-    frames: Mutex<VecDeque<Frame>>,
+    outbox: Outbox,
     capacity: usize,
     /// The close code requested from outside the socket's own loop; 0 = none yet.
     close_code: AtomicU16,
     wake: Notify,
 }
 
+/// Where a socket's pushes go: one or the other, never both (an enum, so no socket carries an
+/// unused queue).
+enum Outbox {
+    /// Written through the transport's lane by the task fanning out; its backlog is the outbox.
+    Lane(Arc<dyn PushLane>),
+    /// Queued for the socket's own loop (GraphQL subscriptions).
+    Queue(Mutex<VecDeque<Frame>>),
+}
+
 impl SocketHandle {
+    /// `lane`: see [`PushLane`]; without one, pushes queue for the socket's loop.
     pub fn new(
         socket_id: Arc<str>,
         user_id: Arc<str>,
@@ -98,68 +108,77 @@ impl SocketHandle {
         SocketHandle {
             socket_id,
             user_id,
-            lane,
-            frames: Mutex::new(VecDeque::new()),
+            outbox: match lane {
+                Some(lane) => Outbox::Lane(lane),
+                None => Outbox::Queue(Mutex::new(VecDeque::new())),
+            },
             capacity: outbox_capacity,
             close_code: AtomicU16::new(0),
             wake: Notify::new(),
         }
     }
 
-    /// Queues a frame without waiting. A full outbox means the client is not reading fast
-    /// enough: the socket is closed as a slow consumer rather than buffering without bound.
-    pub fn deliver(&self, frame: Frame) {
-        let mut frames = self.frames.lock();
-        if frames.len() >= self.capacity {
-            drop(frames);
-            self.request_close(CloseCode::SlowConsumer);
-            return;
-        }
-        frames.push_back(frame);
-        drop(frames);
-        self.wake.notify_one();
-    }
-
-    /// Hands a push to the socket: through its lane when it has one, `encoded` then being the
-    /// lane's encoding of `frame`, made by the first recipient and reused by the others.
+    /// Hands a push to the socket without waiting. Through a lane, `encoded` is the lane's
+    /// encoding of `frame`, made for the first recipient and reused by the others. A full outbox
+    /// means the client is not reading fast enough: the socket is closed as a slow consumer
+    /// rather than buffering without bound.
     pub fn push(&self, frame: &Frame, encoded: &mut Option<Bytes>) {
-        let Some(lane) = &self.lane else {
-            return self.deliver(frame.clone());
+        let outcome = match &self.outbox {
+            Outbox::Lane(lane) => {
+                let encoded = encoded.get_or_insert_with(|| lane.encode(frame));
+                lane.push(encoded, self.capacity)
+            }
+            Outbox::Queue(frames) => {
+                let mut frames = frames.lock();
+                if frames.len() >= self.capacity {
+                    Pushed::Full
+                } else {
+                    frames.push_back(frame.clone());
+                    Pushed::Queued
+                }
+            }
         };
-        let encoded = encoded.get_or_insert_with(|| lane.encode(frame));
-        match lane.push(encoded, self.capacity) {
+        match outcome {
             Pushed::Written | Pushed::Held | Pushed::Dropped => {}
             Pushed::Queued => self.wake.notify_one(),
             Pushed::Full => self.request_close(CloseCode::SlowConsumer),
         }
     }
 
-    /// The socket's first frame is out: pushes held until now follow it.
-    pub fn start_pushes(&self) {
-        if let Some(lane) = &self.lane
-            && lane.start()
-        {
+    /// Writes the socket's first frame through its lane, pushes held until now following it.
+    /// Without a lane the frame is given back for the socket's loop to write. Through the lane
+    /// the frame never enters the WebSocket library's write buffer, which then stays as small
+    /// as the largest reply (a `connected` frame is 150-200 B; that buffer keeps its capacity).
+    pub fn start_pushes(&self, first_frame: Frame) -> Result<(), Frame> {
+        let Outbox::Lane(lane) = &self.outbox else {
+            return Err(first_frame);
+        };
+        if lane.start(lane.encode(&first_frame)) {
             self.wake.notify_one();
         }
+        Ok(())
     }
 
     /// No push is written to the socket from now on (it is closing).
     pub fn stop_pushes(&self) {
-        if let Some(lane) = &self.lane {
+        if let Outbox::Lane(lane) = &self.outbox {
             lane.stop();
         }
     }
 
     fn has_queued_frames(&self) -> bool {
-        match &self.lane {
-            Some(lane) => lane.has_backlog(),
-            None => !self.frames.lock().is_empty(),
+        match &self.outbox {
+            Outbox::Lane(lane) => lane.has_backlog(),
+            Outbox::Queue(frames) => !frames.lock().is_empty(),
         }
     }
 
-    /// The oldest queued frame, if any.
+    /// The oldest frame queued for the socket's loop, if any (never any through a lane).
     pub fn next_frame(&self) -> Option<Frame> {
-        let mut frames = self.frames.lock();
+        let Outbox::Queue(frames) = &self.outbox else {
+            return None;
+        };
+        let mut frames = frames.lock();
         let frame = frames.pop_front();
         if frames.is_empty() && frames.capacity() > OUTBOX_KEEP {
             frames.shrink_to(OUTBOX_KEEP);
@@ -516,7 +535,7 @@ mod tests {
             self.answer == Pushed::Queued
         }
 
-        fn start(&self) -> bool {
+        fn start(&self, _first_frame: Bytes) -> bool {
             false
         }
 
@@ -580,8 +599,8 @@ mod tests {
     async fn a_full_outbox_closes_the_socket_as_slow_consumer() {
         let slow = socket("s1", "u1", 1);
         let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}")).unwrap();
-        slow.deliver(frame.clone());
-        slow.deliver(frame);
+        slow.push(&frame, &mut None);
+        slow.push(&frame, &mut None);
         assert_eq!(slow.close_requested().await, CloseCode::SlowConsumer);
     }
 }

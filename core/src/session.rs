@@ -208,10 +208,11 @@ where
             heartbeat_interval_ms: presence.heartbeat_interval_secs * 1000,
             expires_at: self.session.identity.expires_at,
         });
-        if !self.write(Outbound::Text(hello)).await {
+        if let Err(hello) = self.session.handle.start_pushes(hello)
+            && !self.write(Outbound::Text(hello)).await
+        {
             return self.ending_after_failed_write();
         }
-        self.session.handle.start_pushes();
         metrics::histogram!(names::HANDSHAKE_SECONDS)
             .record(handshake_started.elapsed().as_secs_f64());
         metrics::counter!(names::CONNECTION_STATES, "state" => "connected").increment(1);

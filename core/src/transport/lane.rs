@@ -43,16 +43,24 @@ pub struct Lane {
 
 #[derive(Default)]
 struct Backlog {
-    /// Bytes accepted but not yet written, oldest first.
+    /// Bytes accepted but not yet written, oldest first; the last `held` of them are pushes
+    /// that arrived before the socket's first frame (`connected`) was out.
     chunks: VecDeque<Bytes>,
-    /// Pushes that arrived before the socket's first frame (`connected`) was out; moved behind
-    /// it by [`PushLane::start`].
-    held: Vec<Bytes>,
+    /// Pushes at the back of `chunks` kept until [`PushLane::start`]: the socket's own writes
+    /// go before them, and draining stops at them.
+    held: usize,
     started: bool,
     /// Set by [`PushLane::stop`]: the close frame may follow, and no data frame may after it.
     stopped: bool,
     /// A write failed for good; the socket's task learns it from its next write or flush.
     broken: Option<io::ErrorKind>,
+}
+
+impl Backlog {
+    /// Chunks that may be written now (all but the held pushes).
+    fn writable(&self) -> usize {
+        self.chunks.len() - self.held
+    }
 }
 
 impl Lane {
@@ -90,6 +98,28 @@ impl Lane {
         }
     }
 
+    /// One `writev` of the writable chunks (up to `DRAIN_SLICES`). False when the socket
+    /// would block or failed (then `broken` is set).
+    fn write_front(&self, backlog: &mut Backlog) -> bool {
+        let slices: Vec<IoSlice<'_>> = backlog
+            .chunks
+            .iter()
+            .take(backlog.writable().min(DRAIN_SLICES))
+            .map(|chunk| IoSlice::new(chunk))
+            .collect();
+        match self.tcp.try_write_vectored(&slices) {
+            Ok(written) => {
+                consume(&mut backlog.chunks, written);
+                true
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+            Err(error) => {
+                backlog.broken = Some(error.kind());
+                false
+            }
+        }
+    }
+
     /// Writes the backlog out, as much per syscall as one `writev` takes; ready once it is empty.
     fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -97,32 +127,20 @@ impl Lane {
             if let Some(kind) = backlog.broken {
                 return Poll::Ready(Err(kind.into()));
             }
-            if backlog.chunks.is_empty() {
+            if backlog.writable() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let slices: Vec<IoSlice<'_>> = backlog
-                .chunks
-                .iter()
-                .take(DRAIN_SLICES)
-                .map(|chunk| IoSlice::new(chunk))
-                .collect();
-            match self.tcp.try_write_vectored(&slices) {
-                Ok(written) => consume(&mut backlog.chunks, written),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    drop(backlog);
-                    // try_write cleared the readiness; this registers the task for the next one.
-                    ready!(self.tcp.poll_write_ready(cx))?;
-                }
-                Err(error) => {
-                    backlog.broken = Some(error.kind());
-                    return Poll::Ready(Err(error));
-                }
+            if !self.write_front(&mut backlog) && backlog.broken.is_none() {
+                drop(backlog);
+                // The failed try cleared the readiness; this registers the task for the next.
+                ready!(self.tcp.poll_write_ready(cx))?;
             }
         }
     }
 }
 
-/// Drops `written` bytes from the front of the backlog.
+/// Drops `written` bytes from the front of the backlog. An emptied backlog gives its memory
+/// back: most sockets never have one, and one that had a burst should not keep it while idle.
 fn consume(chunks: &mut VecDeque<Bytes>, mut written: usize) {
     while written > 0 {
         let front = chunks
@@ -134,6 +152,9 @@ fn consume(chunks: &mut VecDeque<Bytes>, mut written: usize) {
         }
         written -= front.len();
         chunks.pop_front();
+    }
+    if chunks.is_empty() {
+        *chunks = VecDeque::new();
     }
 }
 
@@ -148,10 +169,11 @@ impl PushLane for Lane {
             return Pushed::Dropped;
         }
         if !backlog.started {
-            if backlog.held.len() >= backlog_limit {
+            if backlog.held >= backlog_limit {
                 return Pushed::Full;
             }
-            backlog.held.push(encoded.clone());
+            backlog.chunks.push_back(encoded.clone());
+            backlog.held += 1;
             return Pushed::Held;
         }
         if backlog.chunks.len() >= backlog_limit {
@@ -166,23 +188,28 @@ impl PushLane for Lane {
 
     fn has_backlog(&self) -> bool {
         let backlog = self.backlog.lock();
-        !backlog.chunks.is_empty() || backlog.broken.is_some()
+        backlog.writable() > 0 || backlog.broken.is_some()
     }
 
-    fn start(&self) -> bool {
+    /// Writes the first frame, ahead of any held pushes, which then join the backlog.
+    fn start(&self, first_frame: Bytes) -> bool {
         let mut backlog = self.backlog.lock();
         backlog.started = true;
         let held = std::mem::take(&mut backlog.held);
-        for push in held {
-            self.write_or_queue(&mut backlog, push);
+        if held == 0 {
+            return self.write_or_queue(&mut backlog, first_frame);
         }
-        !backlog.chunks.is_empty()
+        let position = backlog.chunks.len() - held;
+        backlog.chunks.insert(position, first_frame);
+        true
     }
 
     fn stop(&self) {
         let mut backlog = self.backlog.lock();
         backlog.stopped = true;
-        backlog.held = Vec::new();
+        let writable = backlog.writable();
+        backlog.chunks.truncate(writable);
+        backlog.held = 0;
     }
 }
 
@@ -284,19 +311,20 @@ impl AsyncWrite for LaneStream {
         if let Some(kind) = backlog.broken {
             return Poll::Ready(Err(kind.into()));
         }
-        if backlog.chunks.is_empty() {
+        let mut unwritten = buf;
+        if backlog.writable() == 0 {
             match lane.tcp.try_write(buf) {
-                Ok(written) if written == buf.len() => return Poll::Ready(Ok(written)),
-                Ok(written) => backlog
-                    .chunks
-                    .push_back(Bytes::copy_from_slice(&buf[written..])),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    backlog.chunks.push_back(Bytes::copy_from_slice(buf));
-                }
+                Ok(written) => unwritten = &buf[written..],
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Poll::Ready(Err(error)),
             }
-        } else {
-            backlog.chunks.push_back(Bytes::copy_from_slice(buf));
+        }
+        if !unwritten.is_empty() {
+            // Before any held pushes: they wait for this socket's own first frame.
+            let position = backlog.writable();
+            backlog
+                .chunks
+                .insert(position, Bytes::copy_from_slice(unwritten));
         }
         Poll::Ready(Ok(buf.len()))
     }
@@ -442,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn a_backlog_keeps_push_and_stream_order_and_drains_when_the_client_reads() {
         let (lane, mut client) = connected_lane().await;
-        assert!(!lane.start(), "nothing held, nothing waits");
+        assert!(!lane.start(Bytes::new()), "nothing held, nothing waits");
         let chunk = Bytes::from(vec![7u8; 64 * 1024]);
         let mut expected = push_until_queued(&lane, &chunk);
         assert!(lane.has_backlog());
@@ -466,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_backlog_refuses_pushes() {
         let (lane, _client) = connected_lane().await;
-        lane.start();
+        lane.start(Bytes::new());
         let chunk = Bytes::from(vec![1u8; 64 * 1024]);
         push_until_queued(&lane, &chunk);
         assert_eq!(lane.push(&chunk, 2), Pushed::Queued);
@@ -478,16 +506,25 @@ mod tests {
         let (lane, mut client) = connected_lane().await;
         assert_eq!(lane.push(&Bytes::from_static(b"early"), 1), Pushed::Held);
         assert_eq!(lane.push(&Bytes::from_static(b"over"), 1), Pushed::Full);
-        stream_of(&lane).write_all(b"hello").await.unwrap();
-        assert!(!lane.start(), "the held push went out at once");
-        assert_eq!(read_exactly(&mut client, 10).await, b"helloearly");
+        let mut stream = stream_of(&lane);
+        stream.write_all(b"<upgrade>").await.unwrap();
+        assert!(
+            !lane.has_backlog(),
+            "held pushes are not the task's to drain yet"
+        );
+        assert!(
+            lane.start(Bytes::from_static(b"hello")),
+            "the held push waits for the task"
+        );
+        stream.flush().await.unwrap();
+        assert_eq!(read_exactly(&mut client, 19).await, b"<upgrade>helloearly");
     }
 
     #[tokio::test]
     async fn no_push_leaves_after_stop() {
         let (lane, mut client) = connected_lane().await;
-        lane.start();
         let mut stream = stream_of(&lane);
+        assert_eq!(lane.push(&Bytes::from_static(b"held"), 8), Pushed::Held);
         lane.stop();
         assert_eq!(lane.push(&Bytes::from_static(b"late"), 8), Pushed::Dropped);
         stream.write_all(b"close").await.unwrap();
@@ -500,7 +537,7 @@ mod tests {
     #[tokio::test]
     async fn a_broken_connection_fails_the_next_flush() {
         let (lane, client) = connected_lane().await;
-        lane.start();
+        lane.start(Bytes::new());
         // Closing with unread data makes the kernel reset the connection.
         socket2::SockRef::from(&client)
             .set_linger(Some(std::time::Duration::ZERO))
