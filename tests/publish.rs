@@ -135,3 +135,36 @@ async fn the_api_is_off_without_a_key() {
         (403, Some("api_disabled"))
     );
 }
+
+#[tokio::test]
+async fn pushes_and_replies_arrive_whole_and_in_order() {
+    let server = TestServer::start().await.unwrap();
+    let mut client = server
+        .connect_with_rooms("reader", &["competition:*"])
+        .await
+        .unwrap();
+    client.join("competition:7").await.unwrap();
+    client.next_event_named("room.user_joined").await.unwrap();
+    const EVENTS: u64 = 200;
+    // 200 pushes of 60 KB, 12 MB, while the client reads nothing: more than the loopback socket
+    // buffers take, so most of them wait in the socket's backlog on the server.
+    let blob = "y".repeat(60_000);
+    for seq in 0..EVENTS {
+        let event =
+            json!({"room":"competition:7","event":"match.update","data":{"seq":seq,"blob":blob}});
+        let (status, body) = server.publish(event).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    // The reply to a request sent now comes after every push already accepted for the socket.
+    client.ok(json!({"op":"heartbeat"}), 1).await.unwrap();
+    assert_eq!(
+        client.pending_event_count(),
+        EVENTS as usize,
+        "every push arrived before the reply"
+    );
+    for seq in 0..EVENTS {
+        let event = client.next_event_named("match.update").await.unwrap();
+        assert_eq!(event["data"]["seq"], seq, "pushes keep their order");
+        assert_eq!(event["data"]["blob"].as_str().map(str::len), Some(60_000));
+    }
+}

@@ -290,6 +290,11 @@ impl Client {
         self.ok(json!({"op": "join", "room": room}), 1_000).await
     }
 
+    /// Pushes received while waiting for replies and not yet taken by `next_event`.
+    pub fn pending_event_count(&self) -> usize {
+        self.pending_events.len()
+    }
+
     /// The next push (`type: event`), from the buffer or the socket.
     pub async fn next_event(&mut self) -> Result<Value> {
         if !self.pending_events.is_empty() {
