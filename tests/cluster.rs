@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use realtime_core::events::PlatformEvent;
 use realtime_tests::{
     Client, KillableNode, NATS_URL, REDIS_URL, TestServer, cluster_settings, unique,
 };
@@ -363,4 +364,44 @@ async fn the_redis_broker_carries_events_between_nodes() {
         .await
         .unwrap();
     on_a.next_event_named("notification.new").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_platform_events_reaches_nats_whole_and_in_order() {
+    let settings = cluster_settings(REDIS_URL, NATS_URL);
+    let node = TestServer::start_node(&settings).await.unwrap();
+    let watcher = node.nats_client().await.unwrap();
+    let mut disconnects = watcher
+        .subscribe(node.subject("events.socket.disconnect"))
+        .await
+        .unwrap();
+    // A request nobody answers: its "no responders" reply proves the subscription is live.
+    let _ = watcher.request(unique("nobody."), "".into()).await;
+    const BURST: usize = 10_000;
+    let user = unique("burst-");
+    // Emitted without a pause, as a mass disconnect does: the publisher cannot run in between
+    // (this test's runtime has one thread), so the whole burst waits in its queue.
+    for index in 0..BURST {
+        node.server
+            .node()
+            .events()
+            .emit(PlatformEvent::SocketDisconnect {
+                user_id: user.clone(),
+                socket_id: format!("s{index}"),
+                node: "test".into(),
+                reason: "client_closed".into(),
+            });
+    }
+    let mut received = 0;
+    while received < BURST {
+        let message = tokio::time::timeout(Duration::from_secs(10), disconnects.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {received} of {BURST} events arrived"))
+            .expect("subscription open");
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        if body["userId"] == user.as_str() {
+            assert_eq!(body["socketId"], format!("s{received}"), "in order");
+            received += 1;
+        }
+    }
 }

@@ -18,6 +18,12 @@ use crate::room::RoomId;
 use crate::small_set::SmallSet;
 use crate::stores::Topic;
 
+/// Fan-outs to at most this many local sockets write each push in the publishing task; larger
+/// ones queue them for the sockets' own tasks. One loop's writes cost ~8 µs each on loopback, so
+/// beyond ~1,000 the last recipient would wait longer than the sockets' tasks, spread over every
+/// worker thread and coalescing what accumulates, take to deliver to all.
+const DIRECT_FAN_OUT_MAX: usize = 1024;
+
 /// Shard count: a power of two well above the core count, so writers rarely meet.
 const SHARDS: usize = 64;
 
@@ -58,9 +64,12 @@ pub trait PushLane: Send + Sync {
     /// The frame as this transport writes it. Made once per fan-out and shared by every
     /// recipient: every socket of a node speaks the same transport.
     fn encode(&self, frame: &Frame) -> Bytes;
-    /// Writes an encoded push now, or queues it when bytes wait before it; refuses it when
-    /// `backlog_limit` chunks already wait.
+    /// Writes an encoded push now, or queues it when bytes wait before it (or, for a lane that
+    /// coalesces, when it is part of a dense stream); refuses it when `backlog_limit` chunks
+    /// already wait.
     fn push(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed;
+    /// Queues an encoded push for the socket's task without trying to write it.
+    fn queue(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed;
     /// Whether bytes wait for the socket's task to drain them (or a write failed).
     fn has_backlog(&self) -> bool;
     /// Writes the socket's first frame (already encoded), then lets held pushes follow it.
@@ -122,11 +131,16 @@ impl SocketHandle {
     /// encoding of `frame`, made for the first recipient and reused by the others. A full outbox
     /// means the client is not reading fast enough: the socket is closed as a slow consumer
     /// rather than buffering without bound.
-    pub fn push(&self, frame: &Frame, encoded: &mut Option<Bytes>) {
+    /// `write_now`: whether the lane may write the push in the caller's task (see `fan_out`).
+    pub fn push(&self, frame: &Frame, encoded: &mut Option<Bytes>, write_now: bool) {
         let outcome = match &self.outbox {
             Outbox::Lane(lane) => {
                 let encoded = encoded.get_or_insert_with(|| lane.encode(frame));
-                lane.push(encoded, self.capacity)
+                if write_now {
+                    lane.push(encoded, self.capacity)
+                } else {
+                    lane.queue(encoded, self.capacity)
+                }
             }
             Outbox::Queue(frames) => {
                 let mut frames = frames.lock();
@@ -351,8 +365,9 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
             sockets.for_each(|socket| recipients.push(socket.clone()));
         }
         let mut encoded = None;
+        let write_now = recipients.len() <= DIRECT_FAN_OUT_MAX;
         for socket in &recipients {
-            socket.push(frame, &mut encoded);
+            socket.push(frame, &mut encoded, write_now);
         }
         crate::metrics::events_out().increment(recipients.len() as u64);
         recipients.len()
@@ -531,6 +546,10 @@ mod tests {
             self.answer
         }
 
+        fn queue(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed {
+            self.push(encoded, backlog_limit)
+        }
+
         fn has_backlog(&self) -> bool {
             self.answer == Pushed::Queued
         }
@@ -588,10 +607,10 @@ mod tests {
     async fn a_lane_backlog_wakes_the_socket_and_a_full_lane_closes_it() {
         let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}")).unwrap();
         let queued = socket_with_lane("s1", &RecordingLane::answering(Pushed::Queued));
-        queued.push(&frame, &mut None);
+        queued.push(&frame, &mut None, true);
         assert_eq!(queued.signalled().await, Signal::Frames);
         let full = socket_with_lane("s2", &RecordingLane::answering(Pushed::Full));
-        full.push(&frame, &mut None);
+        full.push(&frame, &mut None, true);
         assert_eq!(full.close_requested().await, CloseCode::SlowConsumer);
     }
 
@@ -599,8 +618,8 @@ mod tests {
     async fn a_full_outbox_closes_the_socket_as_slow_consumer() {
         let slow = socket("s1", "u1", 1);
         let frame = Frame::from_encoded(bytes::Bytes::from_static(b"{}")).unwrap();
-        slow.push(&frame, &mut None);
-        slow.push(&frame, &mut None);
+        slow.push(&frame, &mut None, true);
+        slow.push(&frame, &mut None, true);
         assert_eq!(slow.close_requested().await, CloseCode::SlowConsumer);
     }
 }

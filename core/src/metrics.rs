@@ -27,6 +27,8 @@ pub const JOINS: &str = "realtime_joins_total";
 pub const ERRORS: &str = "realtime_errors_total";
 /// Counter: server-initiated closes by `reason`.
 pub const CLOSES: &str = "realtime_closes_total";
+/// Counter: platform events dropped because the NATS publisher's queue was full.
+pub const EVENTS_DROPPED: &str = "realtime_platform_events_dropped_total";
 /// Counter: events published, label `source` (client, http).
 pub const PUBLISHES: &str = "realtime_publishes_total";
 

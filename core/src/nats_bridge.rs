@@ -16,7 +16,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -149,20 +148,21 @@ pub fn spawn_event_publisher(
     client: async_nats::Client,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    let mut events = node.events().subscribe();
+    let outlet = node.events().take_outlet();
     let prefix = node.settings().nats.subject_prefix.clone();
     tokio::spawn(async move {
+        let Some(mut events) = outlet else {
+            tracing::error!("the platform event outlet is taken: events are not published");
+            return;
+        };
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => break,
                 event = events.recv() => event,
             };
             match event {
-                Ok(event) => publish_event(&client, &prefix, &event).await,
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "platform event publisher fell behind; events lost");
-                }
-                Err(RecvError::Closed) => break,
+                Some(event) => publish_event(&client, &prefix, &event).await,
+                None => break,
             }
         }
         while let Ok(event) = events.try_recv() {

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use parking_lot::Mutex;
@@ -33,6 +34,14 @@ use crate::protocol::Frame;
 /// Backlog chunks written with one `writev` when draining: coalesces a burst into one syscall.
 const DRAIN_SLICES: usize = 64;
 
+/// A push that comes this soon after the socket's previous one is part of a stream, and is
+/// queued for the socket's task instead of written at once: by the time the task runs, more
+/// have usually arrived, and it writes them with one `writev`. A send costs ~8 µs of kernel time
+/// on loopback, so writing each push of a dense stream separately cut the `fanout` benchmark's
+/// throughput (a room of 10,000 at 1,000 broadcasts/s) from ~760,000 to ~110,000 deliveries/s.
+/// Sparse pushes, which is what most sockets get, still leave at once.
+const STREAM_GAP_MICROS: u32 = 2_000;
+
 /// One accepted socket and the bytes waiting to be written to it.
 pub struct Lane {
     tcp: TcpStream,
@@ -49,6 +58,8 @@ struct Backlog {
     /// Pushes at the back of `chunks` kept until [`PushLane::start`]: the socket's own writes
     /// go before them, and draining stops at them.
     held: usize,
+    /// When the last push came ([`micros_now`]; 0 = none yet), to tell a stream from a sparse push.
+    last_push_micros: u32,
     started: bool,
     /// Set by [`PushLane::stop`]: the close frame may follow, and no data frame may after it.
     stopped: bool,
@@ -179,10 +190,40 @@ impl PushLane for Lane {
         if backlog.chunks.len() >= backlog_limit {
             return Pushed::Full;
         }
+        let now = micros_now();
+        let in_a_stream = backlog.last_push_micros != 0
+            && now.wrapping_sub(backlog.last_push_micros) < STREAM_GAP_MICROS;
+        backlog.last_push_micros = now;
+        if in_a_stream {
+            backlog.chunks.push_back(encoded.clone());
+            return Pushed::Queued;
+        }
         if self.write_or_queue(&mut backlog, encoded.clone()) {
             Pushed::Queued
         } else {
             Pushed::Written
+        }
+    }
+
+    fn queue(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed {
+        let mut backlog = self.backlog.lock();
+        if backlog.stopped {
+            return Pushed::Dropped;
+        }
+        let waiting = if backlog.started {
+            backlog.chunks.len()
+        } else {
+            backlog.held
+        };
+        if waiting >= backlog_limit {
+            return Pushed::Full;
+        }
+        backlog.chunks.push_back(encoded.clone());
+        if backlog.started {
+            Pushed::Queued
+        } else {
+            backlog.held += 1;
+            Pushed::Held
         }
     }
 
@@ -211,6 +252,13 @@ impl PushLane for Lane {
         backlog.chunks.truncate(writable);
         backlog.held = 0;
     }
+}
+
+/// Microseconds since the first call, wrapping every ~71 minutes (only short gaps are compared;
+/// a wrong answer across a wrap queues or writes one push the other way, which is harmless).
+fn micros_now() -> u32 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u32
 }
 
 /// An unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2), as a server sends it:
@@ -428,6 +476,8 @@ impl Acceptor for LaneAcceptor {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -489,6 +539,33 @@ mod tests {
         assert!(!lane.has_backlog(), "flush drained the backlog");
         let received = reader.await.unwrap();
         assert!(received == expected, "bytes arrive whole and in order");
+    }
+
+    #[tokio::test]
+    async fn a_dense_stream_is_queued_for_one_write_and_a_sparse_push_written_at_once() {
+        let (lane, mut client) = connected_lane().await;
+        lane.start(Bytes::new());
+        let push = Bytes::from_static(b"push");
+        assert_eq!(
+            lane.push(&push, 8),
+            Pushed::Written,
+            "the first push goes at once"
+        );
+        assert_eq!(
+            lane.push(&push, 8),
+            Pushed::Queued,
+            "one right after it waits"
+        );
+        assert_eq!(lane.push(&push, 8), Pushed::Queued);
+        stream_of(&lane).flush().await.unwrap();
+        assert_eq!(read_exactly(&mut client, 12).await, b"pushpushpush");
+        tokio::time::sleep(Duration::from_micros(u64::from(STREAM_GAP_MICROS) * 2)).await;
+        assert_eq!(
+            lane.push(&push, 8),
+            Pushed::Written,
+            "after a gap, at once again"
+        );
+        assert_eq!(read_exactly(&mut client, 4).await, b"push");
     }
 
     #[tokio::test]
