@@ -5,14 +5,16 @@
 //!
 //! - [`transport`]: the only module that knows salvo: serves the listener; `GET /ws` (with its
 //!   own WebSocket upgrade), `POST /api/publish`, `/graphql`, `/metrics`, `/health`; maps errors
-//!   to HTTP statuses once.
+//!   to HTTP statuses once. Each accepted socket sits behind a write lane, through which fan-outs
+//!   write pushes without waking the socket's task.
 //! - [`session`]: one connection's loop (`select!` over the socket, the socket's wake signal and
 //!   one timer); request dispatch, rate limiting, token expiry, heartbeats.
 //! - [`protocol`]: the wire types: requests, replies, pushes, error codes, close codes. Frames are
 //!   encoded once and shared.
 //! - [`node`]: shared state and every operation (join, leave, publish, presence, sweeps), used by
 //!   sessions and the HTTP API alike.
-//! - [`hub`]: this node's sockets by room and by user; local fan-out into bounded outboxes.
+//! - [`hub`]: this node's sockets by room and by user; local fan-out, encoded once, through each
+//!   socket's write lane (or a bounded queue where there is none).
 //! - [`stores`]: the backend traits [`stores::Broker`], [`stores::PresenceStore`],
 //!   [`stores::RoomStore`] and their implementations: in memory (embedded default), Redis
 //!   (presence, rooms, Pub/Sub broker, Sentinel) and NATS (broker).

@@ -148,9 +148,9 @@ struct SessionSocket {
     /// `read_wake` as a waker, made once: the read side is always polled with it.
     read_waker: Waker,
     /// The last read attempt found nothing; until `read_wake` fires, another would find nothing
-    /// too. The session polls the read side on every loop turn, after every push it writes, and
-    /// a futile attempt through tungstenite costs ~570 instructions (callgrind), a seventh of a
-    /// push's user-space cost; skipping it while nothing arrived is what this flag is for.
+    /// too. The session polls the read side on every loop turn, after every write or drain, and
+    /// a futile attempt through tungstenite costs ~570 instructions (callgrind); skipping it
+    /// while nothing arrived is what this flag is for.
     read_idle: bool,
 }
 
