@@ -58,8 +58,9 @@ pub enum Pushed {
 /// write a push itself: a wake-up and poll of the socket's own task costs more than the write.
 ///
 /// Guarantees an implementation gives: bytes leave in the order they were handed over, whether
-/// by [`push`](Self::push) or by the socket's task; pushes before [`start`](Self::start) are held
-/// and leave after what the socket's task wrote first; none leaves after [`stop`](Self::stop).
+/// by [`push`](Self::push) or by the socket's task, except that pushes before
+/// [`start`](Self::start) or between [`hold`](Self::hold) and [`release`](Self::release) are held
+/// and leave after what the socket's task wrote meanwhile; none leaves after [`stop`](Self::stop).
 pub trait PushLane: Send + Sync {
     /// The frame as this transport writes it. Made once per fan-out and shared by every
     /// recipient: every socket of a node speaks the same transport.
@@ -75,7 +76,12 @@ pub trait PushLane: Send + Sync {
     /// Writes the socket's first frame (already encoded), then lets held pushes follow it.
     /// True when bytes now wait for the socket's task.
     fn start(&self, first_frame: Bytes) -> bool;
-    /// No push is written from now on (the close frame may follow).
+    /// Holds pushes back from now on (they still count against the backlog limit).
+    fn hold(&self);
+    /// Lets held pushes follow what the socket's task wrote meanwhile. True when bytes now
+    /// wait for the socket's task.
+    fn release(&self) -> bool;
+    /// No push is written from now on, and none not yet begun: the close frame comes next.
     fn stop(&self);
 }
 
@@ -171,6 +177,23 @@ impl SocketHandle {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Holds pushes back while the socket's loop handles a request, so that its reply goes
+    /// before pushes that arrive meanwhile (a join's reply before the room's events).
+    pub fn hold_pushes(&self) {
+        if let Outbox::Lane(lane) = &self.outbox {
+            lane.hold();
+        }
+    }
+
+    /// Lets pushes held by [`hold_pushes`](Self::hold_pushes) follow the reply.
+    pub fn release_pushes(&self) {
+        if let Outbox::Lane(lane) = &self.outbox
+            && lane.release()
+        {
+            self.wake.notify_one();
+        }
     }
 
     /// No push is written to the socket from now on (it is closing).
@@ -555,6 +578,12 @@ mod tests {
         }
 
         fn start(&self, _first_frame: Bytes) -> bool {
+            false
+        }
+
+        fn hold(&self) {}
+
+        fn release(&self) -> bool {
             false
         }
 

@@ -408,7 +408,17 @@ where
         }
     }
 
+    /// Handles one request and writes its reply, with pushes held back meanwhile: a reply
+    /// goes before pushes that arrived while its request was handled, as clients expect (the
+    /// events of a room after the reply to its join).
     async fn on_text(&mut self, text: &str, now: Instant) -> Option<Ending> {
+        self.session.handle.hold_pushes();
+        let ending = self.answer_request(text, now).await;
+        self.session.handle.release_pushes();
+        ending
+    }
+
+    async fn answer_request(&mut self, text: &str, now: Instant) -> Option<Ending> {
         let limits = &self.node.settings().limits;
         if text.len() > limits.max_frame_bytes {
             metrics::counter!(names::MESSAGES_IN, "kind" => "invalid").increment(1);

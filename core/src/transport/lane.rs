@@ -50,21 +50,39 @@ pub struct Lane {
     backlog: Mutex<Backlog>,
 }
 
-#[derive(Default)]
 struct Backlog {
     /// Bytes accepted but not yet written, oldest first; the last `held` of them are pushes
-    /// that arrived before the socket's first frame (`connected`) was out.
+    /// held back while `holding`.
     chunks: VecDeque<Bytes>,
-    /// Pushes at the back of `chunks` kept until [`PushLane::start`]: the socket's own writes
-    /// go before them, and draining stops at them.
+    /// Pushes at the back of `chunks` kept while `holding`: the socket's own writes go before
+    /// them, and draining stops at them.
     held: usize,
+    /// The front chunk is the rest of a frame the socket has begun to send: it must go out
+    /// whole whatever else is dropped, or the stream would be corrupt.
+    front_begun: bool,
     /// When the last push came ([`micros_now`]; 0 = none yet), to tell a stream from a sparse push.
     last_push_micros: u32,
-    started: bool,
+    /// Pushes are held back: until the `connected` frame is out, and while the socket's task
+    /// handles a request, so that its reply goes before pushes that came meanwhile.
+    holding: bool,
     /// Set by [`PushLane::stop`]: the close frame may follow, and no data frame may after it.
     stopped: bool,
     /// A write failed for good; the socket's task learns it from its next write or flush.
     broken: Option<io::ErrorKind>,
+}
+
+impl Default for Backlog {
+    fn default() -> Backlog {
+        Backlog {
+            chunks: VecDeque::new(),
+            held: 0,
+            front_begun: false,
+            last_push_micros: 0,
+            holding: true,
+            stopped: false,
+            broken: None,
+        }
+    }
 }
 
 impl Backlog {
@@ -82,19 +100,16 @@ impl Lane {
         }
     }
 
-    /// Writes `bytes` now if nothing waits before them, queueing what the socket does not take.
-    /// Returns whether something is left in the backlog.
+    /// Writes `bytes` now (the caller saw that nothing waits before them), queueing what the
+    /// socket does not take. Returns whether something is left in the backlog.
     fn write_or_queue(&self, backlog: &mut Backlog, bytes: Bytes) -> bool {
         if backlog.broken.is_some() {
-            return true;
-        }
-        if !backlog.chunks.is_empty() {
-            backlog.chunks.push_back(bytes);
             return true;
         }
         match self.tcp.try_write(&bytes) {
             Ok(written) if written == bytes.len() => false,
             Ok(written) => {
+                backlog.front_begun = written > 0;
                 backlog.chunks.push_back(bytes.slice(written..));
                 true
             }
@@ -120,7 +135,7 @@ impl Lane {
             .collect();
         match self.tcp.try_write_vectored(&slices) {
             Ok(written) => {
-                consume(&mut backlog.chunks, written);
+                backlog.consume(written);
                 true
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
@@ -150,22 +165,62 @@ impl Lane {
     }
 }
 
-/// Drops `written` bytes from the front of the backlog. An emptied backlog gives its memory
-/// back: most sockets never have one, and one that had a burst should not keep it while idle.
-fn consume(chunks: &mut VecDeque<Bytes>, mut written: usize) {
-    while written > 0 {
-        let front = chunks
-            .front_mut()
-            .expect("the socket wrote no more than it was given");
-        if written < front.len() {
-            front.advance(written);
-            return;
+impl Backlog {
+    /// Drops `written` bytes from the front. An emptied backlog gives its memory back: most
+    /// sockets never have one, and one that had a burst should not keep it while idle.
+    fn consume(&mut self, mut written: usize) {
+        while written > 0 {
+            let front = self
+                .chunks
+                .front_mut()
+                .expect("the socket wrote no more than it was given");
+            if written < front.len() {
+                front.advance(written);
+                self.front_begun = true;
+                return;
+            }
+            written -= front.len();
+            self.chunks.pop_front();
+            self.front_begun = false;
         }
-        written -= front.len();
-        chunks.pop_front();
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
     }
-    if chunks.is_empty() {
-        *chunks = VecDeque::new();
+
+    /// Takes a push: queued, or held back while `holding`; refused beyond `limit` chunks.
+    fn enqueue(&mut self, encoded: &Bytes, limit: usize) -> Pushed {
+        if self.chunks.len() >= limit {
+            return Pushed::Full;
+        }
+        self.chunks.push_back(encoded.clone());
+        if self.holding {
+            self.held += 1;
+            Pushed::Held
+        } else {
+            Pushed::Queued
+        }
+    }
+}
+
+impl Lane {
+    /// [`PushLane::push`] with the clock reading given (tests choose it).
+    fn push_at(&self, encoded: &Bytes, backlog_limit: usize, now_micros: u32) -> Pushed {
+        let mut backlog = self.backlog.lock();
+        if backlog.stopped {
+            return Pushed::Dropped;
+        }
+        let in_a_stream = backlog.last_push_micros != 0
+            && now_micros.wrapping_sub(backlog.last_push_micros) < STREAM_GAP_MICROS;
+        backlog.last_push_micros = now_micros;
+        if in_a_stream || backlog.holding || !backlog.chunks.is_empty() {
+            return backlog.enqueue(encoded, backlog_limit);
+        }
+        if self.write_or_queue(&mut backlog, encoded.clone()) {
+            Pushed::Queued
+        } else {
+            Pushed::Written
+        }
     }
 }
 
@@ -175,34 +230,7 @@ impl PushLane for Lane {
     }
 
     fn push(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed {
-        let mut backlog = self.backlog.lock();
-        if backlog.stopped {
-            return Pushed::Dropped;
-        }
-        if !backlog.started {
-            if backlog.held >= backlog_limit {
-                return Pushed::Full;
-            }
-            backlog.chunks.push_back(encoded.clone());
-            backlog.held += 1;
-            return Pushed::Held;
-        }
-        if backlog.chunks.len() >= backlog_limit {
-            return Pushed::Full;
-        }
-        let now = micros_now();
-        let in_a_stream = backlog.last_push_micros != 0
-            && now.wrapping_sub(backlog.last_push_micros) < STREAM_GAP_MICROS;
-        backlog.last_push_micros = now;
-        if in_a_stream {
-            backlog.chunks.push_back(encoded.clone());
-            return Pushed::Queued;
-        }
-        if self.write_or_queue(&mut backlog, encoded.clone()) {
-            Pushed::Queued
-        } else {
-            Pushed::Written
-        }
+        self.push_at(encoded, backlog_limit, micros_now())
     }
 
     fn queue(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed {
@@ -210,21 +238,7 @@ impl PushLane for Lane {
         if backlog.stopped {
             return Pushed::Dropped;
         }
-        let waiting = if backlog.started {
-            backlog.chunks.len()
-        } else {
-            backlog.held
-        };
-        if waiting >= backlog_limit {
-            return Pushed::Full;
-        }
-        backlog.chunks.push_back(encoded.clone());
-        if backlog.started {
-            Pushed::Queued
-        } else {
-            backlog.held += 1;
-            Pushed::Held
-        }
+        backlog.enqueue(encoded, backlog_limit)
     }
 
     fn has_backlog(&self) -> bool {
@@ -235,21 +249,36 @@ impl PushLane for Lane {
     /// Writes the first frame, ahead of any held pushes, which then join the backlog.
     fn start(&self, first_frame: Bytes) -> bool {
         let mut backlog = self.backlog.lock();
-        backlog.started = true;
-        let held = std::mem::take(&mut backlog.held);
-        if held == 0 {
+        let position = backlog.writable();
+        if position == 0 && backlog.held == 0 {
+            backlog.holding = false;
             return self.write_or_queue(&mut backlog, first_frame);
         }
-        let position = backlog.chunks.len() - held;
         backlog.chunks.insert(position, first_frame);
+        backlog.holding = false;
+        backlog.held = 0;
         true
     }
 
+    fn hold(&self) {
+        let mut backlog = self.backlog.lock();
+        backlog.holding = true;
+    }
+
+    fn release(&self) -> bool {
+        let mut backlog = self.backlog.lock();
+        backlog.holding = false;
+        backlog.held = 0;
+        !backlog.chunks.is_empty()
+    }
+
+    /// Drops every frame not yet begun, held or not, so that the close frame leaves next (a
+    /// slow consumer's backlog could otherwise keep it past the close handshake's timeout).
     fn stop(&self) {
         let mut backlog = self.backlog.lock();
         backlog.stopped = true;
-        let writable = backlog.writable();
-        backlog.chunks.truncate(writable);
+        let keep = usize::from(backlog.front_begun);
+        backlog.chunks.truncate(keep);
         backlog.held = 0;
     }
 }
@@ -282,32 +311,36 @@ fn encode_text_frame(payload: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
-/// The lanes of accepted connections not yet taken by the WebSocket endpoint, by peer address
-/// (unique per live connection on one listener). One lock: held for a map operation, once per
-/// connection, never across `.await`.
+/// A connection's addresses, local and peer: unique among live TCP connections (a peer address
+/// alone is not, when the listener is reached through several local addresses).
+pub type ConnectionKey = (SocketAddr, SocketAddr);
+
+/// The lanes of accepted connections not yet taken by the WebSocket endpoint, by
+/// [`ConnectionKey`]. One lock: held for a map operation, once per connection, never across
+/// `.await`.
 #[derive(Default)]
 pub struct Lanes {
-    by_peer: Mutex<HashMap<SocketAddr, Arc<Lane>>>,
+    by_connection: Mutex<HashMap<ConnectionKey, Arc<Lane>>>,
 }
 
 impl Lanes {
-    /// The lane of the connection from `peer`, which stops being listed here.
-    pub fn take(&self, peer: &SocketAddr) -> Option<Arc<Lane>> {
-        self.by_peer.lock().remove(peer)
+    /// The lane of the connection, which stops being listed here.
+    pub fn take(&self, connection: &ConnectionKey) -> Option<Arc<Lane>> {
+        self.by_connection.lock().remove(connection)
     }
 
-    fn insert(&self, peer: SocketAddr, lane: &Arc<Lane>) {
-        self.by_peer.lock().insert(peer, lane.clone());
+    fn insert(&self, connection: ConnectionKey, lane: &Arc<Lane>) {
+        self.by_connection.lock().insert(connection, lane.clone());
     }
 
-    /// Forgets `peer`'s lane if it is still this one (a new connection may reuse the address).
-    fn forget(&self, peer: &SocketAddr, lane: &Arc<Lane>) {
-        let mut by_peer = self.by_peer.lock();
-        if by_peer
-            .get(peer)
+    /// Forgets the connection's lane if it is still this one.
+    fn forget(&self, connection: &ConnectionKey, lane: &Arc<Lane>) {
+        let mut by_connection = self.by_connection.lock();
+        if by_connection
+            .get(connection)
             .is_some_and(|listed| Arc::ptr_eq(listed, lane))
         {
-            by_peer.remove(peer);
+            by_connection.remove(connection);
         }
     }
 }
@@ -315,13 +348,13 @@ impl Lanes {
 /// An accepted connection as hyper reads and writes it: every write goes through the lane.
 pub struct LaneStream {
     lane: Arc<Lane>,
-    peer: SocketAddr,
+    connection: ConnectionKey,
     lanes: Arc<Lanes>,
 }
 
 impl Drop for LaneStream {
     fn drop(&mut self) {
-        self.lanes.forget(&self.peer, &self.lane);
+        self.lanes.forget(&self.connection, &self.lane);
     }
 }
 
@@ -347,34 +380,43 @@ impl AsyncRead for LaneStream {
 }
 
 impl AsyncWrite for LaneStream {
-    /// Takes all of `buf`: written now, or queued behind pushes waiting before it. The queue is
-    /// bounded by the callers, which flush after every response or frame they write.
+    /// Writes `buf` once nothing written before it waits (held pushes excepted: they go after
+    /// it), so hyper and tungstenite feel the socket's backpressure as with a bare socket; only
+    /// the part of `buf` the socket did not take is queued.
     fn poll_write(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let lane = &self.lane;
-        let mut backlog = lane.backlog.lock();
-        if let Some(kind) = backlog.broken {
-            return Poll::Ready(Err(kind.into()));
-        }
-        let mut unwritten = buf;
-        if backlog.writable() == 0 {
+        loop {
+            ready!(lane.poll_drain(cx))?;
+            let mut backlog = lane.backlog.lock();
+            if let Some(kind) = backlog.broken {
+                return Poll::Ready(Err(kind.into()));
+            }
+            if backlog.writable() > 0 {
+                // A push was queued between the drain and the lock: drain again.
+                continue;
+            }
             match lane.tcp.try_write(buf) {
-                Ok(written) => unwritten = &buf[written..],
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(written) if written < buf.len() => {
+                    // The rest of a begun frame goes first, before any held pushes.
+                    backlog
+                        .chunks
+                        .push_front(Bytes::copy_from_slice(&buf[written..]));
+                    backlog.front_begun = written > 0;
+                    return Poll::Ready(Ok(buf.len()));
+                }
+                Ok(written) => return Poll::Ready(Ok(written)),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    drop(backlog);
+                    // The failed try cleared the readiness; this registers the task for the next.
+                    ready!(lane.tcp.poll_write_ready(cx))?;
+                }
                 Err(error) => return Poll::Ready(Err(error)),
             }
         }
-        if !unwritten.is_empty() {
-            // Before any held pushes: they wait for this socket's own first frame.
-            let position = backlog.writable();
-            backlog
-                .chunks
-                .insert(position, Bytes::copy_from_slice(unwritten));
-        }
-        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -454,11 +496,17 @@ impl Acceptor for LaneAcceptor {
                 None => (None, None),
             };
             let (tcp, peer) = self.pending.take().expect("pending set above");
+            // The socket's own address, not the listener's (which may be 0.0.0.0): it is what
+            // tells two connections from the same peer address apart.
+            let Ok(local) = tcp.local_addr() else {
+                continue;
+            };
             let lane = Arc::new(Lane::new(tcp));
-            self.lanes.insert(peer, &lane);
+            let connection = (local, peer);
+            self.lanes.insert(connection, &lane);
             let stream = LaneStream {
                 lane,
-                peer,
+                connection,
                 lanes: self.lanes.clone(),
             };
             return Ok(Accepted {
@@ -467,7 +515,7 @@ impl Acceptor for LaneAcceptor {
                 fuse_config,
                 conn_ctrl,
                 remote_addr: peer.into(),
-                local_addr,
+                local_addr: local.into(),
                 http_scheme: Scheme::HTTP,
             });
         }
@@ -491,18 +539,30 @@ mod tests {
     }
 
     fn stream_of(lane: &Arc<Lane>) -> LaneStream {
+        let address: SocketAddr = "127.0.0.1:1".parse().unwrap();
         LaneStream {
             lane: lane.clone(),
-            peer: "127.0.0.1:1".parse().unwrap(),
+            connection: (address, address),
             lanes: Arc::default(),
         }
     }
 
+    /// Clock readings far enough apart that no push counts as part of a stream.
+    #[derive(Default)]
+    struct SparseClock(u32);
+
+    impl SparseClock {
+        fn next(&mut self) -> u32 {
+            self.0 += 2 * STREAM_GAP_MICROS;
+            self.0
+        }
+    }
+
     /// Pushes `chunk` until the socket stops taking it; returns everything pushed.
-    fn push_until_queued(lane: &Lane, chunk: &Bytes) -> Vec<u8> {
+    fn fill_socket(lane: &Lane, chunk: &Bytes, clock: &mut SparseClock) -> Vec<u8> {
         let mut pushed = Vec::new();
         loop {
-            let outcome = lane.push(chunk, usize::MAX);
+            let outcome = lane.push_at(chunk, usize::MAX, clock.next());
             pushed.extend_from_slice(chunk);
             if outcome == Pushed::Queued {
                 return pushed;
@@ -511,76 +571,52 @@ mod tests {
         }
     }
 
-    async fn read_exactly(client: &mut TcpStream, length: usize) -> Vec<u8> {
+    async fn read_exactly(mut client: TcpStream, length: usize) -> Vec<u8> {
         let mut received = vec![0; length];
         client.read_exact(&mut received).await.unwrap();
         received
     }
 
     #[tokio::test]
-    async fn a_backlog_keeps_push_and_stream_order_and_drains_when_the_client_reads() {
-        let (lane, mut client) = connected_lane().await;
+    async fn a_write_through_the_stream_waits_for_queued_pushes() {
+        let (lane, client) = connected_lane().await;
         assert!(!lane.start(Bytes::new()), "nothing held, nothing waits");
+        let mut clock = SparseClock::default();
         let chunk = Bytes::from(vec![7u8; 64 * 1024]);
-        let mut expected = push_until_queued(&lane, &chunk);
+        let mut expected = fill_socket(&lane, &chunk, &mut clock);
         assert!(lane.has_backlog());
-        // A reply written through the stream while pushes wait goes behind them.
+        let push = Bytes::from_static(b"push");
+        let total = expected.len() + b"reply".len() + push.len();
+        let reader = tokio::spawn(read_exactly(client, total));
+        // Completes only once the client has read the queued pushes.
         let mut stream = stream_of(&lane);
         stream.write_all(b"reply").await.unwrap();
         expected.extend_from_slice(b"reply");
-        assert_eq!(
-            lane.push(&Bytes::from_static(b"push"), usize::MAX),
-            Pushed::Queued
-        );
-        expected.extend_from_slice(b"push");
-        let total = expected.len();
-        let reader = tokio::spawn(async move { read_exactly(&mut client, total).await });
+        let outcome = lane.push_at(&push, usize::MAX, clock.next());
+        assert!(matches!(outcome, Pushed::Written | Pushed::Queued));
+        expected.extend_from_slice(&push);
         stream.flush().await.unwrap();
         assert!(!lane.has_backlog(), "flush drained the backlog");
-        let received = reader.await.unwrap();
-        assert!(received == expected, "bytes arrive whole and in order");
-    }
-
-    #[tokio::test]
-    async fn a_dense_stream_is_queued_for_one_write_and_a_sparse_push_written_at_once() {
-        let (lane, mut client) = connected_lane().await;
-        lane.start(Bytes::new());
-        let push = Bytes::from_static(b"push");
-        assert_eq!(
-            lane.push(&push, 8),
-            Pushed::Written,
-            "the first push goes at once"
+        assert!(
+            reader.await.unwrap() == expected,
+            "bytes arrive whole and in order"
         );
-        assert_eq!(
-            lane.push(&push, 8),
-            Pushed::Queued,
-            "one right after it waits"
-        );
-        assert_eq!(lane.push(&push, 8), Pushed::Queued);
-        stream_of(&lane).flush().await.unwrap();
-        assert_eq!(read_exactly(&mut client, 12).await, b"pushpushpush");
-        tokio::time::sleep(Duration::from_micros(u64::from(STREAM_GAP_MICROS) * 2)).await;
-        assert_eq!(
-            lane.push(&push, 8),
-            Pushed::Written,
-            "after a gap, at once again"
-        );
-        assert_eq!(read_exactly(&mut client, 4).await, b"push");
     }
 
     #[tokio::test]
     async fn a_full_backlog_refuses_pushes() {
         let (lane, _client) = connected_lane().await;
         lane.start(Bytes::new());
+        let mut clock = SparseClock::default();
         let chunk = Bytes::from(vec![1u8; 64 * 1024]);
-        push_until_queued(&lane, &chunk);
-        assert_eq!(lane.push(&chunk, 2), Pushed::Queued);
-        assert_eq!(lane.push(&chunk, 2), Pushed::Full);
+        fill_socket(&lane, &chunk, &mut clock);
+        assert_eq!(lane.push_at(&chunk, 2, clock.next()), Pushed::Queued);
+        assert_eq!(lane.push_at(&chunk, 2, clock.next()), Pushed::Full);
     }
 
     #[tokio::test]
     async fn pushes_before_start_follow_the_first_frame() {
-        let (lane, mut client) = connected_lane().await;
+        let (lane, client) = connected_lane().await;
         assert_eq!(lane.push(&Bytes::from_static(b"early"), 1), Pushed::Held);
         assert_eq!(lane.push(&Bytes::from_static(b"over"), 1), Pushed::Full);
         let mut stream = stream_of(&lane);
@@ -594,21 +630,54 @@ mod tests {
             "the held push waits for the task"
         );
         stream.flush().await.unwrap();
-        assert_eq!(read_exactly(&mut client, 19).await, b"<upgrade>helloearly");
+        assert_eq!(read_exactly(client, 19).await, b"<upgrade>helloearly");
     }
 
     #[tokio::test]
-    async fn no_push_leaves_after_stop() {
-        let (lane, mut client) = connected_lane().await;
+    async fn pushes_during_a_request_follow_its_reply() {
+        let (lane, client) = connected_lane().await;
+        lane.start(Bytes::new());
+        lane.hold();
+        assert_eq!(lane.push(&Bytes::from_static(b"push"), 8), Pushed::Held);
         let mut stream = stream_of(&lane);
-        assert_eq!(lane.push(&Bytes::from_static(b"held"), 8), Pushed::Held);
+        stream.write_all(b"reply").await.unwrap();
+        assert!(lane.release(), "the held push now waits for the task");
+        stream.flush().await.unwrap();
+        assert_eq!(read_exactly(client, 9).await, b"replypush");
+    }
+
+    #[tokio::test]
+    async fn stop_drops_every_frame_not_yet_begun_so_the_close_frame_comes_next() {
+        let (lane, mut client) = connected_lane().await;
+        lane.start(Bytes::new());
+        let mut clock = SparseClock::default();
+        let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+        let pushed = fill_socket(&lane, &chunk, &mut clock);
+        for _ in 0..3 {
+            assert_eq!(
+                lane.push_at(&chunk, usize::MAX, clock.next()),
+                Pushed::Queued
+            );
+        }
         lane.stop();
-        assert_eq!(lane.push(&Bytes::from_static(b"late"), 8), Pushed::Dropped);
-        stream.write_all(b"close").await.unwrap();
+        assert_eq!(lane.push(&chunk, usize::MAX), Pushed::Dropped);
+        let mut stream = stream_of(&lane);
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        stream.write_all(b"CLOSE").await.unwrap();
         stream.shutdown().await.unwrap();
-        let mut received = Vec::new();
-        client.read_to_end(&mut received).await.unwrap();
-        assert_eq!(received, b"close");
+        let received = reader.await.unwrap();
+        let (frames, close) = received.split_at(received.len() - 5);
+        assert_eq!(close, b"CLOSE");
+        assert_eq!(frames.len() % chunk.len(), 0, "only whole frames before it");
+        assert!(
+            frames.len() <= pushed.len(),
+            "the queued pushes were dropped"
+        );
+        assert!(frames.iter().all(|byte| *byte == 7));
     }
 
     #[tokio::test]
@@ -617,7 +686,7 @@ mod tests {
         lane.start(Bytes::new());
         // Closing with unread data makes the kernel reset the connection.
         socket2::SockRef::from(&client)
-            .set_linger(Some(std::time::Duration::ZERO))
+            .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(client);
         let chunk = Bytes::from(vec![1u8; 1024]);
@@ -634,6 +703,33 @@ mod tests {
         };
         assert!(failed.await, "writes to a reset connection fail");
         assert!(lane.has_backlog(), "the socket's task is told to look");
+    }
+
+    #[tokio::test]
+    async fn a_dense_stream_is_queued_for_one_write_and_a_sparse_push_written_at_once() {
+        let (lane, client) = connected_lane().await;
+        lane.start(Bytes::new());
+        let push = Bytes::from_static(b"push");
+        let start = 1_000;
+        assert_eq!(
+            lane.push_at(&push, 8, start),
+            Pushed::Written,
+            "the first goes at once"
+        );
+        assert_eq!(
+            lane.push_at(&push, 8, start + 100),
+            Pushed::Queued,
+            "the next waits"
+        );
+        assert_eq!(lane.push_at(&push, 8, start + 200), Pushed::Queued);
+        stream_of(&lane).flush().await.unwrap();
+        let later = start + 200 + STREAM_GAP_MICROS;
+        assert_eq!(
+            lane.push_at(&push, 8, later),
+            Pushed::Written,
+            "after a gap, at once"
+        );
+        assert_eq!(read_exactly(client, 16).await, b"pushpushpushpush");
     }
 
     #[test]
@@ -657,17 +753,18 @@ mod tests {
     #[tokio::test]
     async fn lanes_forget_only_their_own_entry() {
         let lanes = Lanes::default();
-        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let address: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let connection = (address, address);
         let (first, _client_one) = connected_lane().await;
         let (second, _client_two) = connected_lane().await;
-        lanes.insert(peer, &first);
-        lanes.insert(peer, &second);
-        lanes.forget(&peer, &first);
+        lanes.insert(connection, &first);
+        lanes.insert(connection, &second);
+        lanes.forget(&connection, &first);
         assert!(
             lanes
-                .take(&peer)
+                .take(&connection)
                 .is_some_and(|lane| Arc::ptr_eq(&lane, &second))
         );
-        assert!(lanes.take(&peer).is_none(), "taken once");
+        assert!(lanes.take(&connection).is_none(), "taken once");
     }
 }

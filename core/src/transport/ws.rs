@@ -286,10 +286,11 @@ impl Handler for WebSocketEndpoint {
         let node = self.node.clone();
         let config = self.config;
         let push_lane = req
-            .remote_addr()
+            .local_addr()
             .clone()
             .into_std()
-            .and_then(|peer| self.lanes.take(&peer))
+            .zip(req.remote_addr().clone().into_std())
+            .and_then(|connection| self.lanes.take(&connection))
             .map(|lane| lane as Arc<dyn PushLane>);
         // The 101 goes out when this handler returns; the upgraded stream arrives after that.
         tokio::spawn(async move {
