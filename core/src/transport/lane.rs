@@ -27,9 +27,11 @@ use salvo::http::Version;
 use salvo::http::uri::Scheme;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::hub::{PushLane, Pushed};
-use crate::protocol::Frame;
+use crate::protocol::Frame as WireFrame;
 
 /// Backlog chunks written with one `writev` when draining: coalesces a burst into one syscall.
 const DRAIN_SLICES: usize = 64;
@@ -127,13 +129,13 @@ impl Lane {
     /// One `writev` of the writable chunks (up to `DRAIN_SLICES`). False when the socket
     /// would block or failed (then `broken` is set).
     fn write_front(&self, backlog: &mut Backlog) -> bool {
-        let slices: Vec<IoSlice<'_>> = backlog
-            .chunks
-            .iter()
-            .take(backlog.writable().min(DRAIN_SLICES))
-            .map(|chunk| IoSlice::new(chunk))
-            .collect();
-        match self.tcp.try_write_vectored(&slices) {
+        // On the stack: this runs once per drain, the hot path of a socket that falls behind.
+        let mut slices = [IoSlice::new(&[]); DRAIN_SLICES];
+        let count = backlog.writable().min(DRAIN_SLICES);
+        for (slice, chunk) in slices.iter_mut().zip(backlog.chunks.iter().take(count)) {
+            *slice = IoSlice::new(chunk);
+        }
+        match self.tcp.try_write_vectored(&slices[..count]) {
             Ok(written) => {
                 backlog.consume(written);
                 true
@@ -225,7 +227,7 @@ impl Lane {
 }
 
 impl PushLane for Lane {
-    fn encode(&self, frame: &Frame) -> Bytes {
+    fn encode(&self, frame: &WireFrame) -> Bytes {
         encode_text_frame(frame.bytes())
     }
 
@@ -290,25 +292,16 @@ fn micros_now() -> u32 {
     START.get_or_init(Instant::now).elapsed().as_micros() as u32
 }
 
-/// An unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2), as a server sends it:
-/// the same bytes for every recipient, so a broadcast is framed once.
-fn encode_text_frame(payload: &[u8]) -> Bytes {
-    const FIN_TEXT: u8 = 0x81;
-    let mut frame = Vec::with_capacity(payload.len() + 10);
-    frame.push(FIN_TEXT);
-    match payload.len() {
-        length @ 0..=125 => frame.push(length as u8),
-        length @ 126..=0xFFFF => {
-            frame.push(126);
-            frame.extend_from_slice(&(length as u16).to_be_bytes());
-        }
-        length => {
-            frame.push(127);
-            frame.extend_from_slice(&(length as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(payload);
-    Bytes::from(frame)
+/// An unmasked, unfragmented WebSocket text frame, as a server sends it: the same bytes for
+/// every recipient, so a broadcast is framed once. tungstenite's own framing, as for every other
+/// frame the server sends.
+fn encode_text_frame(payload: &Bytes) -> Bytes {
+    let frame = Frame::message(payload.clone(), OpCode::Data(Data::Text), true);
+    let mut encoded = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut encoded)
+        .expect("writing to a Vec cannot fail");
+    Bytes::from(encoded)
 }
 
 /// A connection's addresses, local and peer: unique among live TCP connections (a peer address
@@ -735,7 +728,7 @@ mod tests {
     #[test]
     fn text_frames_carry_each_length_form() {
         let header = |length: usize| {
-            let frame = encode_text_frame(&vec![b'x'; length]);
+            let frame = encode_text_frame(&Bytes::from(vec![b'x'; length]));
             let (header, payload) = frame.split_at(frame.len() - length);
             assert!(
                 payload.iter().all(|byte| *byte == b'x'),
