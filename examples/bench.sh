@@ -16,7 +16,10 @@
 #!                of 500 send ~2.5 million announcement frames while connecting)
 #!   plugins      one-node with a plugin on every event (parses the payload and rewrites it)
 #!   floor        no server: the loopback floor for big-room (1,000 sockets written by two
-#!                threads with one plain write each, read by two epoll threads)
+#!                threads with one plain write each, read by two epoll threads, each reader
+#!                hearing from both writers as the load tool's workers hear from both nodes)
+#!   floor-nats   floor with the broadcasts reaching the two writers through NATS, as
+#!                big-room's reach its two nodes: the floor of a NATS-fed fan-out
 #! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios (`bash tests/run` starts them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +34,13 @@ if [ "$scenario" = plugins ]; then
     cargo build -q --profile plugin --target wasm32-unknown-unknown -p misbehaving-plugin
 fi
 
-if [ "$scenario" = floor ]; then
-    exec target/release/loopback-floor --members 1000 --writers 2 --readers 2 --messages 200 \
-        --publish-rate 50 "$@"
-fi
+floor_flags=(--members 1000 --writers 2 --readers 2 --messages 200 --publish-rate 50)
+case "$scenario" in
+    floor) exec target/release/loopback-floor "${floor_flags[@]}" "$@" ;;
+    floor-nats)
+        exec target/release/loopback-floor "${floor_flags[@]}" --nats nats://127.0.0.1:4222 "$@"
+        ;;
+esac
 
 workdir="$(mktemp -d)"
 server_pids=()

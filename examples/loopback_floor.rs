@@ -1,23 +1,31 @@
 //! Loopback floor: the cheapest fan-out this machine can do, as a yardstick for the server's
-//! delivery latency. No WebSocket, no broker, no async runtime: `--writers` threads (standing in
-//! for the nodes) each own a share of the server-side sockets and write every broadcast to them
-//! with one blocking `write` each; `--readers` threads (standing in for the load generator's
-//! workers) read the client sides through epoll. Each broadcast is a fixed-size message whose
-//! first 8 bytes are its send time; the report is one JSON line of delivery latency percentiles.
+//! delivery latency. No WebSocket, no async runtime on the write path: `--writers` threads
+//! (standing in for the nodes) each own a share of the server-side sockets and write every
+//! broadcast to them with one blocking `write` each; `--readers` threads (standing in for the load
+//! generator's workers) read the client sides through epoll. Sockets are dealt as the load tool
+//! deals its connections: a reader holds a contiguous block of them and a writer every
+//! `writers`-th one, so each reader hears from every writer. Each broadcast is a fixed-size message
+//! whose first 8 bytes are its send time; the report is one JSON line of delivery latency
+//! percentiles.
+//!
+//! The broadcasts reach the writers through an in-process channel, or with `--nats URL` through
+//! NATS (one connection and subscription per writer, as each node has): the floor of a fan-out
+//! fed by NATS, the broker hop included.
 //!
 //! ```sh
 //! cargo run --release -p realtime-examples --bin loopback-floor -- --members 1000
 //! ```
-//! It only uses 127.0.0.1 and stops after `--messages` broadcasts.
+//! It only uses 127.0.0.1 (and NATS on loopback) and stops after `--messages` broadcasts.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
 use clap::Parser;
+use futures_util::StreamExt;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -42,6 +50,9 @@ struct Args {
     /// Bytes per message (the load tool's 256 B payload is a ~330 B WebSocket frame).
     #[arg(long, default_value_t = 330)]
     message_bytes: usize,
+    /// Feed the writers through this NATS server (loopback only) instead of a channel.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 fn now_micros() -> u64 {
@@ -121,16 +132,22 @@ fn quantile_ms(sorted: &[u64], quantile: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    ensure!(
-        args.members > 0 && args.writers > 0 && args.readers > 0 && args.message_bytes >= 8,
-        "members, writers and readers must be positive and messages at least 8 bytes"
-    );
+/// Whether a NATS URL names a loopback host.
+fn is_loopback_url(url: &str) -> bool {
+    let host = url
+        .trim_start_matches("nats://")
+        .split([':', '/'])
+        .next()
+        .unwrap_or_default();
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `members` connected pairs on 127.0.0.1: (client sides, server sides).
+fn socket_pairs(members: usize) -> anyhow::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let address = listener.local_addr()?;
     let (mut client_sides, mut server_sides) = (Vec::new(), Vec::new());
-    for _ in 0..args.members {
+    for _ in 0..members {
         let client = TcpStream::connect(address)?;
         let (server, _) = listener.accept()?;
         // As the realtime server and the load tool do.
@@ -139,6 +156,142 @@ fn main() -> anyhow::Result<()> {
         client_sides.push(client);
         server_sides.push(server);
     }
+    Ok((client_sides, server_sides))
+}
+
+/// Socket `i` goes to writer `i % writers`, as the load tool spreads connection `i` over the
+/// nodes round-robin while each of its workers opens a contiguous block.
+fn deal_to_writers(server_sides: Vec<TcpStream>, writers: usize) -> Vec<Vec<TcpStream>> {
+    let mut shares: Vec<Vec<TcpStream>> = (0..writers).map(|_| Vec::new()).collect();
+    for (index, socket) in server_sides.into_iter().enumerate() {
+        shares[index % writers].push(socket);
+    }
+    shares.retain(|share| !share.is_empty());
+    shares
+}
+
+/// Writes one broadcast to every socket of a writer's share; false once a socket failed.
+fn write_to_all(share: &mut [TcpStream], message: &[u8]) -> bool {
+    share
+        .iter_mut()
+        .all(|socket| socket.write_all(message).is_ok())
+}
+
+/// A broadcast: `message_bytes` long, its first 8 bytes the send time.
+fn stamped_message(message_bytes: usize) -> Vec<u8> {
+    let mut message = vec![b'x'; message_bytes];
+    message[..8].copy_from_slice(&now_micros().to_le_bytes());
+    message
+}
+
+/// Feeds the writers through in-process channels. Returns the channels: dropping one stops its
+/// writer, which closes its sockets, so they are kept until every reader is done.
+fn broadcast_through_channels(
+    shares: Vec<Vec<TcpStream>>,
+    args: &Args,
+) -> anyhow::Result<Vec<mpsc::Sender<Vec<u8>>>> {
+    let mut writers = Vec::new();
+    for mut share in shares {
+        let (broadcasts, received) = mpsc::channel::<Vec<u8>>();
+        writers.push(broadcasts);
+        let writer = std::thread::Builder::new().name("floor-writer".into());
+        writer.spawn(move || {
+            for message in received {
+                if !write_to_all(&mut share, &message) {
+                    return;
+                }
+            }
+        })?;
+    }
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.publish_rate.max(1)));
+    for _ in 0..args.messages {
+        std::thread::sleep(interval);
+        let message = stamped_message(args.message_bytes);
+        for writer in &writers {
+            writer.send(message.clone()).context("writer stopped")?;
+        }
+    }
+    Ok(writers)
+}
+
+/// Feeds the writers through NATS: each writer thread has its own connection and subscription
+/// (a node's), and writes a broadcast's payload to its sockets as it arrives.
+fn broadcast_through_nats(
+    shares: Vec<Vec<TcpStream>>,
+    args: &Args,
+    url: &str,
+) -> anyhow::Result<()> {
+    let subject = format!("floor.{}", std::process::id());
+    let (subscribed, subscriptions) = mpsc::channel::<anyhow::Result<()>>();
+    let writers = shares.len();
+    for mut share in shares {
+        let (url, subject, subscribed) = (url.to_owned(), subject.clone(), subscribed.clone());
+        let writer = std::thread::Builder::new().name("floor-writer".into());
+        writer.spawn(move || {
+            // One thread, one runtime: the broadcast is written by the thread that read it.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => return drop(subscribed.send(Err(error.into()))),
+            };
+            runtime.block_on(async move {
+                let subscription = async {
+                    let client = async_nats::connect(url.as_str()).await?;
+                    let subscription = client.subscribe(subject).await?;
+                    // The server knows the subscription once this round trip is back.
+                    client.flush().await?;
+                    anyhow::Ok((client, subscription))
+                };
+                let (_client, mut subscription) = match subscription.await {
+                    Ok(subscribed_writer) => subscribed_writer,
+                    Err(error) => return drop(subscribed.send(Err(error))),
+                };
+                let _ = subscribed.send(Ok(()));
+                while let Some(message) = subscription.next().await {
+                    if !write_to_all(&mut share, &message.payload) {
+                        return;
+                    }
+                }
+            });
+        })?;
+    }
+    for _ in 0..writers {
+        subscriptions.recv().context("a writer stopped")??;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.context("connect to NATS")?;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(
+            1.0 / f64::from(args.publish_rate.max(1)),
+        ));
+        ticker.tick().await;
+        for _ in 0..args.messages {
+            ticker.tick().await;
+            let message = stamped_message(args.message_bytes);
+            client.publish(subject.clone(), message.into()).await?;
+        }
+        client.flush().await?;
+        anyhow::Ok(())
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.members > 0 && args.writers > 0 && args.readers > 0 && args.message_bytes >= 8,
+        "members, writers and readers must be positive and messages at least 8 bytes"
+    );
+    if let Some(url) = &args.nats {
+        ensure!(
+            is_loopback_url(url),
+            "refusing a non-loopback NATS server: {url}"
+        );
+    }
+    let (mut client_sides, server_sides) = socket_pairs(args.members)?;
 
     let mut readers = Vec::new();
     let per_reader = args.members.div_ceil(args.readers);
@@ -151,35 +304,14 @@ fn main() -> anyhow::Result<()> {
         readers.push(reader.spawn(move || read_all(share, message_bytes, expected))?);
     }
 
-    let mut writers = Vec::new();
-    let per_writer = args.members.div_ceil(args.writers);
-    while !server_sides.is_empty() {
-        let mut share: Vec<TcpStream> = server_sides
-            .drain(..per_writer.min(server_sides.len()))
-            .collect();
-        let (broadcasts, receive_broadcasts) = mpsc::channel::<Vec<u8>>();
-        writers.push(broadcasts);
-        let writer = std::thread::Builder::new().name("floor-writer".into());
-        writer.spawn(move || {
-            for message in receive_broadcasts {
-                for socket in &mut share {
-                    if socket.write_all(&message).is_err() {
-                        return;
-                    }
-                }
-            }
-        })?;
-    }
-
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.publish_rate.max(1)));
-    for _ in 0..args.messages {
-        std::thread::sleep(interval);
-        let mut message = vec![b'x'; args.message_bytes];
-        message[..8].copy_from_slice(&now_micros().to_le_bytes());
-        for writer in &writers {
-            writer.send(message.clone()).context("writer stopped")?;
+    let shares = deal_to_writers(server_sides, args.writers);
+    let _channels_kept_open = match &args.nats {
+        Some(url) => {
+            broadcast_through_nats(shares, &args, url)?;
+            Vec::new()
         }
-    }
+        None => broadcast_through_channels(shares, &args)?,
+    };
 
     let mut latencies = Vec::new();
     for reader in readers {
@@ -194,11 +326,74 @@ fn main() -> anyhow::Result<()> {
         json!({
             "members": args.members, "writers": args.writers, "readers": args.readers,
             "messages": args.messages, "delivered": latencies.len(),
+            "via": if args.nats.is_some() { "nats" } else { "channel" },
             "delivery": {
+                "p1_ms": quantile_ms(&latencies, 0.01), "p10_ms": quantile_ms(&latencies, 0.10),
                 "p50_ms": quantile_ms(&latencies, 0.50), "p90_ms": quantile_ms(&latencies, 0.90),
                 "p99_ms": quantile_ms(&latencies, 0.99), "max_ms": quantile_ms(&latencies, 1.0),
             },
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_writer_gets_every_writers_th_socket() {
+        let (client_sides, server_sides) = socket_pairs(7).unwrap();
+        let ports: Vec<u16> = server_sides
+            .iter()
+            .map(|socket| socket.peer_addr().unwrap().port())
+            .collect();
+        let shares = deal_to_writers(server_sides, 3);
+        let dealt: Vec<Vec<u16>> = shares
+            .iter()
+            .map(|share| {
+                share
+                    .iter()
+                    .map(|socket| socket.peer_addr().unwrap().port())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            dealt,
+            vec![
+                vec![ports[0], ports[3], ports[6]],
+                vec![ports[1], ports[4]],
+                vec![ports[2], ports[5]],
+            ]
+        );
+        // More writers than sockets: no empty writer.
+        let (_, few) = socket_pairs(2).unwrap();
+        assert_eq!(deal_to_writers(few, 4).len(), 2);
+        drop(client_sides);
+    }
+
+    #[test]
+    fn only_loopback_nats_servers_are_accepted() {
+        assert!(is_loopback_url("nats://127.0.0.1:4222"));
+        assert!(is_loopback_url("127.0.0.9"));
+        assert!(is_loopback_url("nats://localhost:4222"));
+        assert!(!is_loopback_url("nats://10.0.0.1:4222"));
+        assert!(!is_loopback_url("nats://demo.nats.io:4222"));
+    }
+
+    #[test]
+    fn a_broadcast_reaches_every_socket_with_its_send_time() {
+        let (client_sides, server_sides) = socket_pairs(4).unwrap();
+        let readers = std::thread::spawn(move || read_all(client_sides, 64, 4 * 2));
+        let mut shares = deal_to_writers(server_sides, 2);
+        for _ in 0..2 {
+            let message = stamped_message(64);
+            for share in &mut shares {
+                assert!(write_to_all(share, &message));
+            }
+        }
+        let latencies = readers.join().unwrap().unwrap();
+        assert_eq!(latencies.len(), 8);
+        assert!(latencies.iter().all(|latency| *latency < 60_000_000));
+    }
 }

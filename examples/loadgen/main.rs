@@ -168,6 +168,8 @@ impl Histogram {
     fn summary(&self) -> Value {
         json!({
             "count": self.count(),
+            "p1_ms": self.quantile_ms(0.01),
+            "p10_ms": self.quantile_ms(0.10),
             "p50_ms": self.quantile_ms(0.50),
             "p90_ms": self.quantile_ms(0.90),
             "p99_ms": self.quantile_ms(0.99),
