@@ -29,12 +29,14 @@
 //! - [`auth`]: JWT verification and minting; [`room`]: room ids and grants.
 //! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
 //! - [`small_set`]: a few values in a vector, for per-connection and per-user sets.
+//! - [`descriptors`]: the open-file limit and the kernel's descriptor table, sized at startup.
 //! - [`server`]: start and stop a node.
 
 pub mod auth;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod descriptors;
 pub mod events;
 pub mod graphql;
 pub mod hub;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use realtime_core::auth::{TokenRequest, mint_token};
 use realtime_core::config::{LogFormat, Settings};
+use realtime_core::descriptors;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -59,27 +60,6 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit: every socket is a file descriptor.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!("could not raise the open-file limit");
-            }
-        }
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            tracing::info!(open_files = limit.rlim_cur, "open-file limit");
-        }
-    }
-}
-
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -98,7 +78,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
              set REALTIME_AUTH__JWT_SECRET before exposing this server"
         );
     }
-    raise_open_file_limit();
+    let open_file_limit = descriptors::raise_open_file_limit();
+    tracing::info!(open_files = open_file_limit, "open-file limit");
+    let sockets = settings.server.max_connections as u64;
+    descriptors::reserve_descriptor_table(
+        sockets + descriptors::SPARE_DESCRIPTORS,
+        open_file_limit,
+    );
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| {

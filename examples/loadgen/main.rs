@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use jsonwebtoken::{EncodingKey, Header};
+use realtime_core::descriptors;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -251,6 +252,14 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
             args.connections / args.workers + u32::from(earlier < args.connections % args.workers)
         })
         .sum::<u32>();
+    // As the server does: the descriptor table grown once here, not at 256, 512, ... open
+    // sockets in the middle of the connect phase, where each growth stalls `connect` for an RCU
+    // grace period.
+    let open_file_limit = descriptors::raise_open_file_limit();
+    descriptors::reserve_descriptor_table(
+        u64::from(share) + descriptors::SPARE_DESCRIPTORS,
+        open_file_limit,
+    );
     let per_worker_rate = (args.rate / args.workers).max(1);
     let interval = Duration::from_secs_f64(1.0 / f64::from(per_worker_rate));
     let mut readers = Readers::start(args.readers)?;
