@@ -20,7 +20,8 @@
 #!                hearing from both writers as the load tool's workers hear from both nodes)
 #!   floor-nats   floor with the broadcasts reaching the two writers through NATS, as
 #!                big-room's reach its two nodes: the floor of a NATS-fed fan-out
-#! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios (`bash tests/run` starts them).
+#! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios, and NATS for floor-nats
+#! (`bash tests/run` starts them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

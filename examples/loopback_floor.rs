@@ -1,7 +1,7 @@
 //! Loopback floor: the cheapest fan-out this machine can do, as a yardstick for the server's
-//! delivery latency. No WebSocket, no async runtime on the write path: `--writers` threads
-//! (standing in for the nodes) each own a share of the server-side sockets and write every
-//! broadcast to them with one blocking `write` each; `--readers` threads (standing in for the load
+//! delivery latency. No WebSocket, and plain blocking writes: `--writers` threads (standing in
+//! for the nodes) each own a share of the server-side sockets and write every broadcast to them
+//! with one blocking `write` each; `--readers` threads (standing in for the load
 //! generator's workers) read the client sides through epoll. Sockets are dealt as the load tool
 //! deals its connections: a reader holds a contiguous block of them and a writer every
 //! `writers`-th one, so each reader hears from every writer. Each broadcast is a fixed-size message
@@ -9,8 +9,9 @@
 //! percentiles.
 //!
 //! The broadcasts reach the writers through an in-process channel, or with `--nats URL` through
-//! NATS (one connection and subscription per writer, as each node has): the floor of a fan-out
-//! fed by NATS, the broker hop included.
+//! NATS (one connection and subscription per writer, as each node has; each writer thread then
+//! runs a single-threaded tokio runtime for its NATS client and writes from it): the floor of a
+//! fan-out fed by NATS, the broker hop included.
 //!
 //! ```sh
 //! cargo run --release -p realtime-examples --bin loopback-floor -- --members 1000
@@ -18,7 +19,7 @@
 //! It only uses 127.0.0.1 (and NATS on loopback) and stops after `--messages` broadcasts.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +28,9 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::json;
+
+#[path = "loopback_nats.rs"]
+mod loopback_nats;
 
 #[derive(Parser)]
 // A flag given twice takes its last value, so `examples/bench.sh floor --flag value` overrides.
@@ -62,6 +66,44 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a socket's byte stream is within its fixed-size messages: a read may end anywhere,
+/// even inside a message's send time.
+#[derive(Clone, Default)]
+struct MessageCursor {
+    /// Bytes of the current message seen so far.
+    seen: usize,
+    /// The current message's first 8 bytes (its send time), gathered across reads.
+    stamp: [u8; 8],
+}
+
+impl MessageCursor {
+    /// Takes the next bytes of the stream, calling `on_stamp` with the send time of each message
+    /// whose stamp they complete.
+    fn take(&mut self, bytes: &[u8], message_bytes: usize, mut on_stamp: impl FnMut(u64)) {
+        let mut position = 0;
+        while position < bytes.len() {
+            let left = bytes.len() - position;
+            if self.seen < 8 {
+                let count = (8 - self.seen).min(left);
+                self.stamp[self.seen..self.seen + count]
+                    .copy_from_slice(&bytes[position..position + count]);
+                self.seen += count;
+                position += count;
+                if self.seen == 8 {
+                    on_stamp(u64::from_le_bytes(self.stamp));
+                }
+            } else {
+                let count = (message_bytes - self.seen).min(left);
+                self.seen += count;
+                position += count;
+            }
+            if self.seen == message_bytes {
+                self.seen = 0;
+            }
+        }
+    }
+}
+
 /// Reads its sockets until it has seen `expected` messages; returns their latencies (µs).
 fn read_all(
     mut sockets: Vec<TcpStream>,
@@ -95,8 +137,7 @@ fn read_all(
     let mut latencies = Vec::with_capacity(expected);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut buffer = vec![0u8; 64 * 1024];
-    // Bytes of a message split across reads, per socket.
-    let mut partial = vec![0usize; sockets.len()];
+    let mut cursors = vec![MessageCursor::default(); sockets.len()];
     while latencies.len() < expected {
         // SAFETY: `events` has room for 256 entries.
         let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 256, 10_000) };
@@ -108,13 +149,9 @@ fn read_all(
                     Ok(0) => anyhow::bail!("socket closed"),
                     Ok(read) => {
                         let arrived = now_micros();
-                        let mut offset = (message_bytes - partial[index]) % message_bytes;
-                        while offset + 8 <= read {
-                            let sent = u64::from_le_bytes(buffer[offset..offset + 8].try_into()?);
-                            latencies.push(arrived.saturating_sub(sent));
-                            offset += message_bytes;
-                        }
-                        partial[index] = (partial[index] + read) % message_bytes;
+                        cursors[index].take(&buffer[..read], message_bytes, |sent| {
+                            latencies.push(arrived.saturating_sub(sent))
+                        });
                     }
                     Err(error) if error.kind() == ErrorKind::WouldBlock => break,
                     Err(error) => return Err(error.into()),
@@ -130,16 +167,6 @@ fn read_all(
 fn quantile_ms(sorted: &[u64], quantile: f64) -> f64 {
     let index = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index] as f64 / 1000.0
-}
-
-/// Whether a NATS URL names a loopback host.
-fn is_loopback_url(url: &str) -> bool {
-    let host = url
-        .trim_start_matches("nats://")
-        .split([':', '/'])
-        .next()
-        .unwrap_or_default();
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `members` connected pairs on 127.0.0.1: (client sides, server sides).
@@ -177,6 +204,11 @@ fn write_to_all(share: &mut [TcpStream], message: &[u8]) -> bool {
         .all(|socket| socket.write_all(message).is_ok())
 }
 
+/// Time between two broadcasts.
+fn publish_interval(args: &Args) -> Duration {
+    Duration::from_secs_f64(1.0 / f64::from(args.publish_rate.max(1)))
+}
+
 /// A broadcast: `message_bytes` long, its first 8 bytes the send time.
 fn stamped_message(message_bytes: usize) -> Vec<u8> {
     let mut message = vec![b'x'; message_bytes];
@@ -203,7 +235,7 @@ fn broadcast_through_channels(
             }
         })?;
     }
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.publish_rate.max(1)));
+    let interval = publish_interval(args);
     for _ in 0..args.messages {
         std::thread::sleep(interval);
         let message = stamped_message(args.message_bytes);
@@ -221,6 +253,7 @@ fn broadcast_through_nats(
     args: &Args,
     url: &str,
 ) -> anyhow::Result<()> {
+    // A subject of this process's own, so runs sharing a NATS server do not hear each other.
     let subject = format!("floor.{}", std::process::id());
     let (subscribed, subscriptions) = mpsc::channel::<anyhow::Result<()>>();
     let writers = shares.len();
@@ -238,7 +271,7 @@ fn broadcast_through_nats(
             };
             runtime.block_on(async move {
                 let subscription = async {
-                    let client = async_nats::connect(url.as_str()).await?;
+                    let client = loopback_nats::connect_on_loopback(&url).await?;
                     let subscription = client.subscribe(subject).await?;
                     // The server knows the subscription once this round trip is back.
                     client.flush().await?;
@@ -257,6 +290,8 @@ fn broadcast_through_nats(
             });
         })?;
     }
+    // Only the writers hold senders now, so a writer that dies before subscribing ends the wait.
+    drop(subscribed);
     for _ in 0..writers {
         subscriptions.recv().context("a writer stopped")??;
     }
@@ -264,10 +299,10 @@ fn broadcast_through_nats(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = async_nats::connect(url).await.context("connect to NATS")?;
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(
-            1.0 / f64::from(args.publish_rate.max(1)),
-        ));
+        let client = loopback_nats::connect_on_loopback(url)
+            .await
+            .context("connect to NATS")?;
+        let mut ticker = tokio::time::interval(publish_interval(args));
         ticker.tick().await;
         for _ in 0..args.messages {
             ticker.tick().await;
@@ -287,7 +322,7 @@ fn main() -> anyhow::Result<()> {
     );
     if let Some(url) = &args.nats {
         ensure!(
-            is_loopback_url(url),
+            loopback_nats::is_loopback_nats_url(url),
             "refusing a non-loopback NATS server: {url}"
         );
     }
@@ -373,27 +408,50 @@ mod tests {
     }
 
     #[test]
-    fn only_loopback_nats_servers_are_accepted() {
-        assert!(is_loopback_url("nats://127.0.0.1:4222"));
-        assert!(is_loopback_url("127.0.0.9"));
-        assert!(is_loopback_url("nats://localhost:4222"));
-        assert!(!is_loopback_url("nats://10.0.0.1:4222"));
-        assert!(!is_loopback_url("nats://demo.nats.io:4222"));
+    fn stamps_split_across_reads_are_read_whole() {
+        let stamps = [11u64, 1 << 40, u64::MAX - 3];
+        let stream: Vec<u8> = stamps
+            .iter()
+            .flat_map(|stamp| {
+                let mut message = vec![b'x'; 20];
+                message[..8].copy_from_slice(&stamp.to_le_bytes());
+                message
+            })
+            .collect();
+        for read_size in [1, 3, 7, 8, 13, 20, 60] {
+            let mut cursor = MessageCursor::default();
+            let mut seen = Vec::new();
+            for read in stream.chunks(read_size) {
+                cursor.take(read, 20, |stamp| seen.push(stamp));
+            }
+            assert_eq!(seen, stamps, "reads of {read_size} bytes");
+        }
     }
 
     #[test]
     fn a_broadcast_reaches_every_socket_with_its_send_time() {
+        // Stamped a second in the past, so that the measured latency is known to within the
+        // test's own duration.
+        const AGE_MICROS: u64 = 1_000_000;
+        let started = now_micros();
         let (client_sides, server_sides) = socket_pairs(4).unwrap();
         let readers = std::thread::spawn(move || read_all(client_sides, 64, 4 * 2));
         let mut shares = deal_to_writers(server_sides, 2);
         for _ in 0..2 {
-            let message = stamped_message(64);
+            let mut message = vec![b'x'; 64];
+            message[..8].copy_from_slice(&(now_micros() - AGE_MICROS).to_le_bytes());
             for share in &mut shares {
                 assert!(write_to_all(share, &message));
             }
         }
         let latencies = readers.join().unwrap().unwrap();
+        let test_micros = now_micros() - started;
         assert_eq!(latencies.len(), 8);
-        assert!(latencies.iter().all(|latency| *latency < 60_000_000));
+        for latency in latencies {
+            assert!(
+                (AGE_MICROS..=AGE_MICROS + test_micros).contains(&latency),
+                "latency {latency} µs"
+            );
+        }
     }
 }

@@ -1,51 +1,54 @@
 //! File descriptors of a process that holds thousands of sockets: the open-file limit raised to
 //! its hard ceiling, and the kernel's descriptor table grown once, up front.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Descriptors kept beyond the sockets a process expects: listeners, the runtime's own, Redis,
 /// NATS and database connections, plugin files.
 pub const SPARE_DESCRIPTORS: u64 = 1024;
 
 /// Raises the soft open-file limit to the hard limit (every socket is a descriptor) and returns
-/// the soft limit now in force.
-pub fn raise_open_file_limit() -> u64 {
+/// the soft limit now in force, or `None` when it cannot be read.
+pub fn raise_open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            } else {
-                tracing::warn!("could not raise the open-file limit");
-            }
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!("could not raise the open-file limit");
         }
     }
-    limit.rlim_cur
+    Some(limit.rlim_cur)
 }
 
 /// Grows this process's descriptor table now so that it holds `descriptors` (capped at
 /// `open_file_limit`).
 ///
-/// Linux grows the table by doubling when a new descriptor does not fit (at 256, 512, 1,024, ...
-/// open files) and, in a multi-threaded process, waits for an RCU grace period before freeing
-/// the old one: 8-25 ms on the 2-core machine of the README's benchmarks, during which the thread
-/// in `accept` or `connect` stalls, and every handshake behind it (the load tool saw handshake
-/// spikes at exactly those connection counts). A table never shrinks, so growing it once at
-/// startup costs one such wait there and 8 bytes of kernel memory per slot.
+/// Linux grows the table by doubling when a new descriptor does not fit (at 64, 128, 256, 512,
+/// ... open files) and, in a multi-threaded process, waits for an RCU grace period before
+/// freeing the old one: milliseconds, during which the thread in `accept` or `connect` stalls,
+/// and every handshake behind it (README, "Handshakes and the descriptor table"). A table never
+/// shrinks, so growing it once at startup costs one such wait there and 8 bytes of kernel memory
+/// per slot.
 pub fn reserve_descriptor_table(descriptors: u64, open_file_limit: u64) {
     let highest = descriptors.min(open_file_limit).saturating_sub(1);
     let Ok(highest) = libc::c_int::try_from(highest) else {
+        tracing::warn!(
+            highest,
+            "descriptor table not reserved: no such descriptor number"
+        );
         return;
     };
     let placeholder = match std::fs::File::open("/dev/null") {
@@ -57,18 +60,15 @@ pub fn reserve_descriptor_table(descriptors: u64, open_file_limit: u64) {
     };
     // F_DUPFD takes the lowest free descriptor at or above `highest`, so nothing open is touched;
     // the table has grown to hold it, and stays grown after the copy is closed.
-    // SAFETY: fcntl on a descriptor `placeholder` owns; the copy is closed right after.
-    unsafe {
-        let copy = libc::fcntl(placeholder.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest);
-        if copy < 0 {
-            tracing::warn!(
-                error = %std::io::Error::last_os_error(),
-                "could not reserve the descriptor table"
-            );
-            return;
-        }
-        libc::close(copy);
+    // SAFETY: fcntl on a descriptor `placeholder` owns.
+    let copy = unsafe { libc::fcntl(placeholder.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest) };
+    if copy < 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "could not reserve the descriptor table");
+        return;
     }
+    // SAFETY: `copy` is a descriptor fcntl just made and nothing else owns; dropping closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(copy) });
 }
 
 /// The size of this process's descriptor table (`FDSize` in `/proc/self/status`).
@@ -86,9 +86,10 @@ mod tests {
 
     #[test]
     fn the_table_is_grown_to_the_reserved_size_and_nothing_stays_open() {
-        let limit = raise_open_file_limit();
-        assert!(limit >= 1024, "open-file limit {limit}");
+        let limit = raise_open_file_limit().unwrap();
+        // Test machines allow thousands of files; the table starts far smaller than this.
         let wanted = limit.min(20_000);
+        assert!(wanted >= 1024, "open-file limit {limit}");
         let size_before = descriptor_table_size().unwrap();
         assert!(size_before < wanted, "already {size_before} slots");
         reserve_descriptor_table(wanted, limit);

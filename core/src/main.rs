@@ -60,6 +60,31 @@ fn init_logging(settings: &Settings) {
     }
 }
 
+/// Raises the open-file limit and grows the descriptor table for `max_connections` sockets, saying
+/// when the limit is below what the configuration asks for (sockets past it fail to be accepted
+/// before the node counts as full).
+fn prepare_descriptors(max_connections: u64) {
+    let Some(open_file_limit) = descriptors::raise_open_file_limit() else {
+        tracing::warn!("could not read the open-file limit");
+        return;
+    };
+    let wanted = max_connections.saturating_add(descriptors::SPARE_DESCRIPTORS);
+    if wanted > open_file_limit {
+        tracing::warn!(
+            open_file_limit,
+            wanted,
+            "the open-file limit is below server.max_connections + {}",
+            descriptors::SPARE_DESCRIPTORS
+        );
+    }
+    descriptors::reserve_descriptor_table(wanted, open_file_limit);
+    tracing::info!(
+        open_files = open_file_limit,
+        descriptor_table = descriptors::descriptor_table_size(),
+        "descriptors"
+    );
+}
+
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -78,13 +103,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
              set REALTIME_AUTH__JWT_SECRET before exposing this server"
         );
     }
-    let open_file_limit = descriptors::raise_open_file_limit();
-    tracing::info!(open_files = open_file_limit, "open-file limit");
-    let sockets = settings.server.max_connections as u64;
-    descriptors::reserve_descriptor_table(
-        sockets + descriptors::SPARE_DESCRIPTORS,
-        open_file_limit,
-    );
+    prepare_descriptors(settings.server.max_connections as u64);
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| {

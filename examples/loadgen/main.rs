@@ -17,6 +17,8 @@
 //! - `wire`: the tool's own WebSocket framing (upgrade request, server frames, masked frames).
 //! - `reader`: the epoll threads that hold the connections and time the pushes.
 
+#[path = "../loopback_nats.rs"]
+mod loopback_nats;
 mod reader;
 mod wire;
 
@@ -255,11 +257,12 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
     // As the server does: the descriptor table grown once here, not at 256, 512, ... open
     // sockets in the middle of the connect phase, where each growth stalls `connect` for an RCU
     // grace period.
-    let open_file_limit = descriptors::raise_open_file_limit();
-    descriptors::reserve_descriptor_table(
-        u64::from(share) + descriptors::SPARE_DESCRIPTORS,
-        open_file_limit,
-    );
+    if let Some(open_file_limit) = descriptors::raise_open_file_limit() {
+        descriptors::reserve_descriptor_table(
+            u64::from(share) + descriptors::SPARE_DESCRIPTORS,
+            open_file_limit,
+        );
+    }
     let per_worker_rate = (args.rate / args.workers).max(1);
     let interval = Duration::from_secs_f64(1.0 / f64::from(per_worker_rate));
     let mut readers = Readers::start(args.readers)?;
@@ -446,21 +449,21 @@ async fn next_text(stream: &mut TcpStream, received: &mut Vec<u8>) -> anyhow::Re
 }
 
 fn is_loopback_only(args: &Args) -> bool {
-    let nats_loopback = args.nats.as_deref().is_none_or(|url| {
-        let host = url
-            .trim_start_matches("nats://")
-            .split([':', '/'])
-            .next()
-            .unwrap_or_default();
-        host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    });
+    let nats_loopback = args
+        .nats
+        .as_deref()
+        .is_none_or(loopback_nats::is_loopback_nats_url);
     nats_loopback && args.nodes.iter().all(|node| node.ip().is_loopback())
 }
 
 /// Publishes the broadcasts, spread over the rooms, at `publish_rate`.
 async fn publish_all(args: &Args) -> anyhow::Result<u32> {
     let nats = match &args.nats {
-        Some(url) => Some(async_nats::connect(url).await.context("connect to NATS")?),
+        Some(url) => Some(
+            loopback_nats::connect_on_loopback(url)
+                .await
+                .context("connect to NATS")?,
+        ),
         None => None,
     };
     let http = reqwest::Client::new();
