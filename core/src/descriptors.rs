@@ -9,7 +9,7 @@ pub const SPARE_DESCRIPTORS: u64 = 1024;
 
 /// Raises the soft open-file limit to the hard limit (every socket is a descriptor) and returns
 /// the soft limit now in force, or `None` when it cannot be read.
-pub fn raise_open_file_limit() -> Option<u64> {
+fn raise_open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -42,7 +42,7 @@ pub fn raise_open_file_limit() -> Option<u64> {
 /// and every handshake behind it (README, "Handshakes and the descriptor table"). A table never
 /// shrinks, so growing it once at startup costs one such wait there and 8 bytes of kernel memory
 /// per slot.
-pub fn reserve_descriptor_table(descriptors: u64, open_file_limit: u64) {
+fn reserve_descriptor_table(descriptors: u64, open_file_limit: u64) {
     let highest = descriptors.min(open_file_limit).saturating_sub(1);
     let Ok(highest) = libc::c_int::try_from(highest) else {
         tracing::warn!(
@@ -69,6 +69,15 @@ pub fn reserve_descriptor_table(descriptors: u64, open_file_limit: u64) {
     }
     // SAFETY: `copy` is a descriptor fcntl just made and nothing else owns; dropping closes it.
     drop(unsafe { OwnedFd::from_raw_fd(copy) });
+}
+
+/// Prepares this process for `sockets` sockets: raises the open-file limit and grows the
+/// descriptor table for them plus [`SPARE_DESCRIPTORS`]. Returns the open-file limit in force
+/// (`None` when it cannot be read; then nothing is reserved).
+pub fn reserve_for_sockets(sockets: u64) -> Option<u64> {
+    let open_file_limit = raise_open_file_limit()?;
+    reserve_descriptor_table(sockets.saturating_add(SPARE_DESCRIPTORS), open_file_limit);
+    Some(open_file_limit)
 }
 
 /// The size of this process's descriptor table (`FDSize` in `/proc/self/status`).

@@ -64,7 +64,7 @@ fn init_logging(settings: &Settings) {
 /// when the limit is below what the configuration asks for (sockets past it fail to be accepted
 /// before the node counts as full).
 fn prepare_descriptors(max_connections: u64) {
-    let Some(open_file_limit) = descriptors::raise_open_file_limit() else {
+    let Some(open_file_limit) = descriptors::reserve_for_sockets(max_connections) else {
         tracing::warn!("could not read the open-file limit");
         return;
     };
@@ -77,7 +77,6 @@ fn prepare_descriptors(max_connections: u64) {
             descriptors::SPARE_DESCRIPTORS
         );
     }
-    descriptors::reserve_descriptor_table(wanted, open_file_limit);
     tracing::info!(
         open_files = open_file_limit,
         descriptor_table = descriptors::descriptor_table_size(),

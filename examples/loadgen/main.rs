@@ -257,12 +257,7 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
     // As the server does: the descriptor table grown once here, not at 256, 512, ... open
     // sockets in the middle of the connect phase, where each growth stalls `connect` for an RCU
     // grace period.
-    if let Some(open_file_limit) = descriptors::raise_open_file_limit() {
-        descriptors::reserve_descriptor_table(
-            u64::from(share) + descriptors::SPARE_DESCRIPTORS,
-            open_file_limit,
-        );
-    }
+    descriptors::reserve_for_sockets(u64::from(share));
     let per_worker_rate = (args.rate / args.workers).max(1);
     let interval = Duration::from_secs_f64(1.0 / f64::from(per_worker_rate));
     let mut readers = Readers::start(args.readers)?;
