@@ -15,6 +15,9 @@
 #!   announce     one-node with joins and leaves pushed to the room (10,000 joins into rooms
 #!                of 500 send ~2.5 million announcement frames while connecting)
 #!   plugins      one-node with a plugin on every event (parses the payload and rewrites it)
+#!   heartbeats   2 nodes on Redis + NATS, 10,000 connections in 20 rooms that only hold for
+#!                30 s with a heartbeat interval of 2 s instead of 20 (ten times the presence
+#!                writes of the default): the server CPU presence costs
 #!   floor        no server: the loopback floor for big-room (1,000 sockets written by two
 #!                threads with one plain write each, read by two epoll threads, each reader
 #!                hearing from both writers as the load tool's workers hear from both nodes)
@@ -144,6 +147,12 @@ case "$scenario" in
         one_node
         loadgen --connections 10000 --workers 2 --rate 1000 --rooms 1 --messages 100 \
             --publish-rate 100 --payload-bytes 64 "$@"
+        ;;
+    heartbeats)
+        cluster_env+=(REALTIME_PRESENCE__HEARTBEAT_INTERVAL_SECS=2 REALTIME_PRESENCE__TTL_SECS=10)
+        two_nodes
+        loadgen --connections 10000 --workers 2 --rate 1000 --rooms 20 --messages 0 \
+            --drain-seconds 30 "$@"
         ;;
     idle)
         one_node

@@ -92,6 +92,46 @@ async fn heartbeats_keep_a_user_online_past_the_ttl() {
 }
 
 #[tokio::test]
+async fn the_server_pings_quiet_sockets_and_spares_those_that_heartbeat() {
+    let server = TestServer::start_with(|settings| {
+        settings.presence.ttl_secs = 6;
+        settings.presence.heartbeat_interval_secs = 2;
+    })
+    .await
+    .unwrap();
+    let mut quiet = server.connect("quiet").await.unwrap();
+    let mut talking = server.connect("talking").await.unwrap();
+    let mut publishing = server.connect("publishing").await.unwrap();
+    publishing.join("chat:ping-test").await.unwrap();
+    // A heartbeat every 400 ms: a stall of over 2 s would be needed to miss an interval.
+    for id in 0..12 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        talking.ok(json!({"op":"heartbeat"}), id).await.unwrap();
+        let presence = json!({"op":"presence","room":"chat:ping-test"});
+        publishing.ok(presence, id).await.unwrap();
+    }
+    // The quiet client reads (and so answers pings) only now, 4.8 s in: pings at 2 and 4 s.
+    quiet
+        .expect_silence(Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(
+        quiet.pings_seen >= 2,
+        "a quiet socket is pinged every interval: {} pings",
+        quiet.pings_seen
+    );
+    assert_eq!(
+        talking.pings_seen, 0,
+        "a socket that sends heartbeats is not pinged"
+    );
+    assert!(
+        publishing.pings_seen >= 2,
+        "other requests do not spare the ping (they do not refresh presence): {} pings",
+        publishing.pings_seen
+    );
+}
+
+#[tokio::test]
 async fn a_silent_socket_is_closed_with_heartbeat_timeout() {
     let server = TestServer::start_with(fast_presence).await.unwrap();
     let mut events = server.events();

@@ -248,6 +248,82 @@ where
         "heartbeat after offline is a new arrival"
     );
     node_a.disconnect(&silent).await.unwrap();
+
+    concurrent_calls_behave_as_if_one_at_a_time(&node_a, &node_b, ttl).await;
+}
+
+/// Connects and heartbeats made at once (a backend may send them as one batch) behave as if made
+/// one at a time: of many sockets of a few users connecting together, exactly one per user
+/// brings the user online, and every socket is recorded on its own node.
+async fn concurrent_calls_behave_as_if_one_at_a_time(
+    node_a: &Arc<dyn PresenceStore>,
+    node_b: &Arc<dyn PresenceStore>,
+    ttl: Duration,
+) {
+    let users: Vec<String> = (0..4).map(|_| unique("crowd-")).collect();
+    let sockets: Vec<SocketEntry> = (0..40)
+        .map(|number| {
+            let node_id = if number % 2 == 0 { "node-a" } else { "node-b" };
+            socket(
+                &users[number % users.len()],
+                &format!("c{number:02}"),
+                node_id,
+            )
+        })
+        .collect();
+    let node_of = |entry: &SocketEntry| {
+        if &*entry.node_id == "node-a" {
+            node_a
+        } else {
+            node_b
+        }
+    };
+    let arrivals = futures_util::future::join_all(
+        sockets
+            .iter()
+            .map(|entry| node_of(entry).connect(entry, ttl)),
+    )
+    .await;
+    for user in &users {
+        let came_online = sockets
+            .iter()
+            .zip(&arrivals)
+            .filter(|(entry, _)| *entry.user_id == **user)
+            .filter(|(_, arrival)| *arrival.as_ref().unwrap() == Arrival::CameOnline)
+            .count();
+        assert_eq!(
+            came_online, 1,
+            "concurrent connects bring each user online exactly once"
+        );
+    }
+    let heartbeats = futures_util::future::join_all(
+        sockets
+            .iter()
+            .map(|entry| node_of(entry).heartbeat(entry, ttl)),
+    )
+    .await;
+    assert!(
+        heartbeats
+            .iter()
+            .all(|arrival| *arrival.as_ref().unwrap() == Arrival::AlreadyOnline),
+        "concurrent heartbeats of online users are no arrivals"
+    );
+    for user in &users {
+        let mut listed = node_a.sockets_of(user).await.unwrap();
+        listed.sort_by(|left, right| left.socket_id.cmp(&right.socket_id));
+        let expected: Vec<SocketEntry> = sockets
+            .iter()
+            .filter(|entry| *entry.user_id == **user)
+            .cloned()
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "each concurrent connect recorded its socket and node"
+        );
+    }
+    for entry in &sockets {
+        node_of(entry).disconnect(entry).await.unwrap();
+    }
 }
 
 /// Membership TTL the room suite uses where expiry is not under test.
@@ -431,6 +507,62 @@ where
             .contains(&"ghost".to_owned()),
         "refresh does not revive an expired membership"
     );
+
+    concurrent_refreshes_extend_their_own_memberships(&node_a, &node_b, short_ttl).await;
+}
+
+/// Refreshes made at once (a backend may send them as one batch) each extend their own
+/// memberships, in every room given, and only those.
+async fn concurrent_refreshes_extend_their_own_memberships(
+    node_a: &Arc<dyn RoomStore>,
+    node_b: &Arc<dyn RoomStore>,
+    short_ttl: Duration,
+) {
+    let rooms = [
+        RoomId::parse(&unique("chat:busy")).unwrap(),
+        RoomId::parse(&unique("chat:busy")).unwrap(),
+    ];
+    let members: Vec<Member> = (0..24)
+        .map(|n| Member {
+            user_id: Arc::from(format!("user-{n:02}")),
+            socket_id: Arc::from(format!("socket-{n:02}")),
+        })
+        .collect();
+    // Joined at once, so all of them are well inside their TTL when the refreshes start.
+    let joins = members
+        .iter()
+        .flat_map(|member| rooms.iter().map(move |room| (room, member)))
+        .map(|(room, member)| node_a.join(room, member, 100, short_ttl));
+    for joined in futures_util::future::join_all(joins).await {
+        joined.expect("join");
+    }
+    // A third of the members are refreshed; the others must expire.
+    let kept: Vec<&Member> = members
+        .iter()
+        .filter(|member| member.user_id.ends_with(['0', '2', '4']))
+        .collect();
+    // Refreshed every third of the TTL, four times: past the TTL of those left out.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refreshes = kept.iter().enumerate().map(|(position, member)| {
+            let node = if position % 2 == 0 { node_a } else { node_b };
+            node.refresh(&rooms, member, short_ttl)
+        });
+        for refreshed in futures_util::future::join_all(refreshes).await {
+            refreshed.expect("concurrent refresh");
+        }
+    }
+    let kept_users: Vec<String> = kept
+        .iter()
+        .map(|member| member.user_id.to_string())
+        .collect();
+    for room in &rooms {
+        assert_eq!(
+            node_b.members(room).await.unwrap(),
+            kept_users,
+            "concurrent refreshes keep exactly their own memberships, in every room"
+        );
+    }
 }
 
 fn new_notification(id: &str, user_id: &str, created_at: i64) -> NewNotification {

@@ -388,24 +388,24 @@ impl Node {
         }
     }
 
-    /// Refreshes the socket's presence TTL and its room memberships.
+    /// Refreshes the socket's presence TTL and its room memberships, both at once (with Redis,
+    /// two writes in flight instead of one after the other).
     pub async fn heartbeat(&self, session: &SocketSession) -> Result<(), WireError> {
         let ttl = self.settings.presence.ttl();
-        let arrival = self
-            .backends
-            .presence
-            .heartbeat(&session.entry, ttl)
-            .await
-            .map_err(unavailable)?;
-        self.note_arrival(&session.entry, arrival);
-        if !session.rooms.is_empty() {
+        let presence = self.backends.presence.heartbeat(&session.entry, ttl);
+        let memberships = async {
+            if session.rooms.is_empty() {
+                return Ok(());
+            }
+            let member = Self::member_of(session);
             self.backends
                 .rooms
-                .refresh(session.rooms.as_slice(), &Self::member_of(session), ttl)
+                .refresh(session.rooms.as_slice(), &member, ttl)
                 .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
+        };
+        let (arrival, refreshed) = tokio::join!(presence, memberships);
+        self.note_arrival(&session.entry, arrival.map_err(unavailable)?);
+        refreshed.map_err(unavailable)
     }
 
     fn member_of(session: &SocketSession) -> Member {

@@ -103,6 +103,9 @@ struct Connection<K> {
     budget: RequestBudget,
     rate_limited_in_a_row: u32,
     last_activity: Instant,
+    /// When the client last sent a `heartbeat` op or a ping (the frames that keep it present
+    /// unprompted) since the last keepalive check; see [`plan_keepalive`].
+    heartbeat_since_keepalive: Option<Instant>,
     last_presence_refresh: Instant,
     token_deadline: Instant,
 }
@@ -188,6 +191,7 @@ where
             ),
             rate_limited_in_a_row: 0,
             last_activity: now,
+            heartbeat_since_keepalive: None,
             last_presence_refresh: now,
             token_deadline: token_deadline(session.identity.expires_at, settings.auth.leeway_secs),
             _permit: permit,
@@ -245,12 +249,18 @@ where
                         if self.last_activity.elapsed() >= idle_limit {
                             return Ending::Close(CloseCode::HeartbeatTimeout);
                         }
-                        // Boxed: once per heartbeat interval, and inline it would be
-                        // this loop's largest state.
-                        if !Box::pin(self.write(Outbound::Ping)).await {
+                        let plan = plan_keepalive(
+                            now,
+                            self.heartbeat_since_keepalive.take(),
+                            keepalive_interval,
+                            idle_limit,
+                        );
+                        // Boxed: once per heartbeat interval, and inline it would be this
+                        // loop's largest state.
+                        if plan.ping && !Box::pin(self.write(Outbound::Ping)).await {
                             return self.ending_after_failed_write();
                         }
-                        next_keepalive = now + keepalive_interval;
+                        next_keepalive = plan.next_check;
                     }
                 }
                 inbound = self.socket.next() => {
@@ -370,7 +380,13 @@ where
         self.last_activity = now;
         match inbound {
             Inbound::Text(text) => self.on_text(&text, now).await,
-            Inbound::Ping | Inbound::Pong => {
+            Inbound::Ping => {
+                self.heartbeat_since_keepalive = Some(now);
+                self.refresh_presence_if_due(now).await;
+                None
+            }
+            // A pong does not spare the next ping: it only answers one.
+            Inbound::Pong => {
                 self.refresh_presence_if_due(now).await;
                 None
             }
@@ -487,6 +503,7 @@ where
                 Ok(Some(json!({ "room": room.as_str() })))
             }
             Request::Heartbeat => {
+                self.heartbeat_since_keepalive = Some(now);
                 self.refresh_presence(now).await?;
                 Ok(None)
             }
@@ -554,9 +571,98 @@ fn presence_refresh_due(last: Instant, now: Instant, heartbeat_interval: Duratio
     now.saturating_duration_since(last) >= heartbeat_interval / 2
 }
 
+/// What a keepalive check does: ping now or not, and when the next check is due.
+#[derive(Debug, PartialEq, Eq)]
+struct KeepalivePlan {
+    ping: bool,
+    next_check: Instant,
+}
+
+/// Plans a keepalive check at `now`. A client that sent a heartbeat (or a ping) since the last
+/// check, the latest at `heartbeat`, is alive and keeps itself present: it is not pinged, and its
+/// next check comes one interval after that heartbeat plus some slack, by which time a client
+/// heartbeating at the interval has sent the next one (so it is never pinged). A quiet client
+/// (a browser, which answers pings but sends none) is pinged every interval.
+///
+/// The slack is a quarter interval, and at most half of `ttl - interval`: a client that stops
+/// heartbeating is pinged within `ttl` of its last heartbeat, with half that margin left for the
+/// pong, so neither the idle limit (`ttl`) nor its presence runs out while it is alive.
+fn plan_keepalive(
+    now: Instant,
+    heartbeat: Option<Instant>,
+    interval: Duration,
+    ttl: Duration,
+) -> KeepalivePlan {
+    match heartbeat {
+        Some(heard_at) => {
+            let slack = (interval / 4).min(ttl.saturating_sub(interval) / 2);
+            KeepalivePlan {
+                ping: false,
+                next_check: heard_at + interval + slack,
+            }
+        }
+        None => KeepalivePlan {
+            ping: true,
+            next_check: now + interval,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_quiet_clients_every_interval() {
+        let now = Instant::now();
+        let interval = Duration::from_secs(20);
+        let plan = plan_keepalive(now, None, interval, Duration::from_secs(60));
+        assert_eq!(
+            plan,
+            KeepalivePlan {
+                ping: true,
+                next_check: now + interval
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_spares_a_heartbeating_client_until_a_slack_after_its_next_heartbeat_is_due()
+    {
+        let now = Instant::now();
+        let heard_at = now - Duration::from_secs(19);
+        let plan = plan_keepalive(
+            now,
+            Some(heard_at),
+            Duration::from_secs(20),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            plan,
+            KeepalivePlan {
+                ping: false,
+                next_check: heard_at + Duration::from_secs(25)
+            },
+            "a quarter interval of slack"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_a_client_that_stopped_heartbeating_before_its_ttl_runs_out() {
+        let heard_at = Instant::now();
+        for (interval_secs, ttl_secs) in [(20, 60), (20, 30), (4, 5), (1, 2), (59, 60)] {
+            let (interval, ttl) = (
+                Duration::from_secs(interval_secs),
+                Duration::from_secs(ttl_secs),
+            );
+            let plan = plan_keepalive(heard_at, Some(heard_at), interval, ttl);
+            let margin = heard_at + ttl - plan.next_check;
+            assert!(
+                margin >= (ttl - interval) / 2 && margin > Duration::ZERO,
+                "interval {interval_secs} s, ttl {ttl_secs} s: pinged {margin:?} before the ttl"
+            );
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn presence_refreshes_at_most_once_per_half_interval() {

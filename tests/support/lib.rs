@@ -164,6 +164,7 @@ pub async fn handshake(url: &str, authorization: Option<&str>) -> Result<Handsha
             socket,
             pending_events: Vec::new(),
             hello: Value::Null,
+            pings_seen: 0,
         }))),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let status = response.status().as_u16();
@@ -187,6 +188,8 @@ pub struct Client {
     pending_events: Vec<Value>,
     /// The `connected` frame, once read.
     pub hello: Value,
+    /// WebSocket pings read so far (tungstenite answers them by itself).
+    pub pings_seen: usize,
 }
 
 /// What the server did to end a connection.
@@ -218,7 +221,7 @@ impl Client {
         Ok(())
     }
 
-    /// The next JSON text frame, skipping pings and pongs.
+    /// The next JSON text frame, counting pings (in `pings_seen`) and skipping pongs.
     pub async fn next_json(&mut self) -> Result<Value> {
         loop {
             let message = tokio::time::timeout(STEP_TIMEOUT, self.socket.next())
@@ -228,6 +231,7 @@ impl Client {
             match message {
                 Message::Text(text) => return Ok(serde_json::from_str(&text)?),
                 Message::Close(frame) => bail!("closed by server: {frame:?}"),
+                Message::Ping(_) => self.pings_seen += 1,
                 _ => continue,
             }
         }

@@ -7,6 +7,7 @@
 //! the same conformance suite (`crate::conformance`).
 
 pub mod broker;
+mod coalesce;
 pub mod memory;
 pub mod nats;
 pub mod presence;

@@ -36,6 +36,9 @@ pub enum Arrival {
 /// - `sockets_of` lists the live (unexpired) sockets of a user.
 /// - `take_offline` returns each user whose TTL ran out with no live socket, and removes them:
 ///   across all nodes calling it concurrently, each such user is returned exactly once.
+/// - Concurrent `connect`s and `heartbeat`s behave as if made one at a time: of several sockets
+///   of a user connecting together, exactly one gets `CameOnline`. (A backend that pays a round
+///   trip per call may send concurrent calls as one batch; the Redis one does.)
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
     async fn connect(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError>;

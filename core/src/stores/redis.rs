@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 
 use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic, deliver_checked};
+use super::coalesce::Coalescer;
 use super::presence::{Arrival, PresenceStore, SocketEntry};
 use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
@@ -177,6 +178,11 @@ impl RedisConnector {
         .await
     }
 
+    /// How long one command may take (`redis.command_timeout_ms`).
+    pub fn command_timeout(&self) -> Duration {
+        self.settings.command_timeout()
+    }
+
     pub fn key_prefix(&self) -> &str {
         &self.settings.key_prefix
     }
@@ -249,17 +255,24 @@ local function now_ms()
 end
 "#;
 
-/// KEYS: expiry zset, user hash. ARGV: user, socket, node, ttl ms. Returns 1 if the user came
-/// online, else 0.
+/// Connects and heartbeats of several sockets, in order. KEYS: expiry zset, then the user hash
+/// of each socket. ARGV: user, socket, node, ttl ms of each socket. Returns, per socket, 1 if its
+/// user came online, else 0.
 const TOUCH_SCRIPT: &str = r#"
 local now = now_ms()
-local ttl = tonumber(ARGV[4])
-local expires = now + ttl
-local existed = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', expires) .. '|' .. ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ttl * 2)
-redis.call('ZADD', KEYS[1], 'GT', expires, ARGV[1])
-if existed then return 0 else return 1 end
+local arrivals = {}
+for i = 2, #KEYS do
+  local args_before = (i - 2) * 4
+  local user, socket, node = ARGV[args_before + 1], ARGV[args_before + 2], ARGV[args_before + 3]
+  local ttl = tonumber(ARGV[args_before + 4])
+  local expires = now + ttl
+  local existed = redis.call('ZSCORE', KEYS[1], user)
+  redis.call('HSET', KEYS[i], socket, string.format('%d', expires) .. '|' .. node)
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
+  redis.call('ZADD', KEYS[1], 'GT', expires, user)
+  arrivals[i - 1] = existed and 0 or 1
+end
+return arrivals
 "#;
 
 /// KEYS: user hash. Returns [socket, node, ...] for live sockets.
@@ -302,7 +315,8 @@ end
 return gone
 "#;
 
-/// Removes expired memberships of one room. KEYS: sockets zset, owner hash, users hash.
+/// Removes expired memberships of one room (KEYS: sockets zset, owner hash, users hash), and
+/// keeps a room's three keys (from KEYS[base + 1]) alive.
 const PURGE_ROOM: &str = r#"
 local function purge(now)
   local expired = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE')
@@ -315,8 +329,8 @@ local function purge(now)
     end
   end
 end
-local function keep_alive(ttl)
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl * 2) end
+local function keep_alive(ttl, base)
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[base + i], ttl * 2) end
 end
 "#;
 
@@ -328,7 +342,7 @@ purge(now)
 local ttl = tonumber(ARGV[4])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  keep_alive(ttl)
+  keep_alive(ttl, 0)
   return 'already'
 end
 local has_user = redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1
@@ -338,18 +352,22 @@ end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-keep_alive(ttl)
+keep_alive(ttl, 0)
 if has_user then return 'joined' else return 'first' end
 "#;
 
-/// KEYS: sockets, owner, users. ARGV: socket, ttl ms. Extends a live membership only.
+/// Refreshes several memberships. KEYS: sockets, owner, users of each membership's room. ARGV:
+/// socket, ttl ms of each membership. Extends live memberships only.
 const REFRESH_SCRIPT: &str = r#"
 local now = now_ms()
-local ttl = tonumber(ARGV[2])
-local expires = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if expires and tonumber(expires) > now then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  keep_alive(ttl)
+for i = 1, #ARGV / 2 do
+  local socket, ttl = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  local base = (i - 1) * 3
+  local expires = redis.call('ZSCORE', KEYS[base + 1], socket)
+  if expires and tonumber(expires) > now then
+    redis.call('ZADD', KEYS[base + 1], now + ttl, socket)
+    keep_alive(ttl, base)
+  end
 end
 return 0
 "#;
@@ -382,67 +400,111 @@ fn script(body: &str, helpers: &[&str]) -> Script {
     Script::new(&source)
 }
 
+/// Calls one batched write (connects and heartbeats, or membership refreshes) takes at most:
+/// Redis runs a script to its end before serving anyone else, so one stays short (128 touches
+/// are ~640 commands).
+const WRITE_BATCH: usize = 128;
+
+/// Memberships one refresh script extends at most (~5 commands each): a batch of sockets in many
+/// rooms is split into several calls, so no single script holds Redis up for long.
+const REFRESH_CHUNK: usize = 512;
+
+/// One socket's connect or heartbeat, waiting for a batched write.
+struct Touch {
+    socket: SocketEntry,
+    ttl: Duration,
+}
+
 /// Presence in Redis (see the module docs for keys).
+///
+/// Connects and heartbeats go out together: one script call carries all those that queued while
+/// the previous call was out (10,000 sockets with the default interval refresh ~500 a second).
 pub struct RedisPresenceStore {
     redis: Arc<RedisConnector>,
-    touch: Script,
+    touches: Coalescer<Touch, Arrival>,
     sockets: Script,
     take_offline: Script,
 }
 
 impl RedisPresenceStore {
+    /// Call within a tokio runtime: it spawns the task that batches connects and heartbeats.
     pub fn new(redis: Arc<RedisConnector>) -> RedisPresenceStore {
+        let touch = Arc::new(script(TOUCH_SCRIPT, &[NOW_MS]));
+        let batch_redis = redis.clone();
         RedisPresenceStore {
+            touches: Coalescer::spawn(WRITE_BATCH, redis.command_timeout(), move |touches| {
+                touch_all(batch_redis.clone(), touch.clone(), touches)
+            }),
             redis,
-            touch: script(TOUCH_SCRIPT, &[NOW_MS]),
             sockets: script(SOCKETS_SCRIPT, &[NOW_MS]),
             take_offline: script(TAKE_OFFLINE_SCRIPT, &[NOW_MS]),
         }
     }
 
-    fn expiry_key(&self) -> String {
-        format!("{}presence:expiry", self.redis.key_prefix())
-    }
-
-    fn user_key_prefix(&self) -> String {
-        format!("{}presence:user:", self.redis.key_prefix())
-    }
-
     fn user_key(&self, user_id: &str) -> String {
-        format!("{}{user_id}", self.user_key_prefix())
+        presence_user_key(&self.redis, user_id)
     }
+}
 
-    async fn touch(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
-        let (expiry, user) = (self.expiry_key(), self.user_key(&socket.user_id));
-        let came_online: i64 = self
-            .redis
-            .run(|mut connection| {
-                let mut invocation = self.touch.key(&expiry);
+fn presence_expiry_key(redis: &RedisConnector) -> String {
+    format!("{}presence:expiry", redis.key_prefix())
+}
+
+fn presence_user_key_prefix(redis: &RedisConnector) -> String {
+    format!("{}presence:user:", redis.key_prefix())
+}
+
+fn presence_user_key(redis: &RedisConnector, user_id: &str) -> String {
+    format!("{}{user_id}", presence_user_key_prefix(redis))
+}
+
+/// Writes a batch of connects and heartbeats with one script call.
+async fn touch_all(
+    redis: Arc<RedisConnector>,
+    touch: Arc<Script>,
+    touches: Vec<Touch>,
+) -> Result<Vec<Arrival>, StoreError> {
+    let expiry = presence_expiry_key(&redis);
+    let user_keys: Vec<String> = touches
+        .iter()
+        .map(|touch| presence_user_key(&redis, &touch.socket.user_id))
+        .collect();
+    let came_online: Vec<i64> = redis
+        .run(|mut connection| {
+            let mut invocation = touch.key(&expiry);
+            for (touch, user_key) in touches.iter().zip(&user_keys) {
                 invocation
-                    .key(&user)
-                    .arg(&*socket.user_id)
-                    .arg(&*socket.socket_id)
-                    .arg(&*socket.node_id)
-                    .arg(ttl.as_millis() as u64);
-                async move { invocation.invoke_async(&mut connection).await }
-            })
-            .await?;
-        Ok(if came_online == 1 {
-            Arrival::CameOnline
-        } else {
-            Arrival::AlreadyOnline
+                    .key(user_key)
+                    .arg(&*touch.socket.user_id)
+                    .arg(&*touch.socket.socket_id)
+                    .arg(&*touch.socket.node_id)
+                    .arg(touch.ttl.as_millis() as u64);
+            }
+            async move { invocation.invoke_async(&mut connection).await }
         })
-    }
+        .await?;
+    Ok(came_online
+        .into_iter()
+        .map(|came_online| {
+            if came_online == 1 {
+                Arrival::CameOnline
+            } else {
+                Arrival::AlreadyOnline
+            }
+        })
+        .collect())
 }
 
 #[async_trait]
 impl PresenceStore for RedisPresenceStore {
     async fn connect(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
-        self.touch(socket, ttl).await
+        let socket = socket.clone();
+        self.touches.call(Touch { socket, ttl }).await
     }
 
     async fn heartbeat(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
-        self.touch(socket, ttl).await
+        let socket = socket.clone();
+        self.touches.call(Touch { socket, ttl }).await
     }
 
     async fn disconnect(&self, socket: &SocketEntry) -> Result<(), StoreError> {
@@ -485,7 +547,10 @@ impl PresenceStore for RedisPresenceStore {
     }
 
     async fn take_offline(&self) -> Result<Vec<String>, StoreError> {
-        let (expiry, prefix) = (self.expiry_key(), self.user_key_prefix());
+        let (expiry, prefix) = (
+            presence_expiry_key(&self.redis),
+            presence_user_key_prefix(&self.redis),
+        );
         let mut gone: Vec<String> = self
             .redis
             .run(|mut connection| {
@@ -499,30 +564,44 @@ impl PresenceStore for RedisPresenceStore {
     }
 }
 
+/// One socket's membership refresh (all its rooms), waiting for a batched write.
+struct MembershipRefresh {
+    rooms: Vec<RoomId>,
+    socket_id: Arc<str>,
+    ttl: Duration,
+}
+
 /// Room membership in Redis (see the module docs for keys).
+///
+/// Refreshes go out together, like presence's heartbeats: one script call for every room of
+/// every socket whose refresh queued while the previous call was out.
 pub struct RedisRoomStore {
     redis: Arc<RedisConnector>,
     join: Script,
-    refresh: Script,
+    refreshes: Coalescer<MembershipRefresh, ()>,
     leave: Script,
     members: Script,
 }
 
 impl RedisRoomStore {
+    /// Call within a tokio runtime: it spawns the task that batches refreshes.
     pub fn new(redis: Arc<RedisConnector>) -> RedisRoomStore {
         let helpers = [NOW_MS, PURGE_ROOM];
+        let refresh = Arc::new(script(REFRESH_SCRIPT, &helpers));
+        let batch_redis = redis.clone();
         RedisRoomStore {
-            redis,
             join: script(JOIN_SCRIPT, &helpers),
-            refresh: script(REFRESH_SCRIPT, &helpers),
+            refreshes: Coalescer::spawn(WRITE_BATCH, redis.command_timeout(), move |refreshes| {
+                refresh_all(batch_redis.clone(), refresh.clone(), refreshes)
+            }),
             leave: script(LEAVE_SCRIPT, &helpers),
             members: script(MEMBERS_SCRIPT, &helpers),
+            redis,
         }
     }
 
     fn room_keys(&self, room: &RoomId) -> [String; 3] {
-        let prefix = self.redis.key_prefix();
-        ["sockets", "owner", "users"].map(|part| format!("{prefix}room:{room}:{part}"))
+        room_keys(&self.redis, room)
     }
 
     async fn run_room_script<T: redis::FromRedisValue + Send>(
@@ -545,6 +624,45 @@ impl RedisRoomStore {
             })
             .await
     }
+}
+
+fn room_keys(redis: &RedisConnector, room: &RoomId) -> [String; 3] {
+    let prefix = redis.key_prefix();
+    ["sockets", "owner", "users"].map(|part| format!("{prefix}room:{room}:{part}"))
+}
+
+/// Extends a batch of memberships: one script call per `REFRESH_CHUNK` memberships.
+async fn refresh_all(
+    redis: Arc<RedisConnector>,
+    refresh: Arc<Script>,
+    refreshes: Vec<MembershipRefresh>,
+) -> Result<Vec<()>, StoreError> {
+    let memberships: Vec<(&RoomId, &MembershipRefresh)> = refreshes
+        .iter()
+        .flat_map(|refresh| refresh.rooms.iter().map(move |room| (room, refresh)))
+        .collect();
+    for chunk in memberships.chunks(REFRESH_CHUNK) {
+        let mut keys = Vec::with_capacity(chunk.len() * 3);
+        let mut args = Vec::with_capacity(chunk.len() * 2);
+        for (room, membership) in chunk {
+            keys.extend(room_keys(&redis, room));
+            args.push(membership.socket_id.to_string());
+            args.push(membership.ttl.as_millis().to_string());
+        }
+        redis
+            .run(|mut connection| {
+                let mut invocation = refresh.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                for arg in &args {
+                    invocation.arg(arg);
+                }
+                async move { invocation.invoke_async::<()>(&mut connection).await }
+            })
+            .await?;
+    }
+    Ok(vec![(); refreshes.len()])
 }
 
 #[async_trait]
@@ -584,12 +702,13 @@ impl RoomStore for RedisRoomStore {
         member: &Member,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let args = [member.socket_id.to_string(), ttl.as_millis().to_string()];
-        for room in rooms {
-            self.run_room_script::<()>(&self.refresh, room, &args)
-                .await?;
-        }
-        Ok(())
+        self.refreshes
+            .call(MembershipRefresh {
+                rooms: rooms.to_vec(),
+                socket_id: member.socket_id.clone(),
+                ttl,
+            })
+            .await
     }
 
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError> {

@@ -42,6 +42,8 @@ pub enum LeaveOutcome {
 /// - A membership lasts `ttl` after its `join` or last `refresh`. Expired memberships do not
 ///   count toward capacity and are not listed: the sockets of a node that died stop being
 ///   refreshed, so they stop holding places after one TTL.
+/// - Concurrent `refresh`es each extend their own memberships, and only those (a backend may
+///   send them as one batch; the Redis one does).
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
     async fn join(
