@@ -223,7 +223,11 @@ where
         metrics::counter!(names::MESSAGES_OUT, "kind" => "connected").increment(1);
         tracing::debug!(socket_id = %self.session.entry.socket_id, user_id = %self.session.entry.user_id, "socket CONNECTED");
 
-        let mut next_keepalive = Instant::now() + keepalive_interval;
+        // The connect counts as a heartbeat: a client heartbeating from its `connected` frame on
+        // is never pinged, a quiet one first a slack after one interval.
+        let connected = Instant::now();
+        let mut next_keepalive =
+            plan_keepalive(connected, Some(connected), keepalive_interval, idle_limit).next_check;
         // One timer for both the keepalive and the token expiry, reset only when one of them
         // moves: a timer per loop turn would touch the runtime's timer wheel on every push.
         let timer = tokio::time::sleep_until(next_keepalive.min(self.token_deadline));
