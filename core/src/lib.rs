@@ -17,7 +17,8 @@
 //!   socket's write lane (or a bounded queue where there is none).
 //! - [`stores`]: the backend traits [`stores::Broker`], [`stores::PresenceStore`],
 //!   [`stores::RoomStore`] and their implementations: in memory (embedded default), Redis
-//!   (presence, rooms, Pub/Sub broker, Sentinel) and NATS (broker).
+//!   (presence, rooms, Pub/Sub broker, Sentinel; per-socket writes batched by a coalescer) and
+//!   NATS (broker).
 //! - [`nats_bridge`]: inbound publishes from internal services on `realtime.room.*` /
 //!   `realtime.user.*`, outbound platform events on `realtime.events.*`.
 //! - [`conformance`]: one test suite per backend trait (feature `conformance`).

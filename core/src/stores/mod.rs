@@ -4,7 +4,8 @@
 //!
 //! Each is a narrow trait with stated guarantees, held as `Arc<dyn ...>`. The in-memory
 //! implementations in [`memory`] are the embedded default for a single node; every backend runs
-//! the same conformance suite (`crate::conformance`).
+//! the same conformance suite (`crate::conformance`). `coalesce` batches the calls of a backend
+//! that pays a round trip per call (the Redis presence and room stores use it).
 
 pub mod broker;
 mod coalesce;
