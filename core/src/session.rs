@@ -226,8 +226,14 @@ where
         // The connect counts as a heartbeat: a client heartbeating from its `connected` frame on
         // is never pinged, a quiet one first a slack after one interval.
         let connected = Instant::now();
-        let mut next_keepalive =
-            plan_keepalive(connected, Some(connected), keepalive_interval, idle_limit).next_check;
+        let mut next_keepalive = plan_keepalive(KeepaliveCheck {
+            now: connected,
+            heartbeat: Some(connected),
+            last_presence_refresh: self.last_presence_refresh,
+            interval: keepalive_interval,
+            ttl: idle_limit,
+        })
+        .next_check;
         // One timer for both the keepalive and the token expiry, reset only when one of them
         // moves: a timer per loop turn would touch the runtime's timer wheel on every push.
         let timer = tokio::time::sleep_until(next_keepalive.min(self.token_deadline));
@@ -253,12 +259,13 @@ where
                         if self.last_activity.elapsed() >= idle_limit {
                             return Ending::Close(CloseCode::HeartbeatTimeout);
                         }
-                        let plan = plan_keepalive(
+                        let plan = plan_keepalive(KeepaliveCheck {
                             now,
-                            self.heartbeat_since_keepalive.take(),
-                            keepalive_interval,
-                            idle_limit,
-                        );
+                            heartbeat: self.heartbeat_since_keepalive.take(),
+                            last_presence_refresh: self.last_presence_refresh,
+                            interval: keepalive_interval,
+                            ttl: idle_limit,
+                        });
                         // Boxed: once per heartbeat interval, and inline it would be this
                         // loop's largest state.
                         if plan.ping && !Box::pin(self.write(Outbound::Ping)).await {
@@ -569,8 +576,8 @@ where
 
 /// Whether a presence refresh (a backend write) is due, the last one having been at `last`: at
 /// most one per half heartbeat interval, whatever asks for it (ping, pong or the `heartbeat` op; a
-/// pong and a client's heartbeat often arrive together). The stored TTL then never runs closer
-/// than `ttl - interval / 2` to expiry while the client is alive.
+/// pong and a client's heartbeat often arrive together). A request that writes nothing does not
+/// delay the next ping: [`plan_keepalive`] counts from the last write.
 fn presence_refresh_due(last: Instant, now: Instant, heartbeat_interval: Duration) -> bool {
     now.saturating_duration_since(last) >= heartbeat_interval / 2
 }
@@ -582,33 +589,39 @@ struct KeepalivePlan {
     next_check: Instant,
 }
 
-/// Plans a keepalive check at `now`. A client that sent a heartbeat (or a ping) since the last
-/// check, the latest at `heartbeat`, is alive and keeps itself present: it is not pinged, and its
-/// next check comes one interval after that heartbeat plus some slack, by which time a client
-/// heartbeating at the interval has sent the next one (so it is never pinged). A quiet client
-/// (a browser, which answers pings but sends none) is pinged every interval.
-///
-/// The slack is a quarter interval, and at most half of `ttl - interval`: a client that stops
-/// heartbeating is pinged within `ttl` of its last heartbeat, with half that margin left for the
-/// pong, so neither the idle limit (`ttl`) nor its presence runs out while it is alive.
-fn plan_keepalive(
+/// When a keepalive check comes: the interval and ttl it works with, and what the socket did.
+struct KeepaliveCheck {
     now: Instant,
+    /// The latest heartbeat (op or ping) since the previous check, if any.
     heartbeat: Option<Instant>,
+    /// The last presence write that succeeded (a heartbeat within half an interval of the
+    /// previous write writes nothing).
+    last_presence_refresh: Instant,
     interval: Duration,
     ttl: Duration,
-) -> KeepalivePlan {
-    match heartbeat {
-        Some(heard_at) => {
-            let slack = (interval / 4).min(ttl.saturating_sub(interval) / 2);
-            KeepalivePlan {
-                ping: false,
-                next_check: heard_at + interval + slack,
-            }
-        }
-        None => KeepalivePlan {
+}
+
+/// Plans a keepalive check. A client that sent a heartbeat (or a ping) since the previous check
+/// is alive and keeps itself present: it is not pinged, and its next check comes one interval
+/// after its presence was last written plus some slack, by which time a client heartbeating at
+/// the interval has sent (and written) the next one, so it is never pinged. A quiet client (a
+/// browser, which answers pings but sends none) is pinged every interval.
+///
+/// The slack is a quarter interval, and at most half of `ttl - interval`: a client that stops
+/// heartbeating is pinged at least `(ttl - interval) / 2` before its presence would run out,
+/// which leaves that margin for the pong, so neither the idle limit (`ttl`) nor its presence runs
+/// out while it is alive.
+fn plan_keepalive(check: KeepaliveCheck) -> KeepalivePlan {
+    if check.heartbeat.is_none() {
+        return KeepalivePlan {
             ping: true,
-            next_check: now + interval,
-        },
+            next_check: check.now + check.interval,
+        };
+    }
+    let slack = (check.interval / 4).min(check.ttl.saturating_sub(check.interval) / 2);
+    KeepalivePlan {
+        ping: false,
+        next_check: check.last_presence_refresh + check.interval + slack,
     }
 }
 
@@ -616,16 +629,25 @@ fn plan_keepalive(
 mod tests {
     use super::*;
 
+    fn check_at(now: Instant, heartbeat: Option<Instant>, refreshed: Instant) -> KeepaliveCheck {
+        KeepaliveCheck {
+            now,
+            heartbeat,
+            last_presence_refresh: refreshed,
+            interval: Duration::from_secs(20),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn keepalive_pings_quiet_clients_every_interval() {
         let now = Instant::now();
-        let interval = Duration::from_secs(20);
-        let plan = plan_keepalive(now, None, interval, Duration::from_secs(60));
+        let plan = plan_keepalive(check_at(now, None, now - Duration::from_secs(20)));
         assert_eq!(
             plan,
             KeepalivePlan {
                 ping: true,
-                next_check: now + interval
+                next_check: now + Duration::from_secs(20)
             }
         );
     }
@@ -635,12 +657,7 @@ mod tests {
     {
         let now = Instant::now();
         let heard_at = now - Duration::from_secs(19);
-        let plan = plan_keepalive(
-            now,
-            Some(heard_at),
-            Duration::from_secs(20),
-            Duration::from_secs(60),
-        );
+        let plan = plan_keepalive(check_at(now, Some(heard_at), heard_at));
         assert_eq!(
             plan,
             KeepalivePlan {
@@ -652,15 +669,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn keepalive_pings_a_client_that_stopped_heartbeating_before_its_ttl_runs_out() {
-        let heard_at = Instant::now();
+    async fn keepalive_counts_from_the_last_presence_write_when_a_heartbeat_wrote_nothing() {
+        // A heartbeat 9 s after a pong's write writes nothing (under half an interval): the
+        // next check must come an interval and a slack after the write, not after the heartbeat.
+        let now = Instant::now();
+        let refreshed = now - Duration::from_secs(19);
+        let heard_at = refreshed + Duration::from_secs(9);
+        let plan = plan_keepalive(check_at(now, Some(heard_at), refreshed));
+        assert_eq!(plan.next_check, refreshed + Duration::from_secs(25));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_a_client_that_stopped_heartbeating_before_its_presence_runs_out() {
+        let refreshed = Instant::now();
         for (interval_secs, ttl_secs) in [(20, 60), (20, 30), (4, 5), (1, 2), (59, 60)] {
             let (interval, ttl) = (
                 Duration::from_secs(interval_secs),
                 Duration::from_secs(ttl_secs),
             );
-            let plan = plan_keepalive(heard_at, Some(heard_at), interval, ttl);
-            let margin = heard_at + ttl - plan.next_check;
+            let heard_at = refreshed + interval / 2 - Duration::from_millis(1);
+            let plan = plan_keepalive(KeepaliveCheck {
+                now: refreshed + interval,
+                heartbeat: Some(heard_at),
+                last_presence_refresh: refreshed,
+                interval,
+                ttl,
+            });
+            let margin = refreshed + ttl - plan.next_check;
             assert!(
                 margin >= (ttl - interval) / 2 && margin > Duration::ZERO,
                 "interval {interval_secs} s, ttl {ttl_secs} s: pinged {margin:?} before the ttl"
