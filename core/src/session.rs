@@ -103,9 +103,9 @@ struct Connection<K> {
     budget: RequestBudget,
     rate_limited_in_a_row: u32,
     last_activity: Instant,
-    /// When the client last sent a `heartbeat` op or a ping (the frames that keep it present
+    /// Whether the client sent a `heartbeat` op or a ping (the frames that keep it present
     /// unprompted) since the last keepalive check; see [`plan_keepalive`].
-    heartbeat_since_keepalive: Option<Instant>,
+    heartbeat_since_keepalive: bool,
     last_presence_refresh: Instant,
     token_deadline: Instant,
 }
@@ -191,7 +191,7 @@ where
             ),
             rate_limited_in_a_row: 0,
             last_activity: now,
-            heartbeat_since_keepalive: None,
+            heartbeat_since_keepalive: false,
             last_presence_refresh: now,
             token_deadline: token_deadline(session.identity.expires_at, settings.auth.leeway_secs),
             _permit: permit,
@@ -228,7 +228,7 @@ where
         let connected = Instant::now();
         let mut next_keepalive = plan_keepalive(KeepaliveCheck {
             now: connected,
-            heartbeat: Some(connected),
+            heartbeat_since_check: true,
             last_presence_refresh: self.last_presence_refresh,
             interval: keepalive_interval,
             ttl: idle_limit,
@@ -261,7 +261,9 @@ where
                         }
                         let plan = plan_keepalive(KeepaliveCheck {
                             now,
-                            heartbeat: self.heartbeat_since_keepalive.take(),
+                            heartbeat_since_check: std::mem::take(
+                                &mut self.heartbeat_since_keepalive,
+                            ),
                             last_presence_refresh: self.last_presence_refresh,
                             interval: keepalive_interval,
                             ttl: idle_limit,
@@ -392,7 +394,7 @@ where
         match inbound {
             Inbound::Text(text) => self.on_text(&text, now).await,
             Inbound::Ping => {
-                self.heartbeat_since_keepalive = Some(now);
+                self.heartbeat_since_keepalive = true;
                 self.refresh_presence_if_due(now).await;
                 None
             }
@@ -514,7 +516,7 @@ where
                 Ok(Some(json!({ "room": room.as_str() })))
             }
             Request::Heartbeat => {
-                self.heartbeat_since_keepalive = Some(now);
+                self.heartbeat_since_keepalive = true;
                 self.refresh_presence(now).await?;
                 Ok(None)
             }
@@ -592,8 +594,8 @@ struct KeepalivePlan {
 /// When a keepalive check comes: the interval and ttl it works with, and what the socket did.
 struct KeepaliveCheck {
     now: Instant,
-    /// The latest heartbeat (op or ping) since the previous check, if any.
-    heartbeat: Option<Instant>,
+    /// Whether a heartbeat (op or ping) came since the previous check.
+    heartbeat_since_check: bool,
     /// The last presence write that succeeded (a heartbeat within half an interval of the
     /// previous write writes nothing).
     last_presence_refresh: Instant,
@@ -612,7 +614,7 @@ struct KeepaliveCheck {
 /// which leaves that margin for the pong, so neither the idle limit (`ttl`) nor its presence runs
 /// out while it is alive.
 fn plan_keepalive(check: KeepaliveCheck) -> KeepalivePlan {
-    if check.heartbeat.is_none() {
+    if !check.heartbeat_since_check {
         return KeepalivePlan {
             ping: true,
             next_check: check.now + check.interval,
@@ -629,10 +631,10 @@ fn plan_keepalive(check: KeepaliveCheck) -> KeepalivePlan {
 mod tests {
     use super::*;
 
-    fn check_at(now: Instant, heartbeat: Option<Instant>, refreshed: Instant) -> KeepaliveCheck {
+    fn check_at(now: Instant, heartbeat_since_check: bool, refreshed: Instant) -> KeepaliveCheck {
         KeepaliveCheck {
             now,
-            heartbeat,
+            heartbeat_since_check,
             last_presence_refresh: refreshed,
             interval: Duration::from_secs(20),
             ttl: Duration::from_secs(60),
@@ -642,7 +644,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keepalive_pings_quiet_clients_every_interval() {
         let now = Instant::now();
-        let plan = plan_keepalive(check_at(now, None, now - Duration::from_secs(20)));
+        let plan = plan_keepalive(check_at(now, false, now - Duration::from_secs(20)));
         assert_eq!(
             plan,
             KeepalivePlan {
@@ -657,7 +659,7 @@ mod tests {
     {
         let now = Instant::now();
         let heard_at = now - Duration::from_secs(19);
-        let plan = plan_keepalive(check_at(now, Some(heard_at), heard_at));
+        let plan = plan_keepalive(check_at(now, true, heard_at));
         assert_eq!(
             plan,
             KeepalivePlan {
@@ -674,8 +676,7 @@ mod tests {
         // next check must come an interval and a slack after the write, not after the heartbeat.
         let now = Instant::now();
         let refreshed = now - Duration::from_secs(19);
-        let heard_at = refreshed + Duration::from_secs(9);
-        let plan = plan_keepalive(check_at(now, Some(heard_at), refreshed));
+        let plan = plan_keepalive(check_at(now, true, refreshed));
         assert_eq!(plan.next_check, refreshed + Duration::from_secs(25));
     }
 
@@ -687,10 +688,10 @@ mod tests {
                 Duration::from_secs(interval_secs),
                 Duration::from_secs(ttl_secs),
             );
-            let heard_at = refreshed + interval / 2 - Duration::from_millis(1);
+            // A heartbeat came just under half an interval after the write, writing nothing.
             let plan = plan_keepalive(KeepaliveCheck {
                 now: refreshed + interval,
-                heartbeat: Some(heard_at),
+                heartbeat_since_check: true,
                 last_presence_refresh: refreshed,
                 interval,
                 ttl,

@@ -184,22 +184,11 @@ mod tests {
 
     #[tokio::test]
     async fn calls_that_wait_for_a_batch_go_out_together_in_order() {
-        let gate = Arc::new(Semaphore::new(0));
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let coalescer = Arc::new(gated_doubler(gate.clone(), batches.clone()));
-        let first = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.call(1).await }
-        });
-        while batches.lock().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let (coalescer, gate, batches, first) = first_batch_out().await;
         let mut later = Vec::new();
         for request in 2..=6 {
-            let coalescer = coalescer.clone();
-            later.push(tokio::spawn(async move { coalescer.call(request).await }));
-            // Queue them in order: each call reaches the queue before the next is spawned.
-            tokio::task::yield_now().await;
+            // In order: each call reaches the queue before the next is spawned.
+            later.push(queued_call(&coalescer, request).await);
         }
         gate.add_permits(3);
         assert_eq!(first.await.unwrap().unwrap(), 10);

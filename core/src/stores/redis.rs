@@ -126,7 +126,7 @@ impl RedisConnector {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let timeout = self.settings.command_timeout();
+        let timeout = self.command_timeout();
         let first = with_timeout(timeout, operation(self.connection())).await;
         match first {
             Err(error)
@@ -441,8 +441,10 @@ impl RedisPresenceStore {
         }
     }
 
-    fn user_key(&self, user_id: &str) -> String {
-        presence_user_key(&self.redis, user_id)
+    /// A connect or a heartbeat: both write the same, in the next batched call.
+    async fn touch(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
+        let socket = socket.clone();
+        self.touches.call(Touch { socket, ttl }).await
     }
 }
 
@@ -498,17 +500,15 @@ async fn touch_all(
 #[async_trait]
 impl PresenceStore for RedisPresenceStore {
     async fn connect(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
-        let socket = socket.clone();
-        self.touches.call(Touch { socket, ttl }).await
+        self.touch(socket, ttl).await
     }
 
     async fn heartbeat(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
-        let socket = socket.clone();
-        self.touches.call(Touch { socket, ttl }).await
+        self.touch(socket, ttl).await
     }
 
     async fn disconnect(&self, socket: &SocketEntry) -> Result<(), StoreError> {
-        let user = self.user_key(&socket.user_id);
+        let user = presence_user_key(&self.redis, &socket.user_id);
         self.redis
             .run(|mut connection| {
                 let user = user.clone();
@@ -525,7 +525,7 @@ impl PresenceStore for RedisPresenceStore {
     }
 
     async fn sockets_of(&self, user_id: &str) -> Result<Vec<SocketEntry>, StoreError> {
-        let user = self.user_key(user_id);
+        let user = presence_user_key(&self.redis, user_id);
         let flat: Vec<String> = self
             .redis
             .run(|mut connection| {
@@ -600,17 +600,13 @@ impl RedisRoomStore {
         }
     }
 
-    fn room_keys(&self, room: &RoomId) -> [String; 3] {
-        room_keys(&self.redis, room)
-    }
-
     async fn run_room_script<T: redis::FromRedisValue + Send>(
         &self,
         script: &Script,
         room: &RoomId,
         args: &[String],
     ) -> Result<T, StoreError> {
-        let keys = self.room_keys(room);
+        let keys = room_keys(&self.redis, room);
         self.redis
             .run(|mut connection| {
                 let mut invocation = script.prepare_invoke();
