@@ -23,7 +23,11 @@
 #!                hearing from both writers as the load tool's workers hear from both nodes)
 #!   floor-nats   floor with the broadcasts reaching the two writers through NATS, as
 #!                big-room's reach its two nodes: the floor of a NATS-fed fan-out
-#! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios, and NATS for floor-nats
+#!   floor-relay  floor-nats with the product's two broker hops: the broadcast is published on
+#!                an inbound subject, taken by one writer of a queue group and republished on
+#!                the fan-out subject, as one node takes `realtime.room.<id>` and publishes the
+#!                frame to every node with a member
+#! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios, and NATS for the NATS floors
 #! (`bash tests/run` starts them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +47,10 @@ case "$scenario" in
     floor) exec target/release/loopback-floor "${floor_flags[@]}" "$@" ;;
     floor-nats)
         exec target/release/loopback-floor "${floor_flags[@]}" --nats nats://127.0.0.1:4222 "$@"
+        ;;
+    floor-relay)
+        exec target/release/loopback-floor "${floor_flags[@]}" --nats nats://127.0.0.1:4222 \
+            --relay "$@"
         ;;
 esac
 

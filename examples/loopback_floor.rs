@@ -11,7 +11,12 @@
 //! The broadcasts reach the writers through an in-process channel, or with `--nats URL` through
 //! NATS (one connection and subscription per writer, as each node has; each writer thread then
 //! runs a single-threaded tokio runtime for its NATS client and writes from it): the floor of a
-//! fan-out fed by NATS, the broker hop included.
+//! fan-out fed by NATS, the broker hop included. With `--relay` as well, a broadcast takes the
+//! product's path through NATS: published on an inbound subject that the writers share as a
+//! queue group, so one of them takes it and republishes it on the fan-out subject, which every
+//! writer subscribes to. That is two broker hops, as `realtime.room.<id>` has: one node of the
+//! queue group validates the event, runs the room type's plugins and encodes the frame once, then
+//! publishes it to every node with a member.
 //!
 //! ```sh
 //! cargo run --release -p realtime-examples --bin loopback-floor -- --members 1000
@@ -57,6 +62,10 @@ struct Args {
     /// Feed the writers through this NATS server (loopback only) instead of a channel.
     #[arg(long)]
     nats: Option<String>,
+    /// With `--nats`: publish on an inbound subject that one writer of a queue group relays to
+    /// the fan-out subject (two broker hops, the product's path).
+    #[arg(long, requires = "nats")]
+    relay: bool,
 }
 
 fn now_micros() -> u64 {
@@ -253,12 +262,15 @@ fn broadcast_through_nats(
     args: &Args,
     url: &str,
 ) -> anyhow::Result<()> {
-    // A subject of this process's own, so runs sharing a NATS server do not hear each other.
+    // Subjects of this process's own, so runs sharing a NATS server do not hear each other.
     let subject = format!("floor.{}", std::process::id());
+    let inbound_subject = format!("floor.{}.in", std::process::id());
+    let relay = args.relay.then(|| inbound_subject.clone());
     let (subscribed, subscriptions) = mpsc::channel::<anyhow::Result<()>>();
     let writers = shares.len();
     for mut share in shares {
         let (url, subject, subscribed) = (url.to_owned(), subject.clone(), subscribed.clone());
+        let relay = relay.clone();
         let writer = std::thread::Builder::new().name("floor-writer".into());
         writer.spawn(move || {
             // One thread, one runtime: the broadcast is written by the thread that read it.
@@ -272,8 +284,14 @@ fn broadcast_through_nats(
             runtime.block_on(async move {
                 let subscription = async {
                     let client = loopback_nats::connect_on_loopback(&url).await?;
-                    let subscription = client.subscribe(subject).await?;
-                    // The server knows the subscription once this round trip is back.
+                    let subscription = client.subscribe(subject.clone()).await?;
+                    if let Some(inbound_subject) = relay {
+                        let inbound = client
+                            .queue_subscribe(inbound_subject, "floor-relay".into())
+                            .await?;
+                        tokio::spawn(relay_to_fan_out(client.clone(), inbound, subject));
+                    }
+                    // The server knows the subscriptions once this round trip is back.
                     client.flush().await?;
                     anyhow::Ok((client, subscription))
                 };
@@ -307,11 +325,34 @@ fn broadcast_through_nats(
         for _ in 0..args.messages {
             ticker.tick().await;
             let message = stamped_message(args.message_bytes);
-            client.publish(subject.clone(), message.into()).await?;
+            let target = if args.relay {
+                &inbound_subject
+            } else {
+                &subject
+            };
+            client.publish(target.clone(), message.into()).await?;
         }
         client.flush().await?;
         anyhow::Ok(())
     })
+}
+
+/// The relaying writer's part of `--relay`: republishes what it takes from the inbound queue
+/// group on the fan-out subject, as the node that takes a `realtime.room.<id>` message does.
+async fn relay_to_fan_out(
+    client: async_nats::Client,
+    mut inbound: async_nats::Subscriber,
+    fan_out_subject: String,
+) {
+    while let Some(message) = inbound.next().await {
+        if client
+            .publish(fan_out_subject.clone(), message.payload)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -361,7 +402,11 @@ fn main() -> anyhow::Result<()> {
         json!({
             "members": args.members, "writers": args.writers, "readers": args.readers,
             "messages": args.messages, "delivered": latencies.len(),
-            "via": if args.nats.is_some() { "nats" } else { "channel" },
+            "via": match (&args.nats, args.relay) {
+                (Some(_), true) => "nats-relay",
+                (Some(_), false) => "nats",
+                (None, _) => "channel",
+            },
             "delivery": {
                 "p1_ms": quantile_ms(&latencies, 0.01), "p10_ms": quantile_ms(&latencies, 0.10),
                 "p50_ms": quantile_ms(&latencies, 0.50), "p90_ms": quantile_ms(&latencies, 0.90),
