@@ -27,6 +27,8 @@
 #!                an inbound subject, taken by one writer of a queue group and republished on
 #!                the fan-out subject, as one node takes `realtime.room.<id>` and publishes the
 #!                frame to every node with a member
+#! The floors take `--reader-processes` to run each reader in a process of its own, as the load
+#! tool's workers are (`bash examples/bench.sh floor-relay --reader-processes`).
 #! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios, and NATS for the NATS floors
 #! (`bash tests/run` starts them).
 set -euo pipefail

@@ -21,11 +21,15 @@
 //! ```sh
 //! cargo run --release -p realtime-examples --bin loopback-floor -- --members 1000
 //! ```
+//! With `--reader-processes`, each reader runs in a process of its own, as the load tool's workers
+//! are processes apart from the nodes: a delivery then wakes a thread of another process.
+//!
 //! It only uses 127.0.0.1 (and NATS on loopback) and stops after `--messages` broadcasts.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +70,10 @@ struct Args {
     /// the fan-out subject (two broker hops, the product's path).
     #[arg(long, requires = "nats")]
     relay: bool,
+    /// Run each reader in a process of its own (forked once the sockets are made) instead of a
+    /// thread of this one, as the load tool's workers are processes apart from the nodes.
+    #[arg(long)]
+    reader_processes: bool,
 }
 
 fn now_micros() -> u64 {
@@ -337,6 +345,73 @@ fn broadcast_through_nats(
     })
 }
 
+/// A reader at work: a thread of this process, or a process of its own reporting its latencies
+/// through a socket as little-endian `u64`s.
+enum Reader {
+    Thread(std::thread::JoinHandle<anyhow::Result<Vec<u64>>>),
+    Process {
+        pid: libc::pid_t,
+        report: UnixStream,
+    },
+}
+
+impl Reader {
+    /// Waits for the reader to have seen every message; returns their latencies (µs).
+    fn finish(self) -> anyhow::Result<Vec<u64>> {
+        match self {
+            Reader::Thread(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("reader panicked"))?,
+            Reader::Process { pid, mut report } => {
+                let mut bytes = Vec::new();
+                report.read_to_end(&mut bytes)?;
+                let mut status = 0;
+                // SAFETY: waits for a child this process forked.
+                let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+                ensure!(
+                    waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "reader process {pid} failed"
+                );
+                Ok(bytes
+                    .chunks_exact(8)
+                    .map(|stamp| u64::from_le_bytes(stamp.try_into().expect("chunks of 8")))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// Starts a reader of `share`: a thread, or with `--reader-processes` a forked process.
+fn start_reader(share: Vec<TcpStream>, args: &Args) -> anyhow::Result<Reader> {
+    let (message_bytes, expected) = (args.message_bytes, share.len() * args.messages);
+    if !args.reader_processes {
+        let reader = std::thread::Builder::new().name("floor-reader".into());
+        let thread = reader.spawn(move || read_all(share, message_bytes, expected))?;
+        return Ok(Reader::Thread(thread));
+    }
+    let (mut child_end, report) = UnixStream::pair()?;
+    // SAFETY: this process has no other thread yet (readers start first), so the child is a
+    // whole copy of it and may run anything.
+    let pid = unsafe { libc::fork() };
+    ensure!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        drop(report);
+        let code = match read_all(share, message_bytes, expected) {
+            Ok(latencies) => {
+                let bytes: Vec<u8> = latencies.iter().flat_map(|l| l.to_le_bytes()).collect();
+                i32::from(child_end.write_all(&bytes).is_err())
+            }
+            Err(error) => {
+                eprintln!("reader: {error:#}");
+                1
+            }
+        };
+        // SAFETY: ends the child at once, without the exit handlers it shares with the parent.
+        unsafe { libc::_exit(code) };
+    }
+    Ok(Reader::Process { pid, report })
+}
+
 /// The relaying writer's part of `--relay`: republishes what it takes from the inbound queue
 /// group on the fan-out subject, as the node that takes a `realtime.room.<id>` message does.
 async fn relay_to_fan_out(
@@ -369,15 +444,14 @@ fn main() -> anyhow::Result<()> {
     }
     let (mut client_sides, server_sides) = socket_pairs(args.members)?;
 
+    // Readers start before any other thread of this process, so that they may be forked.
     let mut readers = Vec::new();
     let per_reader = args.members.div_ceil(args.readers);
     while !client_sides.is_empty() {
         let share: Vec<TcpStream> = client_sides
             .drain(..per_reader.min(client_sides.len()))
             .collect();
-        let (message_bytes, expected) = (args.message_bytes, share.len() * args.messages);
-        let reader = std::thread::Builder::new().name("floor-reader".into());
-        readers.push(reader.spawn(move || read_all(share, message_bytes, expected))?);
+        readers.push(start_reader(share, &args)?);
     }
 
     let shares = deal_to_writers(server_sides, args.writers);
@@ -391,10 +465,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut latencies = Vec::new();
     for reader in readers {
-        let share = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        latencies.extend(share);
+        latencies.extend(reader.finish()?);
     }
     latencies.sort_unstable();
     println!(
@@ -402,6 +473,7 @@ fn main() -> anyhow::Result<()> {
         json!({
             "members": args.members, "writers": args.writers, "readers": args.readers,
             "messages": args.messages, "delivered": latencies.len(),
+            "reader_processes": args.reader_processes,
             "via": match (&args.nats, args.relay) {
                 (Some(_), true) => "nats-relay",
                 (Some(_), false) => "nats",
