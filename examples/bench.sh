@@ -28,7 +28,8 @@
 #!                the fan-out subject, as one node takes `realtime.room.<id>` and publishes the
 #!                frame to every node with a member
 #! The floors take `--reader-processes` to run each reader in a process of its own, as the load
-#! tool's workers are (`bash examples/bench.sh floor-relay --reader-processes`).
+#! tool's workers are, and `--yield-every 64` to give up the CPU after every 64 writes, as the
+#! server's fan-out does (`bash examples/bench.sh floor-relay --yield-every 64`).
 #! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios, and NATS for the NATS floors
 #! (`bash tests/run` starts them).
 set -euo pipefail

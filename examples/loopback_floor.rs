@@ -74,6 +74,10 @@ struct Args {
     /// thread of this one, as the load tool's workers are processes apart from the nodes.
     #[arg(long)]
     reader_processes: bool,
+    /// Writers give up the CPU after every this many writes, as the server's fan-out does
+    /// after 64 (0: never).
+    #[arg(long, default_value_t = 0)]
+    yield_every: usize,
 }
 
 fn now_micros() -> u64 {
@@ -214,11 +218,18 @@ fn deal_to_writers(server_sides: Vec<TcpStream>, writers: usize) -> Vec<Vec<TcpS
     shares
 }
 
-/// Writes one broadcast to every socket of a writer's share; false once a socket failed.
-fn write_to_all(share: &mut [TcpStream], message: &[u8]) -> bool {
-    share
-        .iter_mut()
-        .all(|socket| socket.write_all(message).is_ok())
+/// Writes one broadcast to every socket of a writer's share, yielding the CPU after every
+/// `yield_every` writes (0: never); false once a socket failed.
+fn write_to_all(share: &mut [TcpStream], message: &[u8], yield_every: usize) -> bool {
+    for (written, socket) in share.iter_mut().enumerate() {
+        if socket.write_all(message).is_err() {
+            return false;
+        }
+        if yield_every > 0 && written % yield_every == yield_every - 1 {
+            std::thread::yield_now();
+        }
+    }
+    true
 }
 
 /// Time between two broadcasts.
@@ -243,10 +254,11 @@ fn broadcast_through_channels(
     for mut share in shares {
         let (broadcasts, received) = mpsc::channel::<Vec<u8>>();
         writers.push(broadcasts);
+        let yield_every = args.yield_every;
         let writer = std::thread::Builder::new().name("floor-writer".into());
         writer.spawn(move || {
             for message in received {
-                if !write_to_all(&mut share, &message) {
+                if !write_to_all(&mut share, &message, yield_every) {
                     return;
                 }
             }
@@ -278,7 +290,7 @@ fn broadcast_through_nats(
     let writers = shares.len();
     for mut share in shares {
         let (url, subject, subscribed) = (url.to_owned(), subject.clone(), subscribed.clone());
-        let relay = relay.clone();
+        let (relay, yield_every) = (relay.clone(), args.yield_every);
         let writer = std::thread::Builder::new().name("floor-writer".into());
         writer.spawn(move || {
             // One thread, one runtime: the broadcast is written by the thread that read it.
@@ -309,7 +321,7 @@ fn broadcast_through_nats(
                 };
                 let _ = subscribed.send(Ok(()));
                 while let Some(message) = subscription.next().await {
-                    if !write_to_all(&mut share, &message.payload) {
+                    if !write_to_all(&mut share, &message.payload, yield_every) {
                         return;
                     }
                 }
@@ -558,7 +570,7 @@ mod tests {
             let mut message = vec![b'x'; 64];
             message[..8].copy_from_slice(&(now_micros() - AGE_MICROS).to_le_bytes());
             for share in &mut shares {
-                assert!(write_to_all(share, &message));
+                assert!(write_to_all(share, &message, 1));
             }
         }
         let latencies = readers.join().unwrap().unwrap();
