@@ -185,6 +185,7 @@ pub struct ServerSettings {
     pub max_connections: usize,
     pub node_id: String,
     pub shutdown_grace_secs: u64,
+    pub fanout_yield_every: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

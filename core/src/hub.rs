@@ -24,14 +24,17 @@ use crate::stores::Topic;
 /// worker thread and coalescing what accumulates, take to deliver to all.
 const DIRECT_FAN_OUT_MAX: usize = 1024;
 
-/// A fan-out writing in the publishing task gives up the CPU after this many writes. A write on
-/// loopback, or to a co-located process in general, makes its reader runnable, but the kernel
-/// lets it run on this core only when the writer's time slice ends (~3 ms on Linux's EEVDF), so
-/// a reader of the first recipients (or NATS forwarding to the other nodes) would wait for the
-/// whole fan-out. With nothing else waiting the yield returns at once: one system call per 64
-/// writes. In `big-room` (both nodes, NATS and the load tool on two cores) it took delivery p50
-/// from 4.8-5.8 to 4.1-4.5 ms.
-const WRITES_BETWEEN_YIELDS: usize = 64;
+/// Whether a fan-out handing pushes to its recipients in the publishing task gives up the CPU
+/// (`sched_yield`) after the push to recipient `index` (from 0) of `total`: after every
+/// `yield_every`-th (`server.fanout_yield_every`; 0 = never), but not after the last. A write
+/// makes its reader runnable, but the kernel lets a thread that shares the core run only when
+/// the writer's time slice ends, so a co-located reader of the first recipients would wait for
+/// the whole fan-out. With nothing else of the same scheduling group waiting, the yield returns
+/// at once. In `big-room` (both nodes and the load tool on two cores) it took delivery p50 from
+/// 4.8-6.2 to 4.1-4.8 ms.
+fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
+    yield_every > 0 && index % yield_every == yield_every - 1 && index + 1 < total
+}
 
 /// Shard count: a power of two well above the core count, so writers rarely meet.
 const SHARDS: usize = 64;
@@ -387,8 +390,9 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
             .is_some_and(|sockets| sockets.contains(socket_id))
     }
 
-    /// Hands the frame to every socket under `key`; returns how many.
-    fn fan_out(&self, key: &K, frame: &Frame) -> usize {
+    /// Hands the frame to every socket under `key`; returns how many. `yield_every`: see
+    /// [`yields_after`].
+    fn fan_out(&self, key: &K, frame: &Frame, yield_every: usize) -> usize {
         // Copied out so the shard's lock is not held across the pushes, which may write to
         // sockets (a syscall each) while joins to the shard's rooms wait.
         let mut recipients = Vec::new();
@@ -398,9 +402,9 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
         }
         let mut encoded = None;
         let write_now = recipients.len() <= DIRECT_FAN_OUT_MAX;
-        for (written, socket) in recipients.iter().enumerate() {
+        for (index, socket) in recipients.iter().enumerate() {
             socket.push(frame, &mut encoded, write_now);
-            if write_now && written % WRITES_BETWEEN_YIELDS == WRITES_BETWEEN_YIELDS - 1 {
+            if write_now && yields_after(index, recipients.len(), yield_every) {
                 std::thread::yield_now();
             }
         }
@@ -427,6 +431,8 @@ pub struct Hub {
     /// Frames the broker brought to this node (shows that per-topic interest keeps
     /// unrelated traffic away).
     broker_deliveries: AtomicU64,
+    /// See [`yields_after`].
+    fanout_yield_every: usize,
 }
 
 impl Default for Hub {
@@ -435,13 +441,22 @@ impl Default for Hub {
     }
 }
 
+/// `server.fanout_yield_every`'s default.
+const DEFAULT_FANOUT_YIELD_EVERY: usize = 64;
+
 impl Hub {
     pub fn new() -> Hub {
+        Hub::with_fanout_yield_every(DEFAULT_FANOUT_YIELD_EVERY)
+    }
+
+    /// A hub whose direct fan-outs yield the CPU after every `yield_every` recipients (0: never).
+    pub fn with_fanout_yield_every(yield_every: usize) -> Hub {
         Hub {
             rooms: Sharded::new(),
             users: Sharded::new(),
             connections: AtomicUsize::new(0),
             broker_deliveries: AtomicU64::new(0),
+            fanout_yield_every: yield_every,
         }
     }
 
@@ -496,8 +511,8 @@ impl Hub {
     pub fn deliver(&self, topic: &Topic, frame: &Frame) -> usize {
         self.broker_deliveries.fetch_add(1, Ordering::Relaxed);
         match topic {
-            Topic::Room(room) => self.rooms.fan_out(room, frame),
-            Topic::User(user) => self.users.fan_out(user, frame),
+            Topic::Room(room) => self.rooms.fan_out(room, frame, self.fanout_yield_every),
+            Topic::User(user) => self.users.fan_out(user, frame, self.fanout_yield_every),
         }
     }
 
@@ -512,6 +527,20 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fan_out_yields_after_every_nth_recipient_but_not_the_last() {
+        let yields = |total: usize, every: usize| -> Vec<usize> {
+            (0..total)
+                .filter(|&index| yields_after(index, total, every))
+                .collect()
+        };
+        assert_eq!(yields(200, 64), vec![63, 127, 191]);
+        assert_eq!(yields(128, 64), vec![63], "none after the last recipient");
+        assert_eq!(yields(64, 64), Vec::<usize>::new());
+        assert_eq!(yields(5, 2), vec![1, 3]);
+        assert_eq!(yields(500, 0), Vec::<usize>::new(), "0 turns it off");
+    }
 
     fn socket(id: &str, user: &str, capacity: usize) -> Arc<SocketHandle> {
         Arc::new(SocketHandle::new(
