@@ -28,7 +28,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -361,10 +361,27 @@ fn broadcast_through_nats(
 /// through a socket as little-endian `u64`s.
 enum Reader {
     Thread(std::thread::JoinHandle<anyhow::Result<Vec<u64>>>),
-    Process {
-        pid: libc::pid_t,
-        report: UnixStream,
-    },
+    Process(ChildReader),
+}
+
+/// A forked reader; killed and reaped if dropped before [`Reader::finish`] reaped it (this
+/// process failed), so that no reader outlives the run.
+struct ChildReader {
+    pid: libc::pid_t,
+    report: UnixStream,
+    reaped: bool,
+}
+
+impl Drop for ChildReader {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // SAFETY: signals and reaps a child this process forked and has not reaped yet.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
 }
 
 impl Reader {
@@ -374,12 +391,13 @@ impl Reader {
             Reader::Thread(thread) => thread
                 .join()
                 .map_err(|_| anyhow::anyhow!("reader panicked"))?,
-            Reader::Process { pid, mut report } => {
+            Reader::Process(mut child) => {
                 let mut bytes = Vec::new();
-                report.read_to_end(&mut bytes)?;
-                let mut status = 0;
-                // SAFETY: waits for a child this process forked.
+                child.report.read_to_end(&mut bytes)?;
+                let (pid, mut status) = (child.pid, 0);
+                // SAFETY: waits for a child this process forked and has not reaped yet.
                 let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+                child.reaped = waited == pid;
                 ensure!(
                     waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
                     "reader process {pid} failed"
@@ -393,8 +411,9 @@ impl Reader {
     }
 }
 
-/// Starts a reader of `share`: a thread, or with `--reader-processes` a forked process.
-fn start_reader(share: Vec<TcpStream>, args: &Args) -> anyhow::Result<Reader> {
+/// Starts a reader of `share`: a thread, or with `--reader-processes` a forked process, which
+/// closes `others` (every other socket of the run) so that it holds only its own.
+fn start_reader(share: Vec<TcpStream>, others: &[RawFd], args: &Args) -> anyhow::Result<Reader> {
     let (message_bytes, expected) = (args.message_bytes, share.len() * args.messages);
     if !args.reader_processes {
         let reader = std::thread::Builder::new().name("floor-reader".into());
@@ -408,6 +427,13 @@ fn start_reader(share: Vec<TcpStream>, args: &Args) -> anyhow::Result<Reader> {
     ensure!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         drop(report);
+        for &descriptor in others {
+            // SAFETY: the streams owning these descriptors are never used or dropped in the
+            // child, which ends with `_exit`, so nothing closes them twice. Without this the
+            // reader would hold the writers' ends open, and a failed writer would look like
+            // silence (10 s) instead of a closed socket.
+            unsafe { libc::close(descriptor) };
+        }
         let code = match read_all(share, message_bytes, expected) {
             Ok(latencies) => {
                 let bytes: Vec<u8> = latencies.iter().flat_map(|l| l.to_le_bytes()).collect();
@@ -421,7 +447,11 @@ fn start_reader(share: Vec<TcpStream>, args: &Args) -> anyhow::Result<Reader> {
         // SAFETY: ends the child at once, without the exit handlers it shares with the parent.
         unsafe { libc::_exit(code) };
     }
-    Ok(Reader::Process { pid, report })
+    Ok(Reader::Process(ChildReader {
+        pid,
+        report,
+        reaped: false,
+    }))
 }
 
 /// The relaying writer's part of `--relay`: republishes what it takes from the inbound queue
@@ -463,7 +493,12 @@ fn main() -> anyhow::Result<()> {
         let share: Vec<TcpStream> = client_sides
             .drain(..per_reader.min(client_sides.len()))
             .collect();
-        readers.push(start_reader(share, &args)?);
+        let others: Vec<RawFd> = client_sides
+            .iter()
+            .chain(&server_sides)
+            .map(AsRawFd::as_raw_fd)
+            .collect();
+        readers.push(start_reader(share, &others, &args)?);
     }
 
     let shares = deal_to_writers(server_sides, args.writers);
