@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, ensure};
 use clap::Parser;
 use futures_util::StreamExt;
+use realtime_core::hub::yields_after;
 use serde_json::json;
 
 #[path = "loopback_nats.rs"]
@@ -74,8 +75,8 @@ struct Args {
     /// thread of this one, as the load tool's workers are processes apart from the nodes.
     #[arg(long)]
     reader_processes: bool,
-    /// Writers give up the CPU after every this many writes, as the server's fan-out does
-    /// after 64 (0: never).
+    /// Writers give up the CPU after every this many writes but the last, as the server's
+    /// fan-out does after 64 (0: never).
     #[arg(long, default_value_t = 0)]
     yield_every: usize,
 }
@@ -218,14 +219,15 @@ fn deal_to_writers(server_sides: Vec<TcpStream>, writers: usize) -> Vec<Vec<TcpS
     shares
 }
 
-/// Writes one broadcast to every socket of a writer's share, yielding the CPU after every
-/// `yield_every` writes (0: never); false once a socket failed.
+/// Writes one broadcast to every socket of a writer's share, yielding the CPU by the server's
+/// rule (`yields_after`; `yield_every` 0: never); false once a socket failed.
 fn write_to_all(share: &mut [TcpStream], message: &[u8], yield_every: usize) -> bool {
-    for (written, socket) in share.iter_mut().enumerate() {
+    let total = share.len();
+    for (index, socket) in share.iter_mut().enumerate() {
         if socket.write_all(message).is_err() {
             return false;
         }
-        if yield_every > 0 && written % yield_every == yield_every - 1 {
+        if yields_after(index, total, yield_every) {
             std::thread::yield_now();
         }
     }
@@ -284,8 +286,11 @@ fn broadcast_through_nats(
 ) -> anyhow::Result<()> {
     // Subjects of this process's own, so runs sharing a NATS server do not hear each other.
     let subject = format!("floor.{}", std::process::id());
-    let inbound_subject = format!("floor.{}.in", std::process::id());
-    let relay = args.relay.then(|| inbound_subject.clone());
+    // With `--relay`, the inbound subject: the publisher sends there and one writer relays.
+    let relay = args
+        .relay
+        .then(|| format!("floor.{}.in", std::process::id()));
+    let publish_subject = relay.clone().unwrap_or_else(|| subject.clone());
     let (subscribed, subscriptions) = mpsc::channel::<anyhow::Result<()>>();
     let writers = shares.len();
     for mut share in shares {
@@ -345,12 +350,9 @@ fn broadcast_through_nats(
         for _ in 0..args.messages {
             ticker.tick().await;
             let message = stamped_message(args.message_bytes);
-            let target = if args.relay {
-                &inbound_subject
-            } else {
-                &subject
-            };
-            client.publish(target.clone(), message.into()).await?;
+            client
+                .publish(publish_subject.clone(), message.into())
+                .await?;
         }
         client.flush().await?;
         anyhow::Ok(())

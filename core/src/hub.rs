@@ -32,7 +32,7 @@ const DIRECT_FAN_OUT_MAX: usize = 1024;
 /// the whole fan-out. With nothing else of the same scheduling group waiting, the yield returns
 /// at once. In `big-room` (both nodes and the load tool on two cores) it took delivery p50 from
 /// 4.8-6.2 to 4.1-4.8 ms.
-fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
+pub fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
     yield_every > 0 && index % yield_every == yield_every - 1 && index + 1 < total
 }
 
@@ -435,28 +435,16 @@ pub struct Hub {
     fanout_yield_every: usize,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
-        Hub::new()
-    }
-}
-
-/// `server.fanout_yield_every`'s default.
-const DEFAULT_FANOUT_YIELD_EVERY: usize = 64;
-
 impl Hub {
-    pub fn new() -> Hub {
-        Hub::with_fanout_yield_every(DEFAULT_FANOUT_YIELD_EVERY)
-    }
-
-    /// A hub whose direct fan-outs yield the CPU after every `yield_every` recipients (0: never).
-    pub fn with_fanout_yield_every(yield_every: usize) -> Hub {
+    /// A hub whose direct fan-outs yield the CPU after every `fanout_yield_every` recipients
+    /// (`server.fanout_yield_every`; 0: never).
+    pub fn new(fanout_yield_every: usize) -> Hub {
         Hub {
             rooms: Sharded::new(),
             users: Sharded::new(),
             connections: AtomicUsize::new(0),
             broker_deliveries: AtomicU64::new(0),
-            fanout_yield_every: yield_every,
+            fanout_yield_every,
         }
     }
 
@@ -560,7 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn fan_out_shares_one_buffer_and_reaches_only_members() {
-        let hub = Hub::new();
+        let hub = Hub::new(64);
         let room = RoomId::parse("chat:a").unwrap();
         let first = socket("s1", "u1", 4);
         let second = socket("s2", "u2", 4);
@@ -643,7 +631,7 @@ mod tests {
 
     #[tokio::test]
     async fn fan_out_through_lanes_encodes_once_per_broadcast() {
-        let hub = Hub::new();
+        let hub = Hub::new(64);
         let room = RoomId::parse("chat:a").unwrap();
         let lanes = [
             RecordingLane::answering(Pushed::Written),

@@ -207,9 +207,7 @@ impl Server {
         let verifier = TokenVerifier::from_settings(&settings.auth)?;
         let node_id: Arc<str> = Arc::from(settings.resolved_node_id());
         let connections = Connections::open(&settings, &node_id).await?;
-        let hub = Arc::new(Hub::with_fanout_yield_every(
-            settings.server.fanout_yield_every,
-        ));
+        let hub = Arc::new(Hub::new(settings.server.fanout_yield_every));
         let backends = connections.backends(&settings, &hub).await?;
         let plugins = load_plugins(settings.clone()).await?;
         let node = Arc::new(Node::new(
