@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on port 0, real WebSocket and HTTP clients.
 
 mod backends;
+mod browser_path;
 mod cluster;
 mod faults;
 mod handshake;

@@ -186,6 +186,7 @@ pub struct ServerSettings {
     pub node_id: String,
     pub shutdown_grace_secs: u64,
     pub fanout_yield_every: usize,
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -352,6 +353,10 @@ impl Settings {
                 "server.max_connections",
                 "must be at least 1",
             ));
+        }
+        for origin in &self.server.allowed_origins {
+            crate::transport::check_origin_entry(origin)
+                .map_err(|problem| ConfigError::invalid("server.allowed_origins", problem))?;
         }
         match (&self.auth.jwt_secret, &self.auth.jwt_public_key_file) {
             (None, None) => {

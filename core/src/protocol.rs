@@ -15,6 +15,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// Handshake: the node holds `server.max_connections` sockets.
     NodeFull,
+    /// Handshake, `/graphql`, `/api`: the request's `Origin` is not in `server.allowed_origins`.
+    OriginForbidden,
     /// HTTP API: wrong or missing `X-API-Key`.
     Unauthorized,
     /// HTTP API: `api.key` is not configured.
@@ -66,6 +68,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::NodeFull => "node_full",
+            ErrorCode::OriginForbidden => "origin_forbidden",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ApiDisabled => "api_disabled",
             ErrorCode::MalformedFrame => "malformed_frame",
@@ -92,6 +95,37 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// Every code, for documentation and for the client SDK's conformance test.
+    pub const ALL: [ErrorCode; 25] = [
+        ErrorCode::InvalidToken,
+        ErrorCode::NodeFull,
+        ErrorCode::OriginForbidden,
+        ErrorCode::Unauthorized,
+        ErrorCode::ApiDisabled,
+        ErrorCode::MalformedFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnknownOp,
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidRoomId,
+        ErrorCode::UnknownRoomType,
+        ErrorCode::RoomForbidden,
+        ErrorCode::RoomFull,
+        ErrorCode::TooManyRooms,
+        ErrorCode::NotInRoom,
+        ErrorCode::PublishForbidden,
+        ErrorCode::PresenceDisabled,
+        ErrorCode::InvalidEvent,
+        ErrorCode::SubjectMismatch,
+        ErrorCode::RateLimited,
+        ErrorCode::PluginRejected,
+        ErrorCode::PluginFailed,
+        ErrorCode::Unavailable,
+        ErrorCode::InternalError,
+    ];
+}
+
 /// An error with its wire code; what every module's error maps to once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError {
@@ -114,6 +148,12 @@ impl WireError {
 pub enum CloseCode {
     /// 1000: normal close, answering the client's own close.
     Normal,
+    /// 1002: the client broke RFC 6455 framing (an unmasked frame, reserved bits or opcodes, a
+    /// continuation with nothing to continue, a fragmented or oversized control frame, a
+    /// malformed close frame). Fix the client.
+    ProtocolError,
+    /// 1007: a text frame that is not valid UTF-8 (RFC 6455 section 8.1). Fix the client.
+    InvalidPayload,
     /// 1009: a frame beyond the hard size limit (4 x `limits.max_frame_bytes`). Fix the client.
     MessageTooBig,
     /// 1012: the node is restarting or shutting down; reconnect (another node will take you).
@@ -128,14 +168,25 @@ pub enum CloseCode {
     HeartbeatTimeout,
     /// 4005: a backend this connection needs (broker, presence) is unreachable; reconnect later.
     BackendUnavailable,
+    /// 4006: the node holds `server.max_connections` sockets (the `node_full` refusal, sent as
+    /// a close only to handshakes that ask for `refusal=close`); reconnect after a backoff.
+    NodeFull,
     /// 4500: a binary frame arrived; this protocol is JSON text frames only. Fix the client.
     UnsupportedData,
+    /// 4501: the handshake's token was refused (`invalid_token`, sent as a close only to
+    /// handshakes that ask for `refusal=close`). Reconnecting with the same token cannot work.
+    InvalidToken,
+    /// 4502: the handshake's `Origin` is not in `server.allowed_origins` (`origin_forbidden`,
+    /// as a close only for `refusal=close`).
+    OriginForbidden,
 }
 
 impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::MessageTooBig => 1009,
             CloseCode::Restart => 1012,
             CloseCode::TokenExpired => 4001,
@@ -143,13 +194,18 @@ impl CloseCode {
             CloseCode::RateLimited => 4003,
             CloseCode::HeartbeatTimeout => 4004,
             CloseCode::BackendUnavailable => 4005,
+            CloseCode::NodeFull => 4006,
             CloseCode::UnsupportedData => 4500,
+            CloseCode::InvalidToken => 4501,
+            CloseCode::OriginForbidden => 4502,
         }
     }
 
     /// Every code, for lookups and documentation.
-    pub const ALL: [CloseCode; 9] = [
+    pub const ALL: [CloseCode; 14] = [
         CloseCode::Normal,
+        CloseCode::ProtocolError,
+        CloseCode::InvalidPayload,
         CloseCode::MessageTooBig,
         CloseCode::Restart,
         CloseCode::TokenExpired,
@@ -157,7 +213,10 @@ impl CloseCode {
         CloseCode::RateLimited,
         CloseCode::HeartbeatTimeout,
         CloseCode::BackendUnavailable,
+        CloseCode::NodeFull,
         CloseCode::UnsupportedData,
+        CloseCode::InvalidToken,
+        CloseCode::OriginForbidden,
     ];
 
     pub fn from_code(code: u16) -> Option<CloseCode> {
@@ -170,6 +229,8 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal",
+            CloseCode::ProtocolError => "protocol_error",
+            CloseCode::InvalidPayload => "invalid_payload",
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::Restart => "server_restart",
             CloseCode::TokenExpired => "token_expired",
@@ -177,7 +238,24 @@ impl CloseCode {
             CloseCode::RateLimited => "rate_limited",
             CloseCode::HeartbeatTimeout => "heartbeat_timeout",
             CloseCode::BackendUnavailable => "backend_unavailable",
+            CloseCode::NodeFull => "node_full",
             CloseCode::UnsupportedData => "unsupported_data",
+            CloseCode::InvalidToken => "invalid_token",
+            CloseCode::OriginForbidden => "origin_forbidden",
+        }
+    }
+
+    /// The close that stands for a handshake refusal with `code`, for clients that ask for
+    /// refusals as closes (`refusal=close`): browsers never see the HTTP status of a refused
+    /// upgrade, only 1006.
+    pub fn for_refusal(code: ErrorCode) -> CloseCode {
+        match code {
+            ErrorCode::InvalidToken => CloseCode::InvalidToken,
+            ErrorCode::NodeFull => CloseCode::NodeFull,
+            ErrorCode::OriginForbidden => CloseCode::OriginForbidden,
+            // A browser's handshake is always a well-formed upgrade; anything else it could
+            // meet is a protocol problem.
+            _ => CloseCode::ProtocolError,
         }
     }
 }
@@ -516,6 +594,54 @@ mod tests {
             frame.bytes().as_ref(),
             br#"{"type":"event","event":"match.update","room":"competition:1","data":{"a":1},"ts":5}"#
         );
+    }
+
+    /// The section of `source` from `start` to the first `end` after it.
+    fn section<'a>(source: &'a str, start: &str, end: &str) -> &'a str {
+        let from = source
+            .find(start)
+            .unwrap_or_else(|| panic!("`{start}` not found"));
+        let rest = &source[from + start.len()..];
+        &rest[..rest.find(end).expect("section end")]
+    }
+
+    /// The TypeScript SDK's code lists must not drift from the server's: every error code and
+    /// every close code with its reason, nothing more.
+    #[test]
+    fn the_client_sdk_lists_exactly_the_servers_codes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk-client/src/protocol.ts");
+        let sdk = std::fs::read_to_string(path).expect("sdk-client/src/protocol.ts");
+
+        let sdk_errors: std::collections::BTreeSet<&str> =
+            section(&sdk, "export const ERROR_CODES = [", "]")
+                .split(',')
+                .map(|entry| entry.trim().trim_matches('"'))
+                .filter(|entry| !entry.is_empty())
+                .collect();
+        let server_errors: std::collections::BTreeSet<&str> =
+            ErrorCode::ALL.iter().map(|code| code.as_str()).collect();
+        assert_eq!(sdk_errors, server_errors, "ERROR_CODES in {path}");
+
+        let sdk_closes: std::collections::BTreeSet<(String, u16)> =
+            section(&sdk, "export const CLOSE_CODES = {", "}")
+                .lines()
+                .filter_map(|line| line.trim().trim_end_matches(',').split_once(':'))
+                .map(|(reason, code)| (reason.trim().to_owned(), code.trim().parse().unwrap()))
+                .collect();
+        let server_closes: std::collections::BTreeSet<(String, u16)> = CloseCode::ALL
+            .iter()
+            .map(|close| (close.reason().to_owned(), close.code()))
+            .collect();
+        assert_eq!(sdk_closes, server_closes, "CLOSE_CODES in {path}");
+    }
+
+    #[test]
+    fn every_code_is_listed_once() {
+        let errors: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
+        assert_eq!(errors.len(), ErrorCode::ALL.len());
+        let closes: std::collections::HashSet<_> =
+            CloseCode::ALL.iter().map(|close| close.code()).collect();
+        assert_eq!(closes.len(), CloseCode::ALL.len());
     }
 
     #[test]

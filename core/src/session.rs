@@ -28,10 +28,17 @@ pub enum Inbound {
     /// A WebSocket ping (the transport answers it) or pong: both prove the client is alive.
     Ping,
     Pong,
+    /// The client's Close frame. The transport has queued the answering Close frame (RFC 6455
+    /// section 5.5.1: an endpoint that receives a Close MUST send one back); flushing the sink
+    /// sends it.
     Close,
     /// A frame beyond the transport's hard size limit; the frame was discarded.
     TooLarge,
-    /// The transport failed (protocol error, frame over the hard limit, I/O error).
+    /// The client broke the WebSocket framing rules (answered with 1002).
+    ProtocolViolation(String),
+    /// A text frame that is not UTF-8 (answered with 1007).
+    InvalidUtf8,
+    /// The transport failed (I/O error, connection reset); nothing can be sent any more.
     Failed(String),
 }
 
@@ -88,7 +95,9 @@ impl RequestBudget {
 enum Ending {
     /// Send this close code, then finish the close handshake.
     Close(CloseCode),
-    /// The client closed or the connection broke; nothing more to send.
+    /// The client sent a Close frame: the answering Close goes out, then the connection ends.
+    ClosedByClient,
+    /// The connection broke; nothing more can be sent.
     Gone(&'static str),
 }
 
@@ -144,6 +153,10 @@ pub async fn run<K>(
             metrics::counter!(names::CLOSES, "reason" => code.reason()).increment(1);
             Box::pin(connection.close(code)).await;
             code.reason()
+        }
+        Ending::ClosedByClient => {
+            Box::pin(connection.answer_client_close()).await;
+            "client_closed"
         }
         Ending::Gone(reason) => reason,
     };
@@ -405,7 +418,12 @@ where
             }
             Inbound::Binary => Some(Ending::Close(CloseCode::UnsupportedData)),
             Inbound::TooLarge => Some(Ending::Close(CloseCode::MessageTooBig)),
-            Inbound::Close => Some(Ending::Gone("client_closed")),
+            Inbound::Close => Some(Ending::ClosedByClient),
+            Inbound::ProtocolViolation(problem) => {
+                tracing::debug!(%problem, "WebSocket protocol violation");
+                Some(Ending::Close(CloseCode::ProtocolError))
+            }
+            Inbound::InvalidUtf8 => Some(Ending::Close(CloseCode::InvalidPayload)),
             Inbound::Failed(problem) => {
                 tracing::debug!(%problem, "transport failed");
                 Some(Ending::Gone("transport_error"))
@@ -551,6 +569,13 @@ where
         let expires_at = identity.expires_at;
         self.session.identity = identity;
         Ok(json!({ "expires_at": expires_at }))
+    }
+
+    /// Sends the Close frame that answers the client's (queued by the transport when it read
+    /// the client's), bounded like every close step: a client that stops reading cannot hold
+    /// the connection open.
+    async fn answer_client_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, self.socket.flush()).await;
     }
 
     /// Sends the close frame and waits briefly for the client's close reply.

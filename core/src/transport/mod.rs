@@ -2,12 +2,16 @@
 //!
 //! Routes: `GET /ws` (WebSocket), `POST /api/publish`, `POST /api/notifications`,
 //! `POST|GET /graphql` (queries, GraphiQL, subscriptions), `GET /metrics`, `GET /health`.
+//! `/ws`, `/graphql` and `/api/*` admit pages only from `server.allowed_origins` (`origin`).
 //! Every error leaves as `{"error":{"code":..,"message":..}}` with a status from [`status_for`].
 
 mod graphql;
 mod http;
 mod lane;
+mod origin;
 mod ws;
+
+pub use origin::check_origin_entry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,18 +63,36 @@ fn disable_nagle_for_accepted_sockets(listener: &TcpListener) -> std::io::Result
 
 /// Builds the router for a node; `lanes` are the write lanes of its accepted connections.
 fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
+    let allowed_origins = Arc::new(origin::AllowedOrigins::new(
+        &node.settings().server.allowed_origins,
+    ));
+    let cors = origin::Cors::new(allowed_origins.clone());
     Router::new()
-        .push(Router::with_path("ws").get(ws::WebSocketEndpoint::new(node.clone(), lanes)))
-        .push(Router::with_path("api/publish").post(http::PublishEndpoint::new(node.clone())))
+        .push(Router::with_path("ws").get(ws::WebSocketEndpoint::new(
+            node.clone(),
+            lanes,
+            allowed_origins,
+        )))
+        .push(
+            Router::with_path("api/publish")
+                .hoop(cors.clone())
+                .post(http::PublishEndpoint::new(node.clone()))
+                .options(origin::NoContent),
+        )
         .push(
             Router::with_path("api/notifications")
-                .post(http::NotificationsEndpoint::new(node.clone())),
+                .hoop(cors.clone())
+                .post(http::NotificationsEndpoint::new(node.clone()))
+                .options(origin::NoContent),
         )
         .push({
+            // The hoop also guards the graphql-transport-ws upgrade (a GET with `Origin`).
             let endpoint = graphql::GraphqlEndpoint::new(node.clone());
             Router::with_path("graphql")
+                .hoop(cors)
                 .get(endpoint.clone())
                 .post(endpoint)
+                .options(origin::NoContent)
         })
         .push(Router::with_path("metrics").get(http::MetricsEndpoint::new()))
         .push(Router::with_path("health").get(http::HealthEndpoint::new(node)))
@@ -95,9 +117,10 @@ fn bearer_token(req: &Request) -> Option<String> {
 fn status_for(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidToken | ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::ApiDisabled | ErrorCode::RoomForbidden | ErrorCode::PublishForbidden => {
-            StatusCode::FORBIDDEN
-        }
+        ErrorCode::ApiDisabled
+        | ErrorCode::RoomForbidden
+        | ErrorCode::PublishForbidden
+        | ErrorCode::OriginForbidden => StatusCode::FORBIDDEN,
         ErrorCode::NodeFull | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::FrameTooLarge | ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -1,4 +1,9 @@
-//! `GET /ws`: token check and admission before the upgrade, then the session loop.
+//! `GET /ws`: origin, token and admission checks before the upgrade, then the session loop.
+//!
+//! A refusal is an HTTP error before the upgrade, or, for handshakes that ask for it with
+//! `?refusal=close` (browsers cannot read the status of a refused upgrade), a close code right
+//! after it. Framing errors close with 1002, text that is not UTF-8 with 1007, and a client's
+//! Close frame is answered with one (RFC 6455 sections 5.5.1, 7.4.1).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,16 +22,18 @@ use salvo::hyper::upgrade::{OnUpgrade, Upgraded};
 use salvo::prelude::*;
 use salvo::rt::tokio::TokioIo;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as TungsteniteError, Message};
 
 use super::lane::Lanes;
+use super::origin::AllowedOrigins;
 use super::{bearer_token, render_error};
 use crate::hub::PushLane;
 use crate::metrics as names;
 use crate::node::Node;
-use crate::protocol::{ErrorCode, WireError};
+use crate::protocol::{CloseCode, ErrorCode, WireError};
 use crate::session::{self, Inbound, Outbound};
 
 /// Per-socket read buffer, allocated for the socket's whole life. Small on purpose: most sockets
@@ -51,10 +58,11 @@ pub struct WebSocketEndpoint {
     node: Arc<Node>,
     config: WebSocketConfig,
     lanes: Arc<Lanes>,
+    allowed_origins: Arc<AllowedOrigins>,
 }
 
 impl WebSocketEndpoint {
-    pub fn new(node: Arc<Node>, lanes: Arc<Lanes>) -> Self {
+    pub fn new(node: Arc<Node>, lanes: Arc<Lanes>, allowed_origins: Arc<AllowedOrigins>) -> Self {
         let hard_limit = node.settings().limits.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
@@ -66,8 +74,73 @@ impl WebSocketEndpoint {
             node,
             config,
             lanes,
+            allowed_origins,
         }
     }
+
+    /// Refuses a handshake: an HTTP error response, or, for a valid upgrade that asked for
+    /// `refusal=close`, an accepted upgrade that at once closes with the refusal's close code
+    /// (4501 `invalid_token`, 4006 `node_full`, 4502 `origin_forbidden`). A browser shows every
+    /// refused upgrade as the same 1006, so only the close tells the SDK an expired token from
+    /// a full node. Other clients keep the refusal before the upgrade.
+    fn refuse(
+        &self,
+        req: &mut Request,
+        res: &mut Response,
+        result: &'static str,
+        error: WireError,
+    ) {
+        if !refusal_as_close_requested(req) {
+            return reject(res, result, &error);
+        }
+        let (Ok(answer), Some(on_upgrade)) = (
+            upgrade_answer(req),
+            req.extensions_mut().remove::<OnUpgrade>(),
+        ) else {
+            return reject(res, result, &error);
+        };
+        metrics::counter!(names::HANDSHAKES, "result" => result).increment(1);
+        metrics::counter!(names::CONNECTION_STATES, "state" => "rejected").increment(1);
+        metrics::counter!(names::ERRORS, "code" => error.code.as_str()).increment(1);
+        tracing::debug!(code = error.code.as_str(), message = %error.message, "socket REJECTED with a close");
+        accept_upgrade(res, answer);
+        let config = self.config;
+        let close = CloseCode::for_refusal(error.code);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            // Bounded like every close: the client gets the Close frame and a moment to answer.
+            let _ = tokio::time::timeout(REFUSAL_CLOSE_TIMEOUT, async {
+                socket.send(message_from(Outbound::Close(close))).await?;
+                while socket.next().await.transpose()?.is_some() {}
+                Ok::<(), TungsteniteError>(())
+            })
+            .await;
+        });
+    }
+}
+
+/// How long a refusal sent as a close keeps the connection for the client's closing handshake.
+const REFUSAL_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The handshake asked for refusals as close codes (`?refusal=close`; the SDK always does).
+fn refusal_as_close_requested(req: &Request) -> bool {
+    req.query::<String>("refusal").as_deref() == Some("close")
+}
+
+/// Writes the `101 Switching Protocols` answer; the upgraded stream arrives after the handler.
+fn accept_upgrade(res: &mut Response, answer: SecWebsocketAccept) {
+    res.status_code(StatusCode::SWITCHING_PROTOCOLS);
+    res.headers_mut().typed_insert(Connection::upgrade());
+    res.headers_mut().typed_insert(Upgrade::websocket());
+    res.headers_mut().typed_insert(answer);
 }
 
 /// Checks that the request is a WebSocket upgrade (RFC 6455 section 4.2.1) and returns the
@@ -117,6 +190,14 @@ fn inbound_from(message: Result<Message, TungsteniteError>) -> Inbound {
         Ok(message) if message.is_pong() => Inbound::Pong,
         Ok(_) => Inbound::Close,
         Err(TungsteniteError::Capacity(_)) => Inbound::TooLarge,
+        // The peer went away without a Close frame: a broken connection, not a violation.
+        Err(TungsteniteError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+            Inbound::Failed("connection reset without a closing handshake".to_owned())
+        }
+        Err(TungsteniteError::Protocol(violation)) => {
+            Inbound::ProtocolViolation(violation.to_string())
+        }
+        Err(TungsteniteError::Utf8(_)) => Inbound::InvalidUtf8,
         Err(error) => Inbound::Failed(error.to_string()),
     }
 }
@@ -236,24 +317,24 @@ impl Handler for WebSocketEndpoint {
     ) {
         let started = Instant::now();
         metrics::counter!(names::CONNECTION_STATES, "state" => "connecting").increment(1);
+        if let Err(error) = self.allowed_origins.check(req) {
+            return self.refuse(req, res, "origin_forbidden", error);
+        }
         let identity = match bearer_token(req)
             .as_deref()
             .map(|token| self.node.verify_token(token))
         {
             Some(Ok(identity)) => identity,
             Some(Err(error)) => {
-                return reject(
-                    res,
-                    "invalid_token",
-                    &WireError::new(ErrorCode::InvalidToken, error.to_string()),
-                );
+                let error = WireError::new(ErrorCode::InvalidToken, error.to_string());
+                return self.refuse(req, res, "invalid_token", error);
             }
             None => {
                 let error = WireError::new(
                     ErrorCode::InvalidToken,
                     crate::auth::AuthError::Missing.to_string(),
                 );
-                return reject(res, "invalid_token", &error);
+                return self.refuse(req, res, "invalid_token", error);
             }
         };
         let Some(permit) = self.node.try_admit() else {
@@ -261,7 +342,7 @@ impl Handler for WebSocketEndpoint {
                 ErrorCode::NodeFull,
                 "this node holds its maximum of connections; retry another node",
             );
-            return reject(res, "node_full", &error);
+            return self.refuse(req, res, "node_full", error);
         };
         metrics::counter!(names::CONNECTION_STATES, "state" => "authenticated").increment(1);
         tracing::debug!(user_id = %identity.user_id, "socket AUTHENTICATED");
@@ -279,10 +360,7 @@ impl Handler for WebSocketEndpoint {
             );
             return reject(res, "bad_upgrade", &error);
         };
-        res.status_code(StatusCode::SWITCHING_PROTOCOLS);
-        res.headers_mut().typed_insert(Connection::upgrade());
-        res.headers_mut().typed_insert(Upgrade::websocket());
-        res.headers_mut().typed_insert(answer);
+        accept_upgrade(res, answer);
         let node = self.node.clone();
         let config = self.config;
         let push_lane = req
