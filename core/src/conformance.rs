@@ -472,10 +472,14 @@ where
     );
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        node_a
+        let gone = node_a
             .refresh(std::slice::from_ref(&expiring), &kept, short_ttl)
             .await
             .unwrap();
+        assert!(
+            gone.is_empty(),
+            "a live membership is extended, not reported"
+        );
     }
     assert_eq!(
         node_b.members(&expiring).await.unwrap(),
@@ -495,10 +499,14 @@ where
         LeaveOutcome::NotMember,
         "an expired membership is gone"
     );
-    node_b
-        .refresh(std::slice::from_ref(&expiring), &ghost, short_ttl)
-        .await
-        .unwrap();
+    assert_eq!(
+        node_b
+            .refresh(std::slice::from_ref(&expiring), &ghost, short_ttl)
+            .await
+            .unwrap(),
+        vec![expiring.clone()],
+        "refresh reports the membership it could not extend"
+    );
     assert!(
         !node_b
             .members(&expiring)
@@ -549,9 +557,24 @@ async fn concurrent_refreshes_extend_their_own_memberships(
             node.refresh(&rooms, member, short_ttl)
         });
         for refreshed in futures_util::future::join_all(refreshes).await {
-            refreshed.expect("concurrent refresh");
+            assert_eq!(
+                refreshed.expect("concurrent refresh"),
+                Vec::<RoomId>::new(),
+                "each refresh in a batch answers for its own memberships"
+            );
         }
     }
+    // Refreshing one that expired, batched with live ones, names only its own lost rooms.
+    let lapsed = members
+        .iter()
+        .find(|member| !member.user_id.ends_with(['0', '2', '4']))
+        .expect("a member left out");
+    let (lapsed_gone, kept_gone) = tokio::join!(
+        node_a.refresh(&rooms, lapsed, short_ttl),
+        node_a.refresh(&rooms, kept[0], short_ttl)
+    );
+    assert_eq!(lapsed_gone.unwrap(), rooms);
+    assert!(kept_gone.unwrap().is_empty());
     let kept_users: Vec<String> = kept
         .iter()
         .map(|member| member.user_id.to_string())

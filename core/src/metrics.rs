@@ -31,6 +31,11 @@ pub const CLOSES: &str = "realtime_closes_total";
 pub const EVENTS_DROPPED: &str = "realtime_platform_events_dropped_total";
 /// Counter: events published, label `source` (client, http).
 pub const PUBLISHES: &str = "realtime_publishes_total";
+/// Counter: room memberships joined again after the room store lost them (Redis restarted
+/// empty, a failover dropped writes) while the node still held the socket.
+pub const MEMBERSHIPS_RESTORED: &str = "realtime_memberships_restored_total";
+/// Counter: lost memberships that could not be joined again because the room filled up.
+pub const MEMBERSHIPS_LOST: &str = "realtime_memberships_lost_total";
 
 /// Counter: notifications stored (first time, not idempotent repeats).
 pub const NOTIFICATIONS_CREATED: &str = "realtime_notifications_created_total";

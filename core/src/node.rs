@@ -389,13 +389,15 @@ impl Node {
     }
 
     /// Refreshes the socket's presence TTL and its room memberships, both at once (with Redis,
-    /// two writes in flight instead of one after the other).
+    /// two writes in flight instead of one after the other). Presence is written whole each
+    /// time, so it comes back by itself after the store lost it; memberships the store no longer
+    /// has are joined again (see [`Node::restore_memberships`]).
     pub async fn heartbeat(&self, session: &SocketSession) -> Result<(), WireError> {
         let ttl = self.settings.presence.ttl();
         let presence = self.backends.presence.heartbeat(&session.entry, ttl);
         let memberships = async {
             if session.rooms.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let member = Self::member_of(session);
             self.backends
@@ -405,7 +407,46 @@ impl Node {
         };
         let (arrival, refreshed) = tokio::join!(presence, memberships);
         self.note_arrival(&session.entry, arrival.map_err(unavailable)?);
-        refreshed.map_err(unavailable)
+        let gone = refreshed.map_err(unavailable)?;
+        if !gone.is_empty() {
+            self.restore_memberships(session, &gone).await?;
+        }
+        Ok(())
+    }
+
+    /// Joins again, capacity checked, the rooms whose membership the store lost while this
+    /// node still holds the socket in them: Redis restarted empty, a failover dropped writes, or
+    /// an outage outlasted the TTL. Presence lists, capacity and leaves are then right again
+    /// within a heartbeat. Members saw the user join before, so nothing is announced. A room
+    /// that filled up meanwhile cannot take the socket back: that is logged and counted
+    /// (`realtime_memberships_lost_total`), and the socket keeps its local subscription until it
+    /// leaves.
+    async fn restore_memberships(
+        &self,
+        session: &SocketSession,
+        gone: &[RoomId],
+    ) -> Result<(), WireError> {
+        let member = Self::member_of(session);
+        let ttl = self.settings.presence.ttl();
+        for room in gone {
+            let Ok(room_type) = self.room_type(room) else {
+                continue;
+            };
+            let outcome = self
+                .backends
+                .rooms
+                .join(room, &member, room_type.capacity, ttl)
+                .await
+                .map_err(unavailable)?;
+            if outcome == JoinOutcome::Full {
+                metrics::counter!(names::MEMBERSHIPS_LOST).increment(1);
+                tracing::warn!(%room, user_id = %member.user_id, "membership lost with the store's data and the room is now full");
+            } else {
+                metrics::counter!(names::MEMBERSHIPS_RESTORED).increment(1);
+                tracing::info!(%room, user_id = %member.user_id, "membership restored after the store lost it");
+            }
+        }
+        Ok(())
     }
 
     fn member_of(session: &SocketSession) -> Member {

@@ -286,9 +286,10 @@ impl RoomStore for MemoryRoomStore {
         rooms: &[RoomId],
         member: &Member,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<RoomId>, StoreError> {
         let now = Instant::now();
         let mut all_rooms = self.rooms.lock();
+        let mut gone = Vec::new();
         for room in rooms {
             let socket = all_rooms
                 .get_mut(room)
@@ -296,11 +297,12 @@ impl RoomStore for MemoryRoomStore {
                 .and_then(|sockets| sockets.find_mut(|(id, _)| *id == member.socket_id))
                 .map(|(_, expires_at)| expires_at)
                 .filter(|expires_at| **expires_at > now);
-            if let Some(expires_at) = socket {
-                *expires_at = now + ttl;
+            match socket {
+                Some(expires_at) => *expires_at = now + ttl,
+                None => gone.push(room.clone()),
             }
         }
-        Ok(())
+        Ok(gone)
     }
 
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError> {

@@ -357,9 +357,11 @@ if has_user then return 'joined' else return 'first' end
 "#;
 
 /// Refreshes several memberships. KEYS: sockets, owner, users of each membership's room. ARGV:
-/// socket, ttl ms of each membership. Extends live memberships only.
+/// socket, ttl ms of each membership. Extends live memberships only, and returns the (1-based)
+/// positions of those that were gone (expired, or lost with Redis's data).
 const REFRESH_SCRIPT: &str = r#"
 local now = now_ms()
+local gone = {}
 for i = 1, #ARGV / 2 do
   local socket, ttl = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
   local base = (i - 1) * 3
@@ -367,9 +369,11 @@ for i = 1, #ARGV / 2 do
   if expires and tonumber(expires) > now then
     redis.call('ZADD', KEYS[base + 1], now + ttl, socket)
     keep_alive(ttl, base)
+  else
+    table.insert(gone, i)
   end
 end
-return 0
+return gone
 "#;
 
 /// KEYS: sockets, owner, users. ARGV: socket. Returns 'last', 'left' or 'none'.
@@ -578,7 +582,7 @@ struct MembershipRefresh {
 pub struct RedisRoomStore {
     redis: Arc<RedisConnector>,
     join: Script,
-    refreshes: Coalescer<MembershipRefresh, ()>,
+    refreshes: Coalescer<MembershipRefresh, Vec<RoomId>>,
     leave: Script,
     members: Script,
 }
@@ -627,25 +631,34 @@ fn room_keys(redis: &RedisConnector, room: &RoomId) -> [String; 3] {
     ["sockets", "owner", "users"].map(|part| format!("{prefix}room:{room}:{part}"))
 }
 
-/// Extends a batch of memberships: one script call per `REFRESH_CHUNK` memberships.
+/// Extends a batch of memberships: one script call per `REFRESH_CHUNK` memberships. Answers, per
+/// refresh, the rooms whose membership was gone.
 async fn refresh_all(
     redis: Arc<RedisConnector>,
     refresh: Arc<Script>,
     refreshes: Vec<MembershipRefresh>,
-) -> Result<Vec<()>, StoreError> {
-    let memberships: Vec<(&RoomId, &MembershipRefresh)> = refreshes
+) -> Result<Vec<Vec<RoomId>>, StoreError> {
+    // (refresh's position in the batch, room) for every membership, in order.
+    let memberships: Vec<(usize, &RoomId, &MembershipRefresh)> = refreshes
         .iter()
-        .flat_map(|refresh| refresh.rooms.iter().map(move |room| (room, refresh)))
+        .enumerate()
+        .flat_map(|(position, refresh)| {
+            refresh
+                .rooms
+                .iter()
+                .map(move |room| (position, room, refresh))
+        })
         .collect();
+    let mut gone = vec![Vec::new(); refreshes.len()];
     for chunk in memberships.chunks(REFRESH_CHUNK) {
         let mut keys = Vec::with_capacity(chunk.len() * 3);
         let mut args = Vec::with_capacity(chunk.len() * 2);
-        for (room, membership) in chunk {
+        for (_, room, membership) in chunk {
             keys.extend(room_keys(&redis, room));
             args.push(membership.socket_id.to_string());
             args.push(membership.ttl.as_millis().to_string());
         }
-        redis
+        let gone_positions: Vec<usize> = redis
             .run(|mut connection| {
                 let mut invocation = refresh.prepare_invoke();
                 for key in &keys {
@@ -654,11 +667,18 @@ async fn refresh_all(
                 for arg in &args {
                     invocation.arg(arg);
                 }
-                async move { invocation.invoke_async::<()>(&mut connection).await }
+                async move { invocation.invoke_async(&mut connection).await }
             })
             .await?;
+        for position in gone_positions {
+            if let Some((refresh_position, room, _)) =
+                position.checked_sub(1).and_then(|index| chunk.get(index))
+            {
+                gone[*refresh_position].push((*room).clone());
+            }
+        }
     }
-    Ok(vec![(); refreshes.len()])
+    Ok(gone)
 }
 
 #[async_trait]
@@ -697,7 +717,7 @@ impl RoomStore for RedisRoomStore {
         rooms: &[RoomId],
         member: &Member,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<RoomId>, StoreError> {
         self.refreshes
             .call(MembershipRefresh {
                 rooms: rooms.to_vec(),
@@ -727,6 +747,49 @@ impl RoomStore for RedisRoomStore {
         users.sort();
         Ok(users)
     }
+}
+
+/// How often the subscription connection is checked with a PING.
+///
+/// A connection that only listens never fails a command, so nothing else would notice that the
+/// master it listens on died: after a Sentinel failover it would retry the dead address forever
+/// while publishes went to the new master, and no member on any node would receive anything.
+/// A failed check makes the connector ask Sentinel for the master and subscribe every channel
+/// there (or, with a plain `redis.url`, reconnect and resubscribe), so delivery resumes within
+/// about this interval of the promotion.
+const SUBSCRIPTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks the subscription connection every [`SUBSCRIPTION_CHECK_INTERVAL`] until the broker is
+/// dropped; logs once when it is lost and once when it is back.
+fn watch_subscription_connection(subscriptions: &Arc<RedisConnector>) {
+    let connector = Arc::downgrade(subscriptions);
+    tokio::spawn(async move {
+        let mut healthy = true;
+        loop {
+            tokio::time::sleep(SUBSCRIPTION_CHECK_INTERVAL).await;
+            let Some(connector) = connector.upgrade() else {
+                return;
+            };
+            let checked = connector
+                .run(|mut connection| async move {
+                    redis::cmd("PING")
+                        .query_async::<Value>(&mut connection)
+                        .await
+                })
+                .await;
+            match (checked, healthy) {
+                (Err(error), true) => {
+                    tracing::warn!(%error, "redis subscription connection lost; following the master");
+                    healthy = false;
+                }
+                (Ok(_), false) => {
+                    tracing::info!("redis subscriptions restored");
+                    healthy = true;
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 /// A broker on Redis Pub/Sub: one RESP3 connection for subscriptions (the client resubscribes
@@ -767,6 +830,7 @@ impl RedisBroker {
                 }
             }
         });
+        watch_subscription_connection(&subscriptions);
         Ok(RedisBroker {
             channel_prefix: format!("{}fanout:", settings.key_prefix),
             commands,

@@ -44,6 +44,9 @@ pub enum LeaveOutcome {
 ///   refreshed, so they stop holding places after one TTL.
 /// - Concurrent `refresh`es each extend their own memberships, and only those (a backend may
 ///   send them as one batch; the Redis one does).
+/// - `refresh` never revives a membership that is gone (expired, left, or lost with the
+///   backend's data); it returns those rooms, so the node holding the socket can `join` again,
+///   capacity checked, instead of silently holding a place the store no longer counts.
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
     async fn join(
@@ -53,13 +56,14 @@ pub trait RoomStore: Send + Sync + 'static {
         capacity: u32,
         ttl: Duration,
     ) -> Result<JoinOutcome, StoreError>;
-    /// Extends the socket's memberships in `rooms` by `ttl` (those that still exist).
+    /// Extends the socket's memberships in `rooms` by `ttl` (those that still exist) and
+    /// returns the rooms of `rooms` where the membership was gone.
     async fn refresh(
         &self,
         rooms: &[RoomId],
         member: &Member,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<RoomId>, StoreError>;
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError>;
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError>;
 }
