@@ -448,3 +448,17 @@ async fn presence_and_capacity_are_right_again_after_redis_loses_its_data() {
         "delivery is unaffected"
     );
 }
+
+#[tokio::test]
+async fn nats_without_jetstream_stops_startup_saying_what_is_missing() {
+    let nats = ServiceProcess::nats_without_jetstream().await.unwrap();
+    let settings = cluster_settings(REDIS_URL, &format!("nats://127.0.0.1:{}", nats.port));
+    let error = match TestServer::start_node(&settings).await {
+        Ok(_) => panic!("a node started on NATS without JetStream"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("nats.url"), "{error}");
+    assert!(error.contains("no JetStream"), "{error}");
+    assert!(error.contains("-js"), "{error}");
+    assert!(!error.contains("cannot connect"), "it did connect: {error}");
+}

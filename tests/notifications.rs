@@ -507,3 +507,121 @@ async fn a_node_dying_during_ingest_loses_and_duplicates_nothing() {
         "redeliveries after the ack wait add nothing"
     );
 }
+
+/// The next message on the cluster's dead-letter subject: its reason header and payload.
+async fn next_dead_letter(dead_letters: &mut async_nats::Subscriber) -> (String, Value) {
+    use futures_util::StreamExt;
+    let message = tokio::time::timeout(Duration::from_secs(20), dead_letters.next())
+        .await
+        .expect("a message reaches the dead-letter subject")
+        .expect("subscription open");
+    let reason = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("Realtime-Dead-Reason"))
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default();
+    (reason, serde_json::from_slice(&message.payload).unwrap())
+}
+
+#[tokio::test]
+async fn a_notification_that_can_never_be_stored_is_refused_or_dead_lettered_not_retried_forever() {
+    let settings = cluster_settings(REDIS_URL, NATS_URL);
+    let server = TestServer::start_node(&settings).await.unwrap();
+    let user_with_nul = format!("{}\u{0}x", unique("poison-"));
+    let poison = json!({"userId": user_with_nul, "type": "t", "content": {}});
+
+    let (status, body) = server.create_notification(poison.clone()).await.unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+
+    let nats = server.nats_client().await.unwrap();
+    let mut dead_letters = nats
+        .subscribe(server.subject("notifications.dead"))
+        .await
+        .unwrap();
+    let jetstream = jetstream::new(nats);
+    jetstream
+        .publish(
+            server.subject("notifications.new"),
+            poison.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (reason, payload) = next_dead_letter(&mut dead_letters).await;
+    assert!(reason.contains("control characters"), "{reason}");
+    assert_eq!(payload, poison, "the dead letter is the original message");
+
+    // The stream no longer holds it: nothing is redelivered, the next message goes through.
+    let user = unique("after-poison-");
+    let mut socket = server.connect(&user).await.unwrap();
+    jetstream
+        .publish(
+            server.subject("notifications.new"),
+            json!({"userId": user, "type": "t", "content": {}})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    socket.next_event_named("notification.new").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_notification_that_keeps_failing_is_dead_lettered_after_max_deliveries() {
+    // A database of its own whose table the test drops: every insert then fails, as in an outage
+    // that never ends.
+    let schema = unique("ingest_");
+    let psql = |sql: &str| {
+        let status = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-qc",
+                sql,
+            ])
+            .status()
+            .expect("psql runs");
+        assert!(status.success(), "psql {sql}");
+    };
+    psql(&format!("CREATE SCHEMA {schema}"));
+    let mut settings = cluster_settings(REDIS_URL, NATS_URL);
+    settings.database.url = format!(
+        "{}?options=-c%20search_path%3D{schema}",
+        realtime_tests::POSTGRES_URL
+    );
+    settings.notifications.max_deliveries = 2;
+    let server = TestServer::start_node(&settings).await.unwrap();
+    psql(&format!("DROP TABLE {schema}.notifications"));
+
+    let nats = server.nats_client().await.unwrap();
+    let mut dead_letters = nats
+        .subscribe(server.subject("notifications.dead"))
+        .await
+        .unwrap();
+    let message = json!({"userId": unique("unlucky-"), "type": "t", "content": {"n": 1}});
+    jetstream::new(nats)
+        .publish(
+            server.subject("notifications.new"),
+            message.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (reason, payload) = next_dead_letter(&mut dead_letters).await;
+    assert!(reason.contains("after 2 deliveries"), "{reason}");
+    assert_eq!(payload, message);
+    psql(&format!("DROP SCHEMA {schema} CASCADE"));
+}

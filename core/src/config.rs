@@ -72,6 +72,7 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct NotificationSettings {
     pub ack_wait_secs: u64,
+    pub max_deliveries: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -498,6 +499,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "database.max_connections",
                 "max_connections and acquire_timeout_ms must be at least 1",
+            ));
+        }
+        if self.notifications.max_deliveries < 2 {
+            return Err(ConfigError::invalid(
+                "notifications.max_deliveries",
+                "must be at least 2",
             ));
         }
         if self.notifications.ack_wait_secs == 0 {

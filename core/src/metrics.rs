@@ -39,6 +39,8 @@ pub const MEMBERSHIPS_LOST: &str = "realtime_memberships_lost_total";
 
 /// Counter: notifications stored (first time, not idempotent repeats).
 pub const NOTIFICATIONS_CREATED: &str = "realtime_notifications_created_total";
+/// Counter: notifications moved to the dead-letter stream (never storable, or out of deliveries).
+pub const NOTIFICATIONS_DEAD_LETTERED: &str = "realtime_notifications_dead_lettered_total";
 
 /// Counter: plugin calls, label `plugin`.
 pub const PLUGIN_CALLS: &str = "realtime_plugin_calls_total";
@@ -94,6 +96,23 @@ pub fn prometheus_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often the recorder folds histogram samples into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the recorder's upkeep every [`UPKEEP_INTERVAL`]. Without it, histogram samples pile up
+/// until a scrape drains them, so a node that nobody scrapes grows without bound.
+pub fn spawn_upkeep() -> tokio::task::JoinHandle<()> {
+    let handle = prometheus_handle();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            handle.run_upkeep();
+        }
+    })
 }
 
 /// `MESSAGES_OUT{kind="event"}`, looked up once. It moves on every fan-out, and finding a

@@ -40,6 +40,8 @@ pub enum StartError {
     Database(#[from] DatabaseError),
     #[error("{0}")]
     Plugin(String),
+    #[error("configuration key `nats.url`: {0}")]
+    NoJetStream(String),
     #[error("configuration key `{key}`: cannot connect: {source}")]
     Backend {
         key: &'static str,
@@ -218,7 +220,10 @@ impl Server {
             backends,
             plugins,
         ));
-        let mut background = vec![spawn_offline_sweeper(node.clone())];
+        let mut background = vec![
+            spawn_offline_sweeper(node.clone()),
+            crate::metrics::spawn_upkeep(),
+        ];
         if let Some(plugins) = node.plugins() {
             background.push(spawn_plugin_reloader(
                 plugins.clone(),
@@ -244,9 +249,14 @@ impl Server {
             let notification_ingest =
                 ingest::spawn(node.clone(), node.notifications().clone(), nats.clone())
                     .await
-                    .map_err(|problem| StartError::Backend {
-                        key: "nats.url",
-                        source: StoreError::Unavailable(problem),
+                    .map_err(|problem| match problem {
+                        ingest::IngestSetupError::NoJetStream(_) => {
+                            StartError::NoJetStream(problem.to_string())
+                        }
+                        ingest::IngestSetupError::Other(problem) => StartError::Backend {
+                            key: "nats.url",
+                            source: StoreError::Unavailable(problem),
+                        },
                     })?;
             background.push(notification_ingest);
         }

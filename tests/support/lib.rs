@@ -558,6 +558,18 @@ impl ServiceProcess {
         })
     }
 
+    /// A nats-server without JetStream on a free port (what a default nats-server runs).
+    pub async fn nats_without_jetstream() -> Result<ServiceProcess> {
+        let port = free_port()?;
+        let workdir = TempDir::new("nats-plain")?;
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string()]
+            .map(String::from)
+            .to_vec();
+        let process = Self::spawn("nats-server", &args, port, workdir)?;
+        wait_until_listening(port, "nats-server").await?;
+        Ok(process)
+    }
+
     /// A nats-server with JetStream on `port` (0 = a free one).
     pub async fn nats(port: u16) -> Result<ServiceProcess> {
         let port = if port == 0 { free_port()? } else { port };

@@ -98,6 +98,14 @@ fn check_text(field: &str, value: &str) -> Result<(), WireError> {
             format!("`{field}` must be 1-{MAX_ID_BYTES} bytes"),
         ));
     }
+    // PostgreSQL cannot store NUL in text, and no id or type needs control characters: refused
+    // here, a message would be refused by the database on every redelivery.
+    if value.chars().any(char::is_control) {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("`{field}` must not contain control characters"),
+        ));
+    }
     Ok(())
 }
 
@@ -167,10 +175,16 @@ pub struct Page {
     pub has_next_page: bool,
 }
 
-/// A storage failure; clients see `unavailable`, details go to the log.
+/// A storage failure. Details go to the log; clients see `unavailable` (retry), or
+/// `invalid_request` when the database refused the data itself, which no retry can change.
 #[derive(Debug, thiserror::Error)]
-#[error("notification store: {0}")]
-pub struct StoreFailure(pub String);
+#[error("notification store: {message}")]
+pub struct StoreFailure {
+    pub message: String,
+    /// The database answered and refused this data (a data exception or constraint violation),
+    /// as opposed to being unreachable, slow or out of connections.
+    pub refused_the_data: bool,
+}
 
 /// Where notifications live. Guarantees (checked by `conformance::notification_suite`):
 /// - `insert` is idempotent on `(user_id, id)`: a second insert with the same pair changes
@@ -204,6 +218,13 @@ pub trait NotificationStore: Send + Sync + 'static {
 }
 
 fn store_unavailable(failure: StoreFailure) -> WireError {
+    if failure.refused_the_data {
+        tracing::warn!(%failure, "the database refused a notification");
+        return WireError::new(
+            ErrorCode::InvalidRequest,
+            "the database refused this notification; a retry cannot succeed",
+        );
+    }
     tracing::warn!(%failure, "notification store failed");
     WireError::new(
         ErrorCode::Unavailable,

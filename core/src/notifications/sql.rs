@@ -16,8 +16,23 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 const COLUMNS: &str = "id, user_id, type, content, created_at, read_at";
 
-fn failure(error: impl std::fmt::Display) -> StoreFailure {
-    StoreFailure(error.to_string())
+fn failure(error: sqlx::Error) -> StoreFailure {
+    StoreFailure {
+        refused_the_data: database_refused_the_data(&error),
+        message: error.to_string(),
+    }
+}
+
+/// Whether the database answered and refused the data (SQLSTATE class 22, data exception, such
+/// as a NUL byte in text or an invalid encoding; class 23, integrity constraint violation), which
+/// no retry can change, as opposed to being unreachable or overloaded.
+fn database_refused_the_data(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else {
+        return false;
+    };
+    database
+        .code()
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 /// Why the database could not be opened or migrated (startup and `realtime migrate`).
