@@ -1,0 +1,41 @@
+// The close-code table of src/close-policy.ts, one row per code class.
+
+import { describe, expect, it } from "vitest";
+import { decideAfterClose } from "../../src/close-policy.js";
+import { CLOSE_CODES } from "../../src/protocol.js";
+
+describe("close policy", () => {
+  it.each([
+    [1000, "backoff"],
+    [1006, "backoff"],
+    [1011, "backoff"],
+    [4000, "backoff"],
+    [4001, "backoff"],
+    [4002, "backoff"],
+    [4004, "backoff"],
+    [4005, "backoff"],
+    [4006, "backoff"],
+    [4499, "backoff"],
+    [3000, "backoff"],
+    [4003, "rate_limited_backoff"],
+    [1012, "restart_jitter"],
+  ])("close %i reconnects with %s", (code, action) => {
+    expect(decideAfterClose(code, false)).toEqual({ action });
+  });
+
+  it.each([
+    [1002, "closed"],
+    [1007, "closed"],
+    [1009, "frame_too_large"],
+    [4500, "closed"],
+    [4502, "origin_forbidden"],
+    [4999, "closed"],
+  ])("close %i stops with error code %s", (code, errorCode) => {
+    expect(decideAfterClose(code, false)).toEqual({ action: "stop", errorCode });
+  });
+
+  it("4501 retries once at once, then stops with invalid_token", () => {
+    expect(decideAfterClose(CLOSE_CODES.invalid_token, false)).toEqual({ action: "retry_now" });
+    expect(decideAfterClose(CLOSE_CODES.invalid_token, true)).toEqual({ action: "stop", errorCode: "invalid_token" });
+  });
+});
