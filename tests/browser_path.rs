@@ -527,3 +527,18 @@ async fn a_bad_allowed_origins_entry_stops_startup_naming_the_key() {
     let error = settings.validate().unwrap_err().to_string();
     assert!(error.contains("server.allowed_origins"), "{error}");
 }
+
+#[tokio::test]
+async fn a_users_share_refusal_arrives_as_close_4007_when_asked() {
+    let server = TestServer::start_with(|settings| settings.limits.max_connections_per_user = 1)
+        .await
+        .unwrap();
+    let _held = RawSocket::connect(&server, "busy").await.unwrap();
+    let path = format!("/ws?token={}&refusal=close", server.token("busy"));
+    let mut refused = RawSocket::upgrade(&server, &path, &[]).await.unwrap();
+    assert_eq!(refused.status, 101, "{}", refused.head);
+    assert_eq!(
+        refused.socket.next_close().await.unwrap(),
+        (4007, "too_many_connections".to_owned())
+    );
+}

@@ -273,3 +273,42 @@ async fn a_request_that_is_not_a_websocket_upgrade_gets_a_coded_400() {
     };
     client.expect_connected().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_user_or_one_address_cannot_take_every_slot_of_a_node() {
+    let server = TestServer::start_with(|settings| {
+        settings.limits.max_connections_per_user = 2;
+        settings.limits.max_connections_per_address = 3;
+    })
+    .await
+    .unwrap();
+    let first = server.connect("hoarder").await.unwrap();
+    let _second = server.connect("hoarder").await.unwrap();
+    let (status, body) = refused(&server.ws_url(&server.token("hoarder")), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_connections")),
+        "{body}"
+    );
+
+    // Another user from the same address gets the address's last place, then the address is full.
+    let _third = server.connect("neighbour").await.unwrap();
+    let (status, body) = refused(&server.ws_url(&server.token("latecomer")), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_connections")),
+        "{body}"
+    );
+
+    // A closed connection gives its places back.
+    first.close().await.unwrap();
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(client) = server.connect("hoarder").await {
+            again = Some(client);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the user's place came back after a close");
+}

@@ -121,6 +121,49 @@ async fn a_flooding_client_is_rate_limited_then_closed_with_4003() {
 }
 
 #[tokio::test]
+async fn oversized_frames_take_from_the_request_budget_and_a_flood_of_them_is_closed() {
+    let server = TestServer::start_with(|settings| {
+        settings.limits.max_frame_bytes = 1024;
+        settings.limits.requests_per_sec = 1;
+        settings.limits.request_burst = 3;
+        settings.limits.rate_limit_close_after = 5;
+    })
+    .await
+    .unwrap();
+    let mut client = server.connect("big-flood").await.unwrap();
+    let oversized = format!(r#"{{"op":"heartbeat","pad":"{}"}}"#, "x".repeat(2000));
+    for _ in 0..3 {
+        client.send_text(oversized.clone()).await.unwrap();
+        assert_eq!(
+            client.next_json().await.unwrap()["error"]["code"],
+            "frame_too_large"
+        );
+    }
+    client.send_text(oversized.clone()).await.unwrap();
+    assert_eq!(
+        client.next_json().await.unwrap()["error"]["code"],
+        "rate_limited",
+        "the burst was spent on oversized frames"
+    );
+    for _ in 0..10 {
+        client.send_text(oversized.clone()).await.ok();
+    }
+    let ended = loop {
+        match client.next_json_or_end().await.unwrap() {
+            Ok(reply) => assert_eq!(reply["error"]["code"], "rate_limited", "{reply}"),
+            Err(ended) => break ended,
+        }
+    };
+    assert_eq!(
+        ended,
+        Ended::Closed {
+            code: 4003,
+            reason: "rate_limited".into()
+        }
+    );
+}
+
+#[tokio::test]
 async fn binary_frames_close_with_4500() {
     let server = TestServer::start().await.unwrap();
     let mut client = server.connect("binary").await.unwrap();

@@ -625,3 +625,110 @@ async fn a_notification_that_keeps_failing_is_dead_lettered_after_max_deliveries
     assert_eq!(payload, message);
     psql(&format!("DROP SCHEMA {schema} CASCADE"));
 }
+
+#[tokio::test]
+async fn a_graphql_socket_ends_when_its_token_expires() {
+    let server = TestServer::start().await.unwrap();
+    let user = unique("expiring-");
+    let mut socket = GraphqlSubscriptionClient::connect(&server, &server.token_with(&user, &[], 2))
+        .await
+        .unwrap();
+    socket
+        .send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { notificationAdded { id } }"}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        socket.expect_close().await.unwrap(),
+        (4401, "Unauthorized: the token expired".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_graphql_socket_without_connection_init_is_closed_with_4408() {
+    let server =
+        TestServer::start_with(|settings| settings.graphql.connection_init_timeout_secs = 1)
+            .await
+            .unwrap();
+    let mut socket = GraphqlSubscriptionClient::open(&server).await.unwrap();
+    assert_eq!(socket.expect_close().await.unwrap().0, 4408);
+}
+
+#[tokio::test]
+async fn graphql_socket_frames_are_capped_like_the_websocket_protocols() {
+    let server = TestServer::start_with(|settings| settings.limits.max_frame_bytes = 4096)
+        .await
+        .unwrap();
+    let mut socket = GraphqlSubscriptionClient::connect(&server, &server.token(&unique("big-")))
+        .await
+        .unwrap();
+    let padding = "x".repeat(8192);
+    socket
+        .send_text(format!(
+            r#"{{"id":"1","type":"subscribe","payload":{{"query":"{{ unreadNotificationCount }}","extensions":{{"pad":"{padding}"}}}}}}"#
+        ))
+        .await
+        .unwrap();
+    assert_eq!(socket.expect_close().await.unwrap().0, 1009);
+}
+
+#[tokio::test]
+async fn a_graphql_socket_runs_at_most_its_operation_cap() {
+    let server = TestServer::start_with(|settings| settings.graphql.max_operations_per_socket = 2)
+        .await
+        .unwrap();
+    let user = unique("greedy-");
+    let mut socket = GraphqlSubscriptionClient::connect(&server, &server.token(&user))
+        .await
+        .unwrap();
+    let subscribe = |id: &str| json!({"id": id, "type": "subscribe", "payload": {"query": "subscription { notificationAdded { id } }"}});
+    for id in ["1", "2", "3"] {
+        socket.send(subscribe(id)).await.unwrap();
+    }
+    let refusal = socket.next().await.unwrap();
+    assert_eq!(refusal["id"], "3");
+    assert_eq!(refusal["type"], "error");
+    assert_eq!(
+        refusal["payload"][0]["extensions"]["code"],
+        "TOO_MANY_OPERATIONS"
+    );
+    // Completing one frees its place.
+    socket
+        .send(json!({"id": "1", "type": "complete"}))
+        .await
+        .unwrap();
+    socket.send(subscribe("4")).await.unwrap();
+    create(&server, &user, "n-cap").await;
+    let mut delivered_to = Vec::new();
+    while delivered_to.len() < 2 {
+        let message = socket.next().await.unwrap();
+        if message == json!({"id": "1", "type": "complete"}) {
+            continue; // async-graphql confirms the client's complete
+        }
+        assert_eq!(message["type"], "next", "{message}");
+        delivered_to.push(message["id"].as_str().unwrap().to_owned());
+    }
+    delivered_to.sort();
+    assert_eq!(delivered_to, ["2", "4"]);
+}
+
+#[tokio::test]
+async fn graphql_sockets_count_toward_max_connections() {
+    let server = TestServer::start_with(|settings| settings.server.max_connections = 1)
+        .await
+        .unwrap();
+    let _graphql = GraphqlSubscriptionClient::connect(&server, &server.token("first"))
+        .await
+        .unwrap();
+    match realtime_tests::handshake(&server.ws_url(&server.token("second")), None)
+        .await
+        .unwrap()
+    {
+        realtime_tests::Handshake::Refused { status, body } => {
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (503, Some("node_full"))
+            );
+        }
+        realtime_tests::Handshake::Upgraded(_) => panic!("the node admitted a second connection"),
+    }
+}

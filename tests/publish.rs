@@ -168,3 +168,35 @@ async fn pushes_and_replies_arrive_whole_and_in_order() {
         assert_eq!(event["data"]["blob"].as_str().map(str::len), Some(60_000));
     }
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_refused_after_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = realtime_tests::TestServer::start_with(|settings| {
+        settings.server.request_body_timeout_ms = 300;
+    })
+    .await
+    .unwrap();
+    for path in ["/api/publish", "/graphql"] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{",
+            server.addr,
+            realtime_tests::API_KEY
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // ... and the other 99 bytes never come.
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(realtime_tests::STEP_TIMEOUT, tcp.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer to a stalled body"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(
+            answer.contains("request_body_timeout_ms"),
+            "{path}: {answer}"
+        );
+    }
+}

@@ -253,3 +253,97 @@ async fn clients_publish_only_where_allowed_and_members_receive_it() {
         "invalid_event"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_that_no_longer_grants_a_room_leaves_it_and_members_see_the_leave() {
+    let server = TestServer::start().await.unwrap();
+    let room = "competition:final";
+    let mut watcher = server
+        .connect_with_rooms("watcher", &["competition:*"])
+        .await
+        .unwrap();
+    let mut player = server
+        .connect_with_rooms("player", &["competition:*", "lesson:7"])
+        .await
+        .unwrap();
+    watcher.join(room).await.unwrap();
+    player.join(room).await.unwrap();
+    player.join("lesson:7").await.unwrap();
+    let joined = watcher.next_event_named("room.user_joined").await.unwrap();
+    assert_eq!(joined["data"]["userId"], "watcher");
+    let joined = watcher.next_event_named("room.user_joined").await.unwrap();
+    assert_eq!(joined["data"]["userId"], "player");
+
+    // The identity provider took the competition away; lesson:7 stays granted.
+    let narrower = server.token_with("player", &["lesson:7"], 3600);
+    let reply = player
+        .ok(json!({"op": "refresh", "token": narrower}), 1)
+        .await
+        .unwrap();
+    assert_eq!(reply["left"], json!([room]));
+
+    let left = watcher.next_event_named("room.user_left").await.unwrap();
+    assert_eq!(
+        (left["room"].as_str(), left["data"]["userId"].as_str()),
+        (Some(room), Some("player"))
+    );
+    let members = watcher
+        .ok(json!({"op": "presence", "room": room}), 2)
+        .await
+        .unwrap();
+    assert_eq!(members["members"], json!(["watcher"]));
+    assert_eq!(
+        player
+            .error_code(json!({"op": "presence", "room": room}), 3)
+            .await
+            .unwrap(),
+        "not_in_room"
+    );
+    let still = player
+        .ok(json!({"op": "presence", "room": "lesson:7"}), 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        still["members"],
+        json!(["player"]),
+        "a room still granted is kept"
+    );
+}
+
+#[tokio::test]
+async fn clients_cannot_publish_the_events_services_publish() {
+    let server = TestServer::start().await.unwrap();
+    let mut mallory = server.connect("mallory").await.unwrap();
+    let mut victim = server.connect("victim").await.unwrap();
+    mallory.join("chat:c").await.unwrap();
+    victim.join("chat:c").await.unwrap();
+    for (id, event) in [
+        "notification.new",
+        "progress.updated",
+        "tournament.start",
+        "match.update",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fake = json!({"op":"publish","room":"chat:c","event":event,"data":{"score":[9,0]}});
+        assert_eq!(
+            mallory.error_code(fake, id as u64).await.unwrap(),
+            "invalid_event",
+            "{event}"
+        );
+    }
+    // Services still publish them into the same room.
+    let (status, _) = server
+        .publish(json!({"room":"chat:c","event":"match.update","data":{"score":[1,0]}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let update = victim.next_event_named("match.update").await.unwrap();
+    assert_eq!(
+        update["data"],
+        json!({"score":[1,0]}),
+        "only the service's update arrived"
+    );
+    assert!(update.get("from").is_none());
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, KeySource};
 use crate::room::{RoomId, RoomPattern};
 
 /// Why a token was refused. The text goes to the client; it never contains key material.
@@ -65,11 +65,21 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// RFC 7519 section 4.1.3: one audience, or an array of them (what Keycloak, Auth0 and
+    /// most identity providers send). `auth.audience` must be one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Rooms this user may join where the room type has `join = "claims"`: exact ids or `type:*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rooms: Vec<String>,
+}
+
+/// The `aud` claim: a string or an array of strings (RFC 7519 section 4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A verified identity.
@@ -95,16 +105,18 @@ pub struct TokenVerifier {
     key_id: Option<String>,
 }
 
-const MAX_USER_ID_BYTES: usize = 256;
+/// Longest user id (`sub`), bytes; notifications accept the same, so every user can get them.
+pub const MAX_USER_ID_BYTES: usize = 256;
 
 impl TokenVerifier {
     pub fn from_settings(auth: &AuthSettings) -> Result<TokenVerifier, KeyError> {
-        let (key, algorithm) = match (&auth.jwt_secret, &auth.jwt_public_key_file) {
-            (Some(secret), _) => (
+        let source = auth.key_source().map_err(|_| KeyError::NoKey)?;
+        let (key, algorithm) = match source {
+            KeySource::Secret(secret) => (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
             ),
-            (None, Some(path)) => {
+            KeySource::PublicKeyFile(path) => {
                 let pem = std::fs::read(path).map_err(|source| KeyError::Read {
                     path: path.display().to_string(),
                     source,
@@ -117,7 +129,6 @@ impl TokenVerifier {
                     return Err(KeyError::UnsupportedPem);
                 }
             }
-            (None, None) => return Err(KeyError::NoKey),
         };
         // Validation::new pins the one algorithm: anything else in the header is refused.
         let mut validation = Validation::new(algorithm);
@@ -195,7 +206,11 @@ pub fn mint_token(
     private_key_pem: Option<&[u8]>,
     request: &TokenRequest,
 ) -> Result<String, KeyError> {
-    let (key, algorithm) = match (&auth.jwt_secret, private_key_pem) {
+    let secret = match auth.key_source() {
+        Ok(KeySource::Secret(secret)) => Some(secret),
+        _ => None,
+    };
+    let (key, algorithm) = match (secret, private_key_pem) {
         (Some(secret), _) => (
             EncodingKey::from_secret(secret.as_bytes()),
             Algorithm::HS256,
@@ -222,7 +237,7 @@ pub fn mint_token(
         nbf: None,
         iat: Some(now),
         iss: auth.issuer.clone(),
-        aud: auth.audience.clone(),
+        aud: auth.audience.clone().map(Audience::One),
         rooms: request.rooms.clone(),
     };
     let mut header = Header::new(algorithm);
@@ -310,6 +325,44 @@ mod tests {
             verifier.verify(&no_sub).unwrap_err(),
             AuthError::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn an_audience_array_is_accepted_when_one_element_matches() {
+        let mut auth = settings();
+        auth.audience = Some("realtime".into());
+        let verifier = TokenVerifier::from_settings(&auth).unwrap();
+        let secret = auth.jwt_secret.as_deref().unwrap();
+        let exp = unix_now_secs() + 60;
+        let token = |aud: serde_json::Value| {
+            token_with(
+                serde_json::json!({"sub": "a", "exp": exp, "aud": aud}),
+                Header::new(Algorithm::HS256),
+                secret,
+            )
+        };
+        let keycloak_style = token(serde_json::json!(["account", "realtime"]));
+        assert_eq!(verifier.verify(&keycloak_style).unwrap().user_id, "a");
+        assert!(
+            verifier
+                .verify(&token(serde_json::json!("realtime")))
+                .is_ok()
+        );
+        assert_eq!(
+            verifier
+                .verify(&token(serde_json::json!(["account", "billing"])))
+                .unwrap_err(),
+            AuthError::BadAudience
+        );
+        assert_eq!(
+            verifier
+                .verify(&token(serde_json::json!("billing")))
+                .unwrap_err(),
+            AuthError::BadAudience
+        );
+        // Without `auth.audience`, any `aud` is accepted, arrays included.
+        let open = TokenVerifier::from_settings(&settings()).unwrap();
+        assert!(open.verify(&keycloak_style).is_ok());
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct GraphqlSettings {
     pub max_depth: usize,
     pub max_complexity: usize,
     pub max_page_size: u32,
+    pub connection_init_timeout_secs: u64,
+    pub max_operations_per_socket: usize,
     pub rate_limits: GraphqlRateLimits,
 }
 
@@ -188,6 +190,7 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     pub fanout_yield_every: usize,
     pub allowed_origins: Vec<String>,
+    pub request_body_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +221,8 @@ pub struct AuthSettings {
     pub leeway_secs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Lets a node that listens beyond loopback start with the public development secret (demos).
+    pub allow_development_secret: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +242,8 @@ pub struct LimitSettings {
     pub rate_limit_close_after: u32,
     pub outbox_frames: usize,
     pub max_rooms_per_connection: usize,
+    pub max_connections_per_user: usize,
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,8 +300,40 @@ pub enum JoinPolicy {
     Claims,
 }
 
-/// The development secret shipped in `config/default.toml`; startup warns while it is in use.
+/// The development secret shipped in `config/default.toml`. It is public, so a node that listens
+/// beyond loopback refuses to start with it unless `auth.allow_development_secret` says so; and it
+/// yields to a public key configured in any layer (a layer cannot unset a key).
 pub const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
+
+/// Where token keys come from, after the layering rule: a public key file configured in any
+/// layer replaces the shipped development secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource<'a> {
+    Secret(&'a str),
+    PublicKeyFile(&'a Path),
+}
+
+impl AuthSettings {
+    /// The key source in effect, or the conflict: both a real secret and a public key file.
+    pub fn key_source(&self) -> Result<KeySource<'_>, ConfigError> {
+        match (
+            self.jwt_secret.as_deref(),
+            self.jwt_public_key_file.as_deref(),
+        ) {
+            (None, None) => Err(ConfigError::invalid(
+                "auth.jwt_secret",
+                "no key material: set auth.jwt_secret or auth.jwt_public_key_file",
+            )),
+            (Some(secret), None) => Ok(KeySource::Secret(secret)),
+            (None, Some(file)) => Ok(KeySource::PublicKeyFile(file)),
+            (Some(DEVELOPMENT_JWT_SECRET), Some(file)) => Ok(KeySource::PublicKeyFile(file)),
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                "auth.jwt_public_key_file",
+                "set either auth.jwt_secret or auth.jwt_public_key_file, not both",
+            )),
+        }
+    }
+}
 
 /// Shortest HS256 secret accepted: RFC 7518 asks for a key as long as the hash output.
 const MIN_SECRET_BYTES: usize = 32;
@@ -359,26 +398,30 @@ impl Settings {
             crate::transport::check_origin_entry(origin)
                 .map_err(|problem| ConfigError::invalid("server.allowed_origins", problem))?;
         }
-        match (&self.auth.jwt_secret, &self.auth.jwt_public_key_file) {
-            (None, None) => {
-                return Err(ConfigError::invalid(
-                    "auth.jwt_secret",
-                    "no key material: set auth.jwt_secret or auth.jwt_public_key_file",
-                ));
-            }
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "auth.jwt_public_key_file",
-                    "set either auth.jwt_secret or auth.jwt_public_key_file, not both",
-                ));
-            }
-            (Some(secret), None) if secret.len() < MIN_SECRET_BYTES => {
+        if let KeySource::Secret(secret) = self.auth.key_source()? {
+            if secret.len() < MIN_SECRET_BYTES {
                 return Err(ConfigError::invalid(
                     "auth.jwt_secret",
                     format!("must be at least {MIN_SECRET_BYTES} bytes"),
                 ));
             }
-            _ => {}
+            let reachable_from_elsewhere = !self.server.listen.ip().is_loopback();
+            if secret == DEVELOPMENT_JWT_SECRET
+                && reachable_from_elsewhere
+                && !self.auth.allow_development_secret
+            {
+                return Err(ConfigError::invalid(
+                    "auth.jwt_secret",
+                    format!(
+                        "the built-in development secret is public, so anyone could sign tokens \
+                         for any user, and server.listen = {} is reachable from other machines: \
+                         set REALTIME_AUTH__JWT_SECRET (32+ random bytes) or \
+                         REALTIME_AUTH__JWT_PUBLIC_KEY_FILE, or, for a demo only, \
+                         REALTIME_AUTH__ALLOW_DEVELOPMENT_SECRET=true",
+                        self.server.listen
+                    ),
+                ));
+            }
         }
         if self.api.key.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::invalid(
@@ -600,7 +643,7 @@ impl Settings {
 
     /// Whether the shipped development secret is what signs tokens.
     pub fn uses_development_secret(&self) -> bool {
-        self.auth.jwt_secret.as_deref() == Some(DEVELOPMENT_JWT_SECRET)
+        self.auth.key_source().ok() == Some(KeySource::Secret(DEVELOPMENT_JWT_SECRET))
     }
 
     /// The effective configuration as TOML, with every secret replaced by `"***"`.
@@ -654,6 +697,68 @@ mod tests {
         Settings::from_figment(
             Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::default(key, value)),
         )
+    }
+
+    const RSA_PUBLIC_KEY: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/rsa-public.pem"
+    );
+
+    #[test]
+    fn a_public_key_file_in_a_later_layer_replaces_the_development_secret() {
+        // What REALTIME_AUTH__JWT_PUBLIC_KEY_FILE does: one more layer over the shipped defaults.
+        let settings = with("auth.jwt_public_key_file", RSA_PUBLIC_KEY).unwrap();
+        assert_eq!(
+            settings.auth.key_source().unwrap(),
+            KeySource::PublicKeyFile(Path::new(RSA_PUBLIC_KEY))
+        );
+        assert!(!settings.uses_development_secret());
+    }
+
+    #[test]
+    fn a_real_secret_and_a_public_key_file_together_are_refused() {
+        let error = Settings::from_figment(
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Serialized::default(
+                    "auth.jwt_secret",
+                    "a-real-secret-of-at-least-32-bytes!!",
+                ))
+                .merge(Serialized::default(
+                    "auth.jwt_public_key_file",
+                    RSA_PUBLIC_KEY,
+                )),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("not both"), "{error}");
+    }
+
+    #[test]
+    fn the_development_secret_is_refused_beyond_loopback_unless_allowed() {
+        let error = with("server.listen", "0.0.0.0:8080")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("auth.jwt_secret"), "{error}");
+        assert!(error.contains("ALLOW_DEVELOPMENT_SECRET"), "{error}");
+        let demo = Settings::from_figment(
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Serialized::default("server.listen", "0.0.0.0:8080"))
+                .merge(Serialized::default("auth.allow_development_secret", true)),
+        );
+        assert!(demo.is_ok(), "{:?}", demo.err());
+        let real = Settings::from_figment(
+            Figment::from(Toml::string(DEFAULT_TOML))
+                .merge(Serialized::default("server.listen", "0.0.0.0:8080"))
+                .merge(Serialized::default(
+                    "auth.jwt_secret",
+                    "a-real-secret-of-at-least-32-bytes!!",
+                )),
+        );
+        assert!(real.is_ok(), "{:?}", real.err());
+        assert!(
+            with("server.listen", "[::1]:8080").is_ok(),
+            "loopback is fine"
+        );
     }
 
     #[test]

@@ -31,8 +31,10 @@
 //! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
 //! - [`small_set`]: a few values in a vector, for per-connection and per-user sets.
 //! - [`descriptors`]: the open-file limit and the kernel's descriptor table, sized at startup.
+//! - [`admission`]: connection slots per node, per user and per client address.
 //! - [`server`]: start and stop a node.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]

@@ -4,11 +4,11 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::auth::{AuthError, Identity, TokenVerifier};
 use crate::config::{JoinPolicy, RoomTypeSettings, Settings};
 use crate::events::{EventBus, PlatformEvent};
@@ -17,8 +17,8 @@ use crate::metrics as names;
 use crate::notifications::NotificationService;
 use crate::plugins::{ChainEvent, ChainResult, PluginHost};
 use crate::protocol::{
-    CloseCode, ErrorCode, EventPush, Frame, WireError, is_reserved_event_name, is_valid_event_name,
-    unix_now_millis,
+    CloseCode, ErrorCode, EventPush, Frame, WireError, is_reserved_event_name,
+    is_service_event_name, is_valid_event_name, unix_now_millis,
 };
 use crate::room::RoomId;
 use crate::small_set::SmallSet;
@@ -121,16 +121,7 @@ pub struct SocketSession {
 /// The rooms one socket is in: a handful at most (`limits.max_rooms_per_connection`).
 pub type JoinedRooms = SmallSet<RoomId>;
 
-/// Keeps a connection slot until dropped (see [`Node::try_admit`]).
-pub struct ConnectionPermit {
-    admitted: Arc<AtomicUsize>,
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub use crate::admission::{Applicant, ConnectionPermit};
 
 pub struct Node {
     settings: Arc<Settings>,
@@ -141,8 +132,9 @@ pub struct Node {
     /// The plugin host, when any plugin is configured.
     plugins: Option<Arc<PluginHost>>,
     events: EventBus,
-    /// Sockets admitted (handshaking or connected); bounded by `server.max_connections`.
-    admitted: Arc<AtomicUsize>,
+    /// Sockets admitted (handshaking, connected or tearing down), bounded by
+    /// `server.max_connections` and the per-user and per-address shares.
+    admission: Admission,
     /// Serializes "first local member -> subscribe" and "last local member -> unsubscribe" per
     /// topic, so a leave and a join racing on one topic can never end unsubscribed with a member
     /// present. Held across the broker call on purpose; striped so unrelated topics do not wait.
@@ -168,6 +160,11 @@ impl Node {
         backends: Backends,
         plugins: Option<Arc<PluginHost>>,
     ) -> Node {
+        let admission = Admission::new(
+            settings.server.max_connections,
+            settings.limits.max_connections_per_user,
+            settings.limits.max_connections_per_address,
+        );
         Node {
             settings,
             node_id,
@@ -176,7 +173,7 @@ impl Node {
             backends,
             plugins,
             events: EventBus::new(),
-            admitted: Arc::new(AtomicUsize::new(0)),
+            admission,
             interest_locks: (0..INTEREST_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -257,20 +254,15 @@ impl Node {
     /// Sockets admitted and not yet torn down: a socket counts from the handshake until its
     /// teardown (rooms left, presence removed, `socket.disconnect` emitted) has finished.
     pub fn admitted_count(&self) -> usize {
-        self.admitted.load(Ordering::Acquire)
+        self.admission.admitted()
     }
 
-    /// Reserves a connection slot, or `None` when the node is full.
-    pub fn try_admit(&self) -> Option<ConnectionPermit> {
-        let limit = self.settings.server.max_connections;
-        self.admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-                (current < limit).then_some(current + 1)
-            })
-            .ok()
-            .map(|_| ConnectionPermit {
-                admitted: self.admitted.clone(),
-            })
+    /// Reserves a connection slot for `applicant`, or the coded refusal (`node_full`, or
+    /// `too_many_connections` when the user or the address holds its share of the node).
+    pub fn try_admit(&self, applicant: &Applicant) -> Result<ConnectionPermit, WireError> {
+        self.admission
+            .try_admit(applicant)
+            .map_err(|refusal| refusal.wire_error(self.admission.limit_of(refusal)))
     }
 
     pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
@@ -577,6 +569,29 @@ impl Node {
         Ok(room)
     }
 
+    /// Leaves every room of a `join = "claims"` type that the socket's (refreshed) token no
+    /// longer grants, as a leave would (members see `room.user_left`); returns those rooms.
+    pub async fn leave_rooms_no_longer_granted(
+        &self,
+        session: &mut SocketSession,
+    ) -> Result<Vec<RoomId>, WireError> {
+        let revoked: Vec<RoomId> = session
+            .rooms
+            .iter()
+            .filter(|room| {
+                self.room_type(room).is_ok_and(|room_type| {
+                    room_type.join == JoinPolicy::Claims && !session.identity.may_join(room)
+                })
+            })
+            .cloned()
+            .collect();
+        for room in &revoked {
+            session.rooms.remove(room);
+            self.leave_room(session, room, "grant_revoked").await?;
+        }
+        Ok(revoked)
+    }
+
     async fn leave_room(
         &self,
         session: &SocketSession,
@@ -714,6 +729,13 @@ impl Node {
             Publisher::Client { user_id } => Some(user_id),
             Publisher::Service => None,
         };
+        if from.is_some() && is_service_event_name(event) {
+            return Err(WireError::new(
+                ErrorCode::InvalidEvent,
+                "notification.*, progress.*, tournament.* and match.* events are published by \
+                 services only",
+            ));
+        }
         let ts = unix_now_millis();
         let replaced = match (&self.plugins, room_type.plugins.is_empty()) {
             (Some(plugins), false) => {

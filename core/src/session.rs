@@ -19,6 +19,7 @@ use crate::node::{ConnectionPermit, Node, SocketSession};
 use crate::protocol::{
     CloseCode, Connected, ErrorCode, Frame, Request, RequestId, WireError, parse_request,
 };
+use crate::room::RoomId;
 
 /// A frame from the client, as the transport hands it over.
 #[derive(Debug)]
@@ -467,28 +468,31 @@ where
 
     async fn answer_request(&mut self, text: &str, now: Instant) -> Option<Ending> {
         let limits = &self.node.settings().limits;
-        if text.len() > limits.max_frame_bytes {
-            metrics::counter!(names::MESSAGES_IN, "kind" => "invalid").increment(1);
-            let error = WireError::new(
-                ErrorCode::FrameTooLarge,
-                format!("frames are limited to {} bytes", limits.max_frame_bytes),
-            );
-            return self.reply_error(None, &error).await;
-        }
-        let parsed = parse_request(text);
+        // An oversized frame is not parsed, but it is a request like any other: it takes from
+        // the budget, so a flood of them is limited and then closed like any flood.
+        let parsed = (text.len() <= limits.max_frame_bytes).then(|| parse_request(text));
         if !self.budget.try_take(now) {
             self.rate_limited_in_a_row += 1;
             if self.rate_limited_in_a_row > limits.rate_limit_close_after {
                 return Some(Ending::Close(CloseCode::RateLimited));
             }
             let id = match &parsed {
-                Ok((id, _)) => id.clone(),
-                Err(rejected) => rejected.id.clone(),
+                Some(Ok((id, _))) => id.clone(),
+                Some(Err(rejected)) => rejected.id.clone(),
+                None => None,
             };
             let error = WireError::new(ErrorCode::RateLimited, "too many requests; slow down");
             return self.reply_error(id.as_ref(), &error).await;
         }
         self.rate_limited_in_a_row = 0;
+        let Some(parsed) = parsed else {
+            metrics::counter!(names::MESSAGES_IN, "kind" => "invalid").increment(1);
+            let error = WireError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frames are limited to {} bytes", limits.max_frame_bytes),
+            );
+            return self.reply_error(None, &error).await;
+        };
         match parsed {
             Err(rejected) => {
                 metrics::counter!(names::MESSAGES_IN, "kind" => "invalid").increment(1);
@@ -548,12 +552,14 @@ where
                 let (room, members) = node.room_presence(&self.session, &room).await?;
                 Ok(Some(json!({ "room": room.as_str(), "members": members })))
             }
-            Request::Refresh { token } => self.refresh(&token).map(Some),
+            Request::Refresh { token } => self.refresh(&token).await.map(Some),
         }
     }
 
     /// `refresh`: a valid token for the same user moves the expiry (and room grants) forward.
-    fn refresh(&mut self, token: &str) -> Result<serde_json::Value, WireError> {
+    /// Rooms its `rooms` claim no longer grants are left (members see the leave); the reply
+    /// names them in `left`.
+    async fn refresh(&mut self, token: &str) -> Result<serde_json::Value, WireError> {
         let identity = self
             .node
             .verify_token(token)
@@ -568,7 +574,12 @@ where
             token_deadline(identity.expires_at, self.node.settings().auth.leeway_secs);
         let expires_at = identity.expires_at;
         self.session.identity = identity;
-        Ok(json!({ "expires_at": expires_at }))
+        let node = self.node.clone();
+        let left = node
+            .leave_rooms_no_longer_granted(&mut self.session)
+            .await?;
+        let left: Vec<&str> = left.iter().map(RoomId::as_str).collect();
+        Ok(json!({ "expires_at": expires_at, "left": left }))
     }
 
     /// Sends the Close frame that answers the client's (queued by the transport when it read

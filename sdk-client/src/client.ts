@@ -19,7 +19,7 @@ import { decideAfterClose, type CloseDecision } from "./close-policy.js";
 import { Emitter, type Unsubscribe } from "./emitter.js";
 import { RealtimeError } from "./errors.js";
 import { Notifications, type FetchLike } from "./notifications.js";
-import { parseServerFrame, type ConnectedFrame, type EventPush, type Op, type OpMap, type Reply } from "./protocol.js";
+import { isObject, parseServerFrame, type ConnectedFrame, type EventPush, type Op, type OpMap, type Reply } from "./protocol.js";
 import { Room, type RoomHost } from "./room.js";
 
 /**
@@ -163,7 +163,7 @@ export function graphqlUrlFromSocketUrl(socketUrl: string): string {
 }
 
 function readCloseEvent(event: unknown): { code: number; reason: string } {
-  const fields = (typeof event === "object" && event !== null ? event : {}) as { code?: unknown; reason?: unknown };
+  const fields = isObject(event) ? event : {};
   return {
     code: typeof fields.code === "number" ? fields.code : ABNORMAL_CLOSE_CODE,
     reason: typeof fields.reason === "string" ? fields.reason : "",
@@ -171,7 +171,7 @@ function readCloseEvent(event: unknown): { code: number; reason: string } {
 }
 
 function readMessageText(event: unknown): string | null {
-  const data = typeof event === "object" && event !== null ? (event as { data?: unknown }).data : undefined;
+  const data = isObject(event) ? event.data : undefined;
   // `ws` hands text frames over as strings too when they are not binary; binary is not this protocol.
   return typeof data === "string" ? data : null;
 }
@@ -591,6 +591,8 @@ export class RealtimeClient {
       if (connection !== this.connection) return;
       connection.expiresAt = Number(reply.expires_at) || 0;
       this.scheduleRefresh(connection);
+      // Rooms the new token no longer grants: the server already took the socket out of them.
+      for (const id of reply.left ?? []) this.rooms.get(id)?.revoke();
     } catch (error) {
       if (connection !== this.connection) return;
       if (failures >= REFRESH_RETRIES) {

@@ -3,7 +3,7 @@
 
 import type { Unsubscribe } from "./emitter.js";
 import { GraphqlError, RealtimeError } from "./errors.js";
-import type { EventPush, JsonValue, NotificationNewData } from "./protocol.js";
+import { isObject, type EventPush, type JsonValue, type NotificationNewData } from "./protocol.js";
 
 /** The slice of fetch the helper uses; globalThis.fetch fits it. */
 export type FetchLike = (
@@ -47,12 +47,8 @@ const NOTIFICATION_FIELDS = "id type content createdAt readAt read";
 
 const LIST_QUERY = `query($first:Int!,$after:String,$unreadOnly:Boolean!){notifications(first:$first,after:$after,unreadOnly:$unreadOnly){edges{cursor node{${NOTIFICATION_FIELDS}}}pageInfo{hasNextPage endCursor}}}`;
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
 function readNotification(node: unknown): Notification {
-  const fields = isRecord(node) ? node : {};
+  const fields = isObject(node) ? node : {};
   return {
     id: String(fields.id),
     type: String(fields.type),
@@ -64,11 +60,11 @@ function readNotification(node: unknown): Notification {
 }
 
 function firstGraphqlError(body: unknown, status: number): GraphqlError | undefined {
-  const errors = isRecord(body) && Array.isArray(body.errors) ? body.errors : [];
+  const errors = isObject(body) && Array.isArray(body.errors) ? body.errors : [];
   const first: unknown = errors[0];
   if (first === undefined) return undefined;
-  const error = isRecord(first) ? first : {};
-  const extensions = isRecord(error.extensions) ? error.extensions : {};
+  const error = isObject(first) ? first : {};
+  const extensions = isObject(error.extensions) ? error.extensions : {};
   const retryAfter = typeof extensions.retryAfter === "number" ? extensions.retryAfter : undefined;
   const code = typeof extensions.code === "string" ? extensions.code : "INTERNAL_SERVER_ERROR";
   return new GraphqlError(code, String(error.message ?? "GraphQL error"), status, retryAfter);
@@ -89,11 +85,11 @@ export class Notifications {
       after: options.after ?? null,
       unreadOnly: options.unreadOnly ?? false,
     });
-    const connection = isRecord(data.notifications) ? data.notifications : {};
+    const connection = isObject(data.notifications) ? data.notifications : {};
     const edges = Array.isArray(connection.edges) ? connection.edges : [];
-    const pageInfo = isRecord(connection.pageInfo) ? connection.pageInfo : {};
+    const pageInfo = isObject(connection.pageInfo) ? connection.pageInfo : {};
     return {
-      items: edges.map((edge: unknown) => readNotification(isRecord(edge) ? edge.node : undefined)),
+      items: edges.map((edge: unknown) => readNotification(isObject(edge) ? edge.node : undefined)),
       hasNextPage: pageInfo.hasNextPage === true,
       endCursor: typeof pageInfo.endCursor === "string" ? pageInfo.endCursor : null,
     };
@@ -149,7 +145,7 @@ export class Notifications {
     const body: unknown = await response.json().catch(() => undefined);
     const graphqlError = firstGraphqlError(body, response.status);
     if (graphqlError) throw graphqlError;
-    if (!response.ok || !isRecord(body) || !isRecord(body.data)) {
+    if (!response.ok || !isObject(body) || !isObject(body.data)) {
       throw new GraphqlError("HTTP_ERROR", `GraphQL answered HTTP ${response.status} without data`, response.status);
     }
     return body.data;

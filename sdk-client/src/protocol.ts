@@ -6,7 +6,7 @@
 // with core/src/protocol.rs: keep one entry per line and this exact layout.
 
 export const ERROR_CODES = [
-  "invalid_token", "node_full", "origin_forbidden", "unauthorized", "api_disabled", "malformed_frame", "frame_too_large",
+  "invalid_token", "node_full", "origin_forbidden", "too_many_connections", "unauthorized", "api_disabled", "malformed_frame", "frame_too_large",
   "payload_too_large", "unknown_op", "invalid_request", "invalid_room_id", "unknown_room_type",
   "room_forbidden", "room_full", "too_many_rooms", "not_in_room", "publish_forbidden",
   "presence_disabled", "invalid_event", "subject_mismatch", "rate_limited", "plugin_rejected",
@@ -26,6 +26,7 @@ export const CLOSE_CODES = {
   heartbeat_timeout: 4004,
   backend_unavailable: 4005,
   node_full: 4006,
+  too_many_connections: 4007,
   unsupported_data: 4500,
   invalid_token: 4501,
   origin_forbidden: 4502,
@@ -129,7 +130,8 @@ export interface OpMap {
     reply: { delivered: boolean; reason?: string };
   };
   presence: { request: { room: string }; reply: { room: string; members: string[] } };
-  refresh: { request: { token: string }; reply: { expires_at: number } };
+  /** `left`: rooms the new token's `rooms` claim no longer grants, already left (absent on older servers). */
+  refresh: { request: { token: string }; reply: { expires_at: number; left?: string[] } };
 }
 export type Op = keyof OpMap;
 
@@ -138,7 +140,8 @@ export type ServerFrame =
   | { kind: "reply"; frame: Reply }
   | { kind: "event"; frame: EventPush };
 
-function isObject(value: unknown): value is Record<string, unknown> {
+/** A JSON object (not null, not an array). Shared with the client and notifications; not public. */
+export function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 

@@ -52,9 +52,10 @@ export class Room {
   private readonly emitter = new Emitter<Record<string, unknown[]>>();
   /** The app wants to be in this room: (re)joined on every connection until leave() or a refusal. */
   private wanted = false;
-  private joinedOnThisConnection = false;
+  /** Joined on the current connection: what `joined` reports. */
+  private joinedNow = false;
   /** Joined on an earlier connection since the app asked: the next join is a re-join. */
-  private joinedOnEarlierConnection = false;
+  private joinedBefore = false;
   private failuresSinceJoin = 0;
   private waiters: JoinWaiter[] = [];
 
@@ -65,7 +66,7 @@ export class Room {
 
   /** True while the server has confirmed this socket is in the room. */
   get joined(): boolean {
-    return this.joinedOnThisConnection;
+    return this.joinedNow;
   }
 
   /** @internal The client re-joins wanted rooms after each `connected` frame. */
@@ -79,7 +80,7 @@ export class Room {
    * `timeout` after requestTimeoutMs. A rejected join forgets the room.
    */
   join(): Promise<{ room: string }> {
-    if (this.joinedOnThisConnection) return Promise.resolve({ room: this.id });
+    if (this.joinedNow) return Promise.resolve({ room: this.id });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.forget(new RealtimeError("timeout", `join ${this.id} not accepted within ${this.host.requestTimeoutMs} ms`));
@@ -95,7 +96,7 @@ export class Room {
 
   /** Leaves and forgets the room. A join still waiting rejects with `closed`. */
   async leave(): Promise<{ room: string }> {
-    const wasJoined = this.joinedOnThisConnection;
+    const wasJoined = this.joinedNow;
     this.forget(new RealtimeError("closed", `left ${this.id} before the join completed`));
     // Not joined: nothing to undo on the server (a join still in flight is undone when it lands).
     if (!wasJoined) return { room: this.id };
@@ -135,7 +136,7 @@ export class Room {
 
   /** @internal Called by the client's pacer when this room's join may go out. */
   sendJoin(): void {
-    if (!this.wanted || this.joinedOnThisConnection) return;
+    if (!this.wanted || this.joinedNow) return;
     this.host.request("join", { room: this.id }).then(
       () => this.onJoinAccepted(),
       (error: unknown) => this.onJoinFailed(error),
@@ -149,13 +150,21 @@ export class Room {
 
   /** @internal The socket went away: the room is no longer joined, but still wanted. */
   markSocketGone(): void {
-    if (this.joinedOnThisConnection) this.joinedOnEarlierConnection = true;
-    this.joinedOnThisConnection = false;
+    if (this.joinedNow) this.joinedBefore = true;
+    this.joinedNow = false;
+  }
+
+  /**
+   * @internal A token refresh took the room away (the server already removed the socket): handled
+   * as a refused re-join, so the room is forgotten and its `error` event fires (unless left already).
+   */
+  revoke(): void {
+    this.onJoinFailed(new RealtimeError("room_forbidden", `the refreshed token no longer grants ${this.id}`));
   }
 
   /** @internal The client closed for good: reject whoever waits. */
   abandon(error: RealtimeError): void {
-    this.joinedOnThisConnection = false;
+    this.joinedNow = false;
     this.rejectWaiters(error);
   }
 
@@ -165,8 +174,8 @@ export class Room {
       this.host.request("leave", { room: this.id }).catch(() => undefined);
       return;
     }
-    const reconnected = this.joinedOnEarlierConnection;
-    this.joinedOnThisConnection = true;
+    const reconnected = this.joinedBefore;
+    this.joinedNow = true;
     this.failuresSinceJoin = 0;
     for (const waiter of this.waiters.splice(0)) {
       clearTimeout(waiter.timer);
@@ -192,8 +201,8 @@ export class Room {
 
   private forget(reason: RealtimeError): void {
     this.wanted = false;
-    this.joinedOnThisConnection = false;
-    this.joinedOnEarlierConnection = false;
+    this.joinedNow = false;
+    this.joinedBefore = false;
     this.failuresSinceJoin = 0;
     this.rejectWaiters(reason);
   }

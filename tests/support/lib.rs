@@ -690,13 +690,7 @@ pub struct GraphqlSubscriptionClient {
 impl GraphqlSubscriptionClient {
     /// Connects, sends `connection_init` with the token and waits for `connection_ack`.
     pub async fn connect(server: &TestServer, token: &str) -> Result<GraphqlSubscriptionClient> {
-        let mut request = format!("ws://{}/graphql", server.addr).into_client_request()?;
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
-        let (socket, _) =
-            tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(request)).await??;
-        let mut client = GraphqlSubscriptionClient { socket };
+        let mut client = Self::open(server).await?;
         client.send(json!({"type":"connection_init","payload":{"Authorization": format!("Bearer {token}")}})).await?;
         let ack = client.next().await?;
         if ack["type"] != "connection_ack" {
@@ -705,9 +699,41 @@ impl GraphqlSubscriptionClient {
         Ok(client)
     }
 
+    /// Opens the socket (subprotocol graphql-transport-ws) without sending `connection_init`.
+    pub async fn open(server: &TestServer) -> Result<GraphqlSubscriptionClient> {
+        let mut request = format!("ws://{}/graphql", server.addr).into_client_request()?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
+        let (socket, _) =
+            tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(request)).await??;
+        Ok(GraphqlSubscriptionClient { socket })
+    }
+
     pub async fn send(&mut self, message: Value) -> Result<()> {
-        self.socket.send(Message::text(message.to_string())).await?;
+        self.send_text(message.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: String) -> Result<()> {
+        self.socket.send(Message::text(text)).await?;
         Ok(())
+    }
+
+    /// Reads until the server's Close frame and returns its code and reason (messages before it
+    /// are skipped, pings answered); fails if the connection ends without one.
+    pub async fn expect_close(&mut self) -> Result<(u16, String)> {
+        loop {
+            let message = tokio::time::timeout(STEP_TIMEOUT, self.socket.next())
+                .await
+                .context("timed out waiting for the server's close")?
+                .ok_or_else(|| anyhow!("graphql socket ended without a Close frame"))??;
+            if let Message::Close(frame) = message {
+                let Ended::Closed { code, reason } = close_to_ended(frame) else {
+                    bail!("no close code");
+                };
+                return Ok((code, reason));
+            }
+        }
     }
 
     /// The next protocol message (pings are answered).

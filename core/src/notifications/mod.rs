@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use crate::node::Node;
 use crate::protocol::{ErrorCode, WireError, unix_now_millis};
 
-/// Longest accepted notification id, user id and type, in bytes.
+/// Longest accepted notification id and type, in bytes (user ids follow the token's `sub` limit).
 pub const MAX_ID_BYTES: usize = 128;
 /// Largest accepted `content`, in bytes of JSON.
 pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
@@ -92,10 +92,15 @@ pub struct NewNotification {
 }
 
 fn check_text(field: &str, value: &str) -> Result<(), WireError> {
-    if value.is_empty() || value.len() > MAX_ID_BYTES {
+    check_text_within(field, value, MAX_ID_BYTES)
+}
+
+/// `check_text` with a length limit of its own.
+fn check_text_within(field: &str, value: &str, max_bytes: usize) -> Result<(), WireError> {
+    if value.is_empty() || value.len() > max_bytes {
         return Err(WireError::new(
             ErrorCode::InvalidRequest,
-            format!("`{field}` must be 1-{MAX_ID_BYTES} bytes"),
+            format!("`{field}` must be 1-{max_bytes} bytes"),
         ));
     }
     // PostgreSQL cannot store NUL in text, and no id or type needs control characters: refused
@@ -116,7 +121,8 @@ impl NotificationRequest {
         self,
         fallback_id: impl FnOnce() -> String,
     ) -> Result<NewNotification, WireError> {
-        check_text("userId", &self.user_id)?;
+        // The token's `sub` limit: a user who can connect can get notifications.
+        check_text_within("userId", &self.user_id, crate::auth::MAX_USER_ID_BYTES)?;
         check_text("type", &self.kind)?;
         let id = self.id.unwrap_or_else(fallback_id);
         check_text("id", &id)?;
@@ -272,6 +278,34 @@ impl NotificationService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(user_id: &str, kind: &str) -> NotificationRequest {
+        let body = serde_json::json!({"userId": user_id, "type": kind, "content": {}});
+        serde_json::from_str(&body.to_string()).unwrap()
+    }
+
+    #[test]
+    fn every_user_who_can_connect_can_get_notifications() {
+        let longest_sub = "u".repeat(crate::auth::MAX_USER_ID_BYTES);
+        assert!(request(&longest_sub, "t").validate(|| "id".into()).is_ok());
+        let too_long = "u".repeat(crate::auth::MAX_USER_ID_BYTES + 1);
+        assert!(request(&too_long, "t").validate(|| "id".into()).is_err());
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_ids_and_types() {
+        for (user, kind) in [("a\u{0}b", "t"), ("a", "t\n"), ("a\u{7f}", "t")] {
+            let error = request(user, kind).validate(|| "id".into()).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidRequest);
+            assert!(
+                error.message.contains("control characters"),
+                "{}",
+                error.message
+            );
+        }
+        let error = request("a", "t").validate(|| "id\u{0}".into()).unwrap_err();
+        assert!(error.message.contains("`id`"));
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {

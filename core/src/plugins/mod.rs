@@ -1,11 +1,13 @@
 //! Event plugins: WebAssembly components that filter or transform room events, configured per
 //! room type as an ordered chain, run once per event before fan-out.
 //!
-//! - [`runtime`]: wasmtime (engine, compile cache, instances, limits).
+//! - [`runtime`]: wasmtime (engine, instances, limits).
+//! - [`cache`]: the on-disk compile cache (private directory, sealed files).
 //! - here: loading from `[plugins.<name>]`, chains, the failure policy, a circuit breaker per
 //!   plugin, metrics, and hot reload (file changes and `SIGHUP`; a version that fails to load or
 //!   to `init` is refused and the old one keeps serving).
 
+pub mod cache;
 pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

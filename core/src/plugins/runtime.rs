@@ -47,6 +47,8 @@ pub enum LoadError {
     Instantiate(String),
     #[error("init refused: {0}")]
     Init(String),
+    #[error("{0}")]
+    Cache(String),
 }
 
 /// Why one call failed.
@@ -125,9 +127,10 @@ impl PluginRuntime {
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), stop_ticker.clone());
         let cache_dir = match settings.cache_dir.as_os_str().is_empty() {
-            true => std::env::temp_dir().join("realtime-plugin-cache"),
+            true => super::cache::default_dir(),
             false => settings.cache_dir.clone(),
         };
+        super::cache::prepare_private_dir(&cache_dir).map_err(LoadError::Cache)?;
         Ok(PluginRuntime {
             engine,
             linker,
@@ -179,19 +182,18 @@ impl PluginRuntime {
         if let Some(component) = self.compiled.lock().get(key) {
             return Ok(component.clone());
         }
-        let cached = self.cache_dir.join(format!("{key}.cwasm"));
-        // SAFETY: the file is one this runtime serialized with this engine configuration (the key
-        // includes its compatibility hash); the cache directory must not be writable by others.
-        let loaded = cached
-            .is_file()
-            .then(|| unsafe { Component::deserialize_file(&self.engine, &cached) });
+        // SAFETY: the bytes are a file this runtime serialized with this engine configuration:
+        // the key includes its compatibility hash, the seal ties the contents to the key, and
+        // the directory and file are private to this user (see `cache`).
+        let loaded = super::cache::read(&self.cache_dir, key)
+            .map(|bytes| unsafe { Component::deserialize(&self.engine, &bytes) });
         let component = match loaded {
             Some(Ok(component)) => component,
             _ => {
                 let component = Component::new(&self.engine, component_bytes)
                     .map_err(|error| LoadError::Compile(format!("{error:#}")))?;
-                if let Err(error) = self.write_cache(&cached, &component) {
-                    tracing::warn!(%error, path = %cached.display(), "plugin compile cache not written");
+                if let Err(error) = self.write_cache(key, &component) {
+                    tracing::warn!(%error, dir = %self.cache_dir.display(), "plugin compile cache not written");
                 }
                 component
             }
@@ -202,13 +204,9 @@ impl PluginRuntime {
         Ok(component)
     }
 
-    fn write_cache(&self, path: &Path, component: &Component) -> Result<(), String> {
-        std::fs::create_dir_all(&self.cache_dir).map_err(|error| error.to_string())?;
+    fn write_cache(&self, key: &str, component: &Component) -> Result<(), String> {
         let bytes = component.serialize().map_err(|error| error.to_string())?;
-        // Write then rename, so a concurrent reader never sees half a file.
-        let partial = path.with_extension(format!("partial-{:08x}", rand::random::<u32>()));
-        std::fs::write(&partial, bytes).map_err(|error| error.to_string())?;
-        std::fs::rename(&partial, path).map_err(|error| error.to_string())
+        super::cache::write(&self.cache_dir, key, &bytes)
     }
 
     /// A new store and instance with the deadline already running (it also bounds instantiation).

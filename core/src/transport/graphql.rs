@@ -1,17 +1,17 @@
 //! Serving the GraphQL schema: `POST /graphql`, GraphiQL on `GET /graphql`, and subscriptions
-//! over WebSocket on `GET /graphql` (`graphql-transport-ws`, or the older `graphql-ws`).
+//! over WebSocket on `GET /graphql` (`graphql-transport-ws`, or the older `graphql-ws`), whose
+//! sockets `graphql_socket` runs.
 
 use std::sync::Arc;
 
-use async_graphql::Data;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols, WsMessage};
-use futures_util::{SinkExt, StreamExt, future};
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols};
 use salvo::http::StatusCode;
 use salvo::prelude::*;
-use salvo::websocket::{Message, WebSocketUpgrade};
+use salvo::websocket::WebSocketUpgrade;
 
+use super::graphql_socket::GraphqlSocketLimits;
 use crate::graphql::{RealtimeSchema, Viewer, build_schema, ensure_error_codes};
-use crate::node::Node;
+use crate::node::{Applicant, Node};
 
 /// Largest GraphQL request body; queries are small, a bigger body is an attack or a mistake.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -32,10 +32,13 @@ impl GraphqlEndpoint {
 
     async fn execute(&self, req: &mut Request, res: &mut Response) {
         let viewer = viewer_for(&self.node, super::bearer_from_header(req).as_deref());
-        let request = match req.payload_with_max_size(MAX_BODY_BYTES).await {
+        let request = match super::read_body(&self.node, req, MAX_BODY_BYTES).await {
             Ok(body) => serde_json::from_slice::<async_graphql::Request>(body),
-            Err(_) => {
+            Err(super::BodyError::TooLarge) => {
                 return render_bad_request(res, &format!("body over {MAX_BODY_BYTES} bytes"));
+            }
+            Err(super::BodyError::TooSlow(error)) => {
+                return render_bad_request(res, &error.message);
             }
         };
         let request = match request {
@@ -62,48 +65,37 @@ impl GraphqlEndpoint {
             res.status_code(StatusCode::BAD_REQUEST);
             return res.render("use the graphql-transport-ws (or graphql-ws) subprotocol");
         };
+        // These sockets count toward server.max_connections like /ws ones.
         // A token on the upgrade request is used unless connection_init carries one.
         let upgrade_viewer = viewer_for(&self.node, super::bearer_token(req).as_deref());
+        let applicant = Applicant {
+            user_id: match &upgrade_viewer {
+                Viewer::User(identity) => Some(Arc::from(identity.user_id.as_str())),
+                Viewer::Anonymous(_) => None,
+            },
+            address: super::ws::client_address(req),
+        };
+        let permit = match self.node.try_admit(&applicant) {
+            Ok(permit) => permit,
+            Err(error) => return super::render_error(res, &error),
+        };
         let node = self.node.clone();
         let schema = self.schema.clone();
+        let limits = GraphqlSocketLimits::from_node(&node);
         let upgraded = WebSocketUpgrade::new()
             .protocols(&ALL_WEBSOCKET_PROTOCOLS)
-            .upgrade(req, res, move |socket| async move {
-                let (mut sink, stream) = socket.split();
-                let incoming = stream
-                    .take_while(|message| {
-                        future::ready(message.as_ref().is_ok_and(|message| !message.is_close()))
-                    })
-                    .filter_map(|message| {
-                        future::ready(
-                            message
-                                .ok()
-                                .filter(Message::is_text)
-                                .map(|message| message.as_bytes().to_vec()),
-                        )
-                    });
-                let mut outgoing = async_graphql::http::WebSocket::new(schema, incoming, protocol)
-                    .on_connection_init(move |payload| async move {
-                        let mut data = Data::default();
-                        let viewer = match token_from_init_payload(&payload) {
-                            Some(token) => viewer_for(&node, Some(&token)),
-                            None => upgrade_viewer,
-                        };
-                        data.insert(viewer);
-                        Ok(data)
-                    });
-                while let Some(message) = outgoing.next().await {
-                    let sent = match message {
-                        WsMessage::Text(text) => sink.send(Message::text(text)).await,
-                        WsMessage::Close(code, reason) => {
-                            let _ = sink.send(Message::close_with(code, reason)).await;
-                            break;
-                        }
-                    };
-                    if sent.is_err() {
-                        break;
-                    }
-                }
+            .max_frame_size(limits.max_frame_bytes)
+            .max_message_size(limits.max_frame_bytes)
+            .upgrade(req, res, move |socket| {
+                super::graphql_socket::run(
+                    socket,
+                    schema,
+                    protocol,
+                    node,
+                    upgrade_viewer,
+                    limits,
+                    permit,
+                )
             })
             .await;
         if let Err(status) = upgraded {
@@ -113,7 +105,7 @@ impl GraphqlEndpoint {
 }
 
 /// Who a request is from, given its token (if any).
-fn viewer_for(node: &Node, token: Option<&str>) -> Viewer {
+pub(super) fn viewer_for(node: &Node, token: Option<&str>) -> Viewer {
     match token {
         None => Viewer::Anonymous("send Authorization: Bearer <token>".to_owned()),
         Some(token) => match node.verify_token(token) {
@@ -124,7 +116,7 @@ fn viewer_for(node: &Node, token: Option<&str>) -> Viewer {
 }
 
 /// `{"Authorization":"Bearer .."}`, `{"authorization":".."}` or `{"token":".."}`.
-fn token_from_init_payload(payload: &serde_json::Value) -> Option<String> {
+pub(super) fn token_from_init_payload(payload: &serde_json::Value) -> Option<String> {
     let text = ["Authorization", "authorization", "token"]
         .iter()
         .find_map(|key| payload.get(key).and_then(serde_json::Value::as_str))?;

@@ -75,12 +75,15 @@ async fn authorized_json_body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, WireError> {
     check_api_key(node, req)?;
     let limit = node.settings().api.max_body_bytes;
-    let payload = req.payload_with_max_size(limit).await.map_err(|_| {
-        WireError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("body exceeds {limit} bytes (api.max_body_bytes)"),
-        )
-    })?;
+    let payload = super::read_body(node, req, limit)
+        .await
+        .map_err(|error| match error {
+            super::BodyError::TooLarge => WireError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("body exceeds {limit} bytes (api.max_body_bytes)"),
+            ),
+            super::BodyError::TooSlow(error) => error,
+        })?;
     serde_json::from_slice(payload).map_err(|error| {
         WireError::new(ErrorCode::InvalidRequest, format!("invalid body: {error}"))
     })

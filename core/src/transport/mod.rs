@@ -6,6 +6,7 @@
 //! Every error leaves as `{"error":{"code":..,"message":..}}` with a status from [`status_for`].
 
 mod graphql;
+mod graphql_socket;
 mod http;
 mod lane;
 mod origin;
@@ -48,7 +49,12 @@ pub fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<HttpServ
     disable_nagle_for_accepted_sockets(&listener)?;
     let lanes = Arc::new(lane::Lanes::default());
     let acceptor = lane::LaneAcceptor::new(listener, lanes.clone())?;
-    let server = salvo::Server::new(acceptor);
+    // Open HTTP connections are capped below the descriptor table (sized for max_connections
+    // plus SPARE_DESCRIPTORS), so slow or idle clients can never take the descriptors that
+    // Redis, NATS and the database connections need; beyond it, connections wait in the backlog.
+    let http_connection_cap = node.settings().server.max_connections
+        + (crate::descriptors::SPARE_DESCRIPTORS / 2) as usize;
+    let server = salvo::Server::new(acceptor).max_connections(http_connection_cap);
     let handle = server.handle();
     let task = tokio::spawn(server.serve(router(node, lanes)));
     Ok(HttpServer { handle, task })
@@ -98,6 +104,34 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
         .push(Router::with_path("health").get(http::HealthEndpoint::new(node)))
 }
 
+/// Why a request body could not be read.
+enum BodyError {
+    TooLarge,
+    /// It did not arrive within `server.request_body_timeout_ms`.
+    TooSlow(WireError),
+}
+
+/// Reads a body of at most `limit` bytes within `server.request_body_timeout_ms`: a client that
+/// trickles a body must not hold a connection and a task for as long as it likes.
+async fn read_body<'a>(
+    node: &Node,
+    req: &'a mut Request,
+    limit: usize,
+) -> Result<&'a bytes::Bytes, BodyError> {
+    let timeout = Duration::from_millis(node.settings().server.request_body_timeout_ms);
+    match tokio::time::timeout(timeout, req.payload_with_max_size(limit)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::TooSlow(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the request body did not arrive within {} ms (server.request_body_timeout_ms)",
+                timeout.as_millis()
+            ),
+        ))),
+    }
+}
+
 /// The token from `Authorization: Bearer`.
 fn bearer_from_header(req: &Request) -> Option<String> {
     let header = req.headers().get("authorization")?.to_str().ok()?;
@@ -123,7 +157,7 @@ fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::OriginForbidden => StatusCode::FORBIDDEN,
         ErrorCode::NodeFull | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::FrameTooLarge | ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::PluginRejected => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::PluginFailed => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,

@@ -32,7 +32,7 @@ use super::origin::AllowedOrigins;
 use super::{bearer_token, render_error};
 use crate::hub::PushLane;
 use crate::metrics as names;
-use crate::node::Node;
+use crate::node::{Applicant, Node};
 use crate::protocol::{CloseCode, ErrorCode, WireError};
 use crate::session::{self, Inbound, Outbound};
 
@@ -133,6 +133,14 @@ const REFUSAL_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// The handshake asked for refusals as close codes (`?refusal=close`; the SDK always does).
 fn refusal_as_close_requested(req: &Request) -> bool {
     req.query::<String>("refusal").as_deref() == Some("close")
+}
+
+/// The client's IP address, as the TCP connection shows it.
+pub(super) fn client_address(req: &Request) -> Option<std::net::IpAddr> {
+    req.remote_addr()
+        .clone()
+        .into_std()
+        .map(|address| address.ip())
 }
 
 /// Writes the `101 Switching Protocols` answer; the upgraded stream arrives after the handler.
@@ -337,12 +345,13 @@ impl Handler for WebSocketEndpoint {
                 return self.refuse(req, res, "invalid_token", error);
             }
         };
-        let Some(permit) = self.node.try_admit() else {
-            let error = WireError::new(
-                ErrorCode::NodeFull,
-                "this node holds its maximum of connections; retry another node",
-            );
-            return self.refuse(req, res, "node_full", error);
+        let applicant = Applicant {
+            user_id: Some(Arc::from(identity.user_id.as_str())),
+            address: client_address(req),
+        };
+        let permit = match self.node.try_admit(&applicant) {
+            Ok(permit) => permit,
+            Err(error) => return self.refuse(req, res, error.code.as_str(), error),
         };
         metrics::counter!(names::CONNECTION_STATES, "state" => "authenticated").increment(1);
         tracing::debug!(user_id = %identity.user_id, "socket AUTHENTICATED");

@@ -7,117 +7,38 @@
 
 use realtime_sdk_plugin::serde_json::{Value, json};
 use realtime_sdk_plugin::{Event, Outcome, Plugin, Subscription, export_plugin};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 pub struct TournamentStartEnricher {
     default_lead_secs: u64,
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = i64::from(month);
-    let day_of_year =
-        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The civil date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn format_rfc3339(unix_ms: i64) -> String {
-    let (days, ms_of_day) = (
-        unix_ms.div_euclid(86_400_000),
-        unix_ms.rem_euclid(86_400_000),
-    );
-    let (year, month, day) = civil_from_days(days);
-    let (hours, minutes) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
-    let (seconds, millis) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
-    format!("{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z")
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(moment) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            moment.year(),
+            u8::from(moment.month()),
+            moment.day(),
+            moment.hour(),
+            moment.minute(),
+            moment.second(),
+            moment.millisecond()
+        ),
+        // Outside the years `time` represents (±9999): not a tournament start.
+        Err(_) => String::new(),
+    }
 }
 
-fn digits(text: &str, range: std::ops::Range<usize>) -> Option<u32> {
-    let part = text.get(range)?;
-    part.bytes()
-        .all(|byte| byte.is_ascii_digit())
-        .then(|| part.parse().ok())?
-}
-
-/// Parses RFC 3339 (`2026-11-25T10:00:00Z`, `...T10:00:00.5+01:00`) to Unix milliseconds.
+/// Parses RFC 3339 (`2026-11-25T10:00:00Z`, `...T10:00:00.5+01:00`) to Unix milliseconds, with
+/// a real calendar: `2026-02-31` or `2026-13-01` is not a date. The `time` crate does the
+/// parsing; plugin authors copy these examples, so they should not copy a hand-written parser.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 20
-        || bytes[4] != b'-'
-        || bytes[7] != b'-'
-        || !matches!(bytes[10], b'T' | b't' | b' ')
-        || bytes[13] != b':'
-        || bytes[16] != b':'
-    {
-        return None;
-    }
-    let (year, month, day) = (
-        digits(text, 0..4)?,
-        digits(text, 5..7)?,
-        digits(text, 8..10)?,
-    );
-    let (hours, minutes, seconds) = (
-        digits(text, 11..13)?,
-        digits(text, 14..16)?,
-        digits(text, 17..19)?,
-    );
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hours > 23
-        || minutes > 59
-        || seconds > 60
-    {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut millis = 0i64;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let length = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if length == 0 {
-            return None;
-        }
-        let padded = format!("{:0<3}", &fraction[..length.min(3)]);
-        millis = padded.parse().ok()?;
-        rest = &fraction[length..];
-    }
-    let offset_minutes = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            sign * i64::from(digits(rest, 1..3)? * 60 + digits(rest, 4..6)?)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(i64::from(year), month, day);
-    let seconds_of_day = i64::from(hours * 3600 + minutes * 60 + seconds);
-    Some((days * 86_400 + seconds_of_day - offset_minutes * 60) * 1000 + millis)
+    let moment = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(moment.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// Unix time in seconds below this is read as seconds, above as milliseconds (year 5138).
@@ -202,6 +123,18 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000));
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(
+            parse_rfc3339("2026-02-31T00:00:00Z"),
+            None,
+            "February has no 31st"
+        );
+        assert_eq!(
+            parse_rfc3339("2026-02-29T00:00:00Z"),
+            None,
+            "2026 is not a leap year"
+        );
+        assert_eq!(parse_rfc3339("2026-04-31T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-11-25T24:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
@@ -249,6 +182,10 @@ mod tests {
             Outcome::Drop(_)
         ));
         assert!(matches!(run(json!({"startsAt": -5}), 0), Outcome::Drop(_)));
+        assert!(matches!(
+            run(json!({"startsAt": "2026-02-31T10:00:00Z"}), 0),
+            Outcome::Drop(_)
+        ));
         assert!(matches!(run(json!("text"), 0), Outcome::Drop(_)));
     }
 }

@@ -1,6 +1,6 @@
 // Rooms against the fake WebSocket: join/leave/presence/publish, re-join after
 // reconnect (paced by the join token bucket), the resubscribed event, and
-// what happens to joins the server refuses.
+// what happens to joins the server refuses or a token refresh revokes.
 
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { RealtimeClient, RealtimeError, type JoinedInfo, type RealtimeClientOptions } from "../../src/index.js";
@@ -16,13 +16,25 @@ function makeClient(options: Partial<RealtimeClientOptions> = {}) {
   });
 }
 
-async function connectedClient(options: Partial<RealtimeClientOptions> = {}) {
+async function connectedClient(options: Partial<RealtimeClientOptions> = {}, frame: Record<string, unknown> = {}) {
   const client = makeClient(options);
   client.connect();
   await vi.advanceTimersByTimeAsync(0);
   // No heartbeats: these tests leave replies unanswered on purpose.
-  FakeWebSocket.latest().serverConnected({ heartbeat_interval_ms: 0 });
+  FakeWebSocket.latest().serverConnected({ heartbeat_interval_ms: 0, ...frame });
   return client;
+}
+
+/** A client in two joined rooms whose token lives 120 s, so the refresh goes out at 90 s. */
+async function clientInTwoRooms() {
+  const client = await connectedClient({}, { expires_at: Date.now() / 1000 + 120 });
+  const answered = new Set<number>();
+  const revoked = client.room("competition:42");
+  const kept = client.room("chat:a");
+  const joins = [revoked.join(), kept.join()];
+  acceptJoins(FakeWebSocket.latest(), answered);
+  await Promise.all(joins);
+  return { client, answered, revoked, kept };
 }
 
 /** Accepts every join the current socket sent that has no reply yet. */
@@ -279,6 +291,44 @@ describe("rooms", () => {
     room.on("room.user_joined", (data) => joinedUsers.push(data.userId));
     FakeWebSocket.latest().serverSend({ type: "event", event: "room.user_joined", room: "chat:a", data: { userId: "bob" }, ts: 1 });
     expect(joinedUsers).toEqual(["bob"]);
+  });
+
+  it("a refresh reply listing a room in `left` forgets it with room_forbidden; only the other room is re-joined", async () => {
+    const { answered, revoked, kept } = await clientInTwoRooms();
+    const errors: RealtimeError[] = [];
+    revoked.on("error", (error) => errors.push(error));
+    kept.on("error", (error) => errors.push(error));
+    await vi.advanceTimersByTimeAsync(90_000);
+    let socket = FakeWebSocket.latest();
+    socket.replyOk(socket.lastRequest("refresh"), { expires_at: Date.now() / 1000 + 3600, left: ["competition:42"] });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(revoked.joined).toBe(false);
+    expect(kept.joined).toBe(true);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toBeInstanceOf(RealtimeError);
+    expect(errors[0]?.code).toBe("room_forbidden");
+    expect(errors[0]?.message).toContain("competition:42");
+    // The server already took the socket out: no leave goes out for it.
+    expect(socket.requests("leave")).toHaveLength(0);
+    socket = await reconnect();
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(joinedRooms(socket.requests("join"))).toEqual(["chat:a"]);
+    acceptJoins(socket, answered);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(kept.joined).toBe(true);
+    expect(revoked.joined).toBe(false);
+  });
+
+  it("a refresh reply without `left` (older servers) keeps every room", async () => {
+    const { revoked, kept } = await clientInTwoRooms();
+    await vi.advanceTimersByTimeAsync(90_000);
+    let socket = FakeWebSocket.latest();
+    socket.replyOk(socket.lastRequest("refresh"), { expires_at: Date.now() / 1000 + 3600 });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(revoked.joined).toBe(true);
+    expect(kept.joined).toBe(true);
+    socket = await reconnect();
+    expect(joinedRooms(socket.requests("join")).sort()).toEqual(["chat:a", "competition:42"]);
   });
 
   it("close() rejects joins still waiting with closed", async () => {

@@ -1,0 +1,278 @@
+//! One GraphQL WebSocket (`graphql-transport-ws`, or the older `graphql-ws`) held to the same
+//! rules as `/ws`: it counts toward `server.max_connections` (the caller holds the permit), its
+//! frames are capped at `limits.max_frame_bytes` (close 1009 beyond), `connection_init` must come
+//! within `graphql.connection_init_timeout_secs` (close 4408), the token's expiry ends it (close
+//! 4401, as `/ws` closes with 4001), and it runs at most `graphql.max_operations_per_socket`
+//! operations at once (more are answered with an `error` message, code `TOO_MANY_OPERATIONS`).
+//!
+//! async-graphql speaks the protocol; this loop owns the socket around it: it filters what
+//! reaches async-graphql, writes what it answers, and decides when the socket ends.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::Data;
+use async_graphql::http::{WebSocketProtocols, WsMessage};
+use futures_util::{SinkExt, Stream, StreamExt};
+use parking_lot::Mutex;
+use salvo::websocket::{Message, WebSocket};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Error as TungsteniteError;
+
+use crate::auth::unix_now_secs;
+use crate::graphql::{RealtimeSchema, Viewer};
+use crate::node::{ConnectionPermit, Node};
+
+/// graphql-transport-ws: `connection_init` did not come in time.
+const CLOSE_INIT_TIMEOUT: (u16, &str) = (4408, "Connection initialisation timeout");
+/// graphql-transport-ws: the session's token is no longer valid.
+const CLOSE_UNAUTHORIZED: (u16, &str) = (4401, "Unauthorized: the token expired");
+/// RFC 6455: a frame over the size limit.
+const CLOSE_TOO_BIG: (u16, &str) = (1009, "message_too_big");
+
+/// The limits one GraphQL socket is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphqlSocketLimits {
+    pub max_frame_bytes: usize,
+    pub init_timeout: Duration,
+    pub max_operations: usize,
+    pub leeway_secs: u64,
+}
+
+impl GraphqlSocketLimits {
+    pub fn from_node(node: &Node) -> GraphqlSocketLimits {
+        let settings = node.settings();
+        GraphqlSocketLimits {
+            max_frame_bytes: settings.limits.max_frame_bytes,
+            init_timeout: Duration::from_secs(settings.graphql.connection_init_timeout_secs),
+            max_operations: settings.graphql.max_operations_per_socket,
+            leeway_secs: settings.auth.leeway_secs,
+        }
+    }
+}
+
+/// Where the session stands, as the loop needs it for its one deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Session {
+    AwaitingInit,
+    /// Authenticated until this Unix second (the token's `exp` plus the leeway).
+    ValidUntil(u64),
+    /// No valid token: every operation is refused as `UNAUTHENTICATED`; nothing expires.
+    Anonymous,
+}
+
+/// The fields of a protocol message this loop looks at.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a str>,
+    id: Option<String>,
+}
+
+fn envelope(text: &str) -> Option<Envelope<'_>> {
+    serde_json::from_str(text).ok()
+}
+
+/// Ids of the operations running on the socket: added by `subscribe` (`start` in graphql-ws),
+/// removed by the client's `complete` (`stop`) or the server's `complete` or `error`.
+#[derive(Default)]
+struct RunningOperations(Mutex<HashSet<String>>);
+
+impl RunningOperations {
+    /// Admits an incoming operation; false when `max` are already running.
+    fn admit(&self, id: &str, max: usize) -> bool {
+        let mut running = self.0.lock();
+        if running.contains(id) {
+            // A duplicate id: async-graphql answers it per protocol.
+            return true;
+        }
+        if running.len() >= max {
+            return false;
+        }
+        running.insert(id.to_owned());
+        true
+    }
+
+    fn finished(&self, id: &str) {
+        self.0.lock().remove(id);
+    }
+}
+
+/// What the reading side tells the loop when it stops.
+#[derive(Default)]
+struct ReadEnd(Mutex<Option<(u16, &'static str)>>);
+
+/// The `error` message refusing operation `id` over the cap.
+fn too_many_operations(id: &str, max: usize) -> String {
+    serde_json::json!({
+        "id": id,
+        "type": "error",
+        "payload": [{
+            "message": format!("at most {max} operations may run on one socket"),
+            "extensions": { "code": "TOO_MANY_OPERATIONS" }
+        }]
+    })
+    .to_string()
+}
+
+/// The client's text messages as async-graphql reads them, minus operations over the cap (those
+/// are answered through `refusals`). Ends at the client's close or a transport error.
+fn incoming_messages(
+    stream: impl Stream<Item = Result<Message, salvo::Error>> + Send + Unpin + 'static,
+    limits: GraphqlSocketLimits,
+    operations: Arc<RunningOperations>,
+    refusals: mpsc::UnboundedSender<String>,
+    read_end: Arc<ReadEnd>,
+) -> impl Stream<Item = Vec<u8>> + Send + Unpin + 'static {
+    Box::pin(futures_util::stream::unfold(stream, move |mut stream| {
+        let (operations, refusals, read_end) =
+            (operations.clone(), refusals.clone(), read_end.clone());
+        async move {
+            loop {
+                let message = match stream.next().await? {
+                    Ok(message) => message,
+                    Err(error) => {
+                        if is_over_size_limit(&error) {
+                            *read_end.0.lock() = Some(CLOSE_TOO_BIG);
+                        }
+                        tracing::debug!(%error, "graphql socket read failed");
+                        return None;
+                    }
+                };
+                if message.is_close() {
+                    return None;
+                }
+                if !message.is_text() {
+                    continue;
+                }
+                let text = message.as_str().unwrap_or_default();
+                if let Some(Envelope { kind, id: Some(id) }) = envelope(text) {
+                    match kind {
+                        Some("subscribe" | "start")
+                            if !operations.admit(&id, limits.max_operations) =>
+                        {
+                            let _ = refusals.send(too_many_operations(&id, limits.max_operations));
+                            continue;
+                        }
+                        Some("complete" | "stop") => operations.finished(&id),
+                        _ => {}
+                    }
+                }
+                return Some((message.as_bytes().to_vec(), stream));
+            }
+        }
+    }))
+}
+
+/// Whether the WebSocket layer refused a frame or message over the size limit.
+fn is_over_size_limit(error: &salvo::Error) -> bool {
+    match error {
+        salvo::Error::Other(inner) => inner
+            .downcast_ref::<TungsteniteError>()
+            .is_some_and(|error| matches!(error, TungsteniteError::Capacity(_))),
+        _ => false,
+    }
+}
+
+/// The deadline of the session's current state, if any.
+fn deadline_of(session: Session, init_deadline: Instant) -> Option<(Instant, (u16, &'static str))> {
+    match session {
+        Session::AwaitingInit => Some((init_deadline, CLOSE_INIT_TIMEOUT)),
+        Session::ValidUntil(until) => {
+            let remaining = Duration::from_secs(until.saturating_sub(unix_now_secs()));
+            Some((Instant::now() + remaining, CLOSE_UNAUTHORIZED))
+        }
+        Session::Anonymous => None,
+    }
+}
+
+/// Runs one upgraded GraphQL socket until it ends. `upgrade_viewer` is who the upgrade request's
+/// own token (if any) says; a token in `connection_init` replaces it.
+pub async fn run(
+    socket: WebSocket,
+    schema: RealtimeSchema,
+    protocol: WebSocketProtocols,
+    node: Arc<Node>,
+    upgrade_viewer: Viewer,
+    limits: GraphqlSocketLimits,
+    _permit: ConnectionPermit,
+) {
+    let (mut sink, stream) = socket.split();
+    let operations = Arc::new(RunningOperations::default());
+    let read_end = Arc::new(ReadEnd::default());
+    let (refusals, mut refused) = mpsc::unbounded_channel();
+    let (session_sender, mut session) = watch::channel(Session::AwaitingInit);
+    let incoming = incoming_messages(
+        stream,
+        limits,
+        operations.clone(),
+        refusals,
+        read_end.clone(),
+    );
+    let mut outgoing = async_graphql::http::WebSocket::new(schema, incoming, protocol)
+        .on_connection_init(move |payload| async move {
+            let viewer = match super::graphql::token_from_init_payload(&payload) {
+                Some(token) => super::graphql::viewer_for(&node, Some(&token)),
+                None => upgrade_viewer,
+            };
+            let state = match &viewer {
+                Viewer::User(identity) => {
+                    Session::ValidUntil(identity.expires_at.saturating_add(limits.leeway_secs))
+                }
+                Viewer::Anonymous(_) => Session::Anonymous,
+            };
+            let _ = session_sender.send(state);
+            let mut data = Data::default();
+            data.insert(viewer);
+            Ok(data)
+        });
+    let init_deadline = Instant::now() + limits.init_timeout;
+    // The init callback (holding the sender) is dropped once it ran; after that the session
+    // state no longer changes.
+    let mut session_may_change = true;
+    let close = loop {
+        let deadline = deadline_of(*session.borrow_and_update(), init_deadline);
+        let expiry = async {
+            match deadline {
+                Some((at, close)) => {
+                    tokio::time::sleep_until(at).await;
+                    close
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = outgoing.next() => match message {
+                Some(WsMessage::Text(text)) => {
+                    if let Some(Envelope { kind: Some("complete" | "error"), id: Some(id) }) = envelope(&text) {
+                        operations.finished(&id);
+                    }
+                    if sink.send(Message::text(text)).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
+                None => break read_end.0.lock().take().map(|(code, reason)| (code, reason.to_owned())),
+            },
+            Some(refusal) = refused.recv() => {
+                if sink.send(Message::text(refusal)).await.is_err() {
+                    break None;
+                }
+            }
+            changed = session.changed(), if session_may_change => {
+                session_may_change = changed.is_ok();
+            }
+            (code, reason) = expiry => break Some((code, reason.to_owned())),
+        }
+    };
+    if let Some((code, reason)) = close {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            sink.send(Message::close_with(code, reason)),
+        )
+        .await;
+    }
+}
