@@ -5,6 +5,7 @@ mod browser_path;
 mod cluster;
 mod faults;
 mod handshake;
+mod jwks;
 mod lifecycle;
 mod malformed;
 mod notifications;

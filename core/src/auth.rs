@@ -98,20 +98,36 @@ impl Identity {
     }
 }
 
-/// Verifies tokens against the configured key. Cheap to share; build once at startup.
+/// Verifies tokens against the configured key, or the keys of a JWKS. Cheap to share; build
+/// once at startup.
 pub struct TokenVerifier {
-    key: DecodingKey,
+    keys: Keys,
+    /// Every rule but the algorithm, which comes with the key.
     validation: Validation,
-    key_id: Option<String>,
+}
+
+/// Where verification keys come from.
+enum Keys {
+    /// One configured key; a token's `kid`, if any, must equal `auth.key_id`.
+    Single {
+        key: DecodingKey,
+        algorithm: Algorithm,
+        key_id: Option<String>,
+    },
+    /// An identity provider's key set: the token's `kid` picks the key and its pinned algorithm.
+    Jwks(std::sync::Arc<crate::jwks::JwksCache>),
 }
 
 /// Longest user id (`sub`), bytes; notifications accept the same, so every user can get them.
 pub const MAX_USER_ID_BYTES: usize = 256;
 
 impl TokenVerifier {
+    /// A verifier for a configured secret or public key file (not for `auth.jwks_url`: see
+    /// [`TokenVerifier::with_jwks`]).
     pub fn from_settings(auth: &AuthSettings) -> Result<TokenVerifier, KeyError> {
         let source = auth.key_source().map_err(|_| KeyError::NoKey)?;
         let (key, algorithm) = match source {
+            KeySource::Jwks(_) => return Err(KeyError::NoKey),
             KeySource::Secret(secret) => (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
@@ -130,23 +146,51 @@ impl TokenVerifier {
                 }
             }
         };
-        // Validation::new pins the one algorithm: anything else in the header is refused.
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = auth.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if let Some(issuer) = &auth.issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        match &auth.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
         Ok(TokenVerifier {
-            key,
-            validation,
-            key_id: auth.key_id.clone(),
+            keys: Keys::Single {
+                key,
+                algorithm,
+                key_id: auth.key_id.clone(),
+            },
+            validation: validation_rules(auth),
         })
+    }
+
+    /// A verifier whose keys come from an identity provider's key set.
+    pub fn with_jwks(auth: &AuthSettings, jwks: std::sync::Arc<crate::jwks::JwksCache>) -> Self {
+        TokenVerifier {
+            keys: Keys::Jwks(jwks),
+            validation: validation_rules(auth),
+        }
+    }
+
+    /// The key set, when keys come from one.
+    pub fn jwks(&self) -> Option<&std::sync::Arc<crate::jwks::JwksCache>> {
+        match &self.keys {
+            Keys::Jwks(cache) => Some(cache),
+            Keys::Single { .. } => None,
+        }
+    }
+
+    /// The key for a token with this header, and the one algorithm it may be signed with.
+    fn key_for(&self, header: &Header) -> Result<(DecodingKey, Algorithm), AuthError> {
+        match &self.keys {
+            Keys::Single {
+                key,
+                algorithm,
+                key_id,
+            } => {
+                if header.kid.is_some() && header.kid != *key_id {
+                    return Err(AuthError::UnknownKeyId);
+                }
+                Ok((key.clone(), *algorithm))
+            }
+            Keys::Jwks(cache) => {
+                let kid = header.kid.as_deref().ok_or(AuthError::UnknownKeyId)?;
+                let pinned = cache.key(kid).ok_or(AuthError::UnknownKeyId)?;
+                Ok((pinned.key, pinned.algorithm))
+            }
+        }
     }
 
     /// Verifies signature, algorithm, `kid`, `exp`, `nbf`, `iss`, `aud` and `sub`.
@@ -156,11 +200,13 @@ impl TokenVerifier {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Malformed("header".to_owned()))?;
-        if header.kid.is_some() && header.kid != self.key_id {
-            return Err(AuthError::UnknownKeyId);
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(map_jwt_error)?;
+        let (key, algorithm) = self.key_for(&header)?;
+        // One algorithm per key: anything else in the header is refused (no `none`, no
+        // HS256 "signed" with a public key).
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![algorithm];
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(map_jwt_error)?;
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > MAX_USER_ID_BYTES {
             return Err(AuthError::Malformed("sub".to_owned()));
@@ -175,6 +221,25 @@ impl TokenVerifier {
                 .collect(),
         })
     }
+}
+
+/// Every rule a token must pass but its algorithm: `exp`, `nbf` (with the leeway), `sub`, and
+/// `iss` / `aud` when configured.
+fn validation_rules(auth: &AuthSettings) -> Validation {
+    let mut validation = Validation {
+        leeway: auth.leeway_secs,
+        validate_nbf: true,
+        ..Validation::default()
+    };
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    if let Some(issuer) = &auth.issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    match &auth.audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation
 }
 
 fn map_jwt_error(error: jsonwebtoken::errors::Error) -> AuthError {

@@ -223,6 +223,11 @@ pub struct AuthSettings {
     pub key_id: Option<String>,
     /// Lets a node that listens beyond loopback start with the public development secret (demos).
     pub allow_development_secret: bool,
+    /// An identity provider's JWKS endpoint; its keys verify tokens (see `jwks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: u64,
+    pub jwks_min_refetch_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,11 +316,22 @@ pub const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789ab
 pub enum KeySource<'a> {
     Secret(&'a str),
     PublicKeyFile(&'a Path),
+    /// An identity provider's key set (`auth.jwks_url`).
+    Jwks(&'a str),
 }
 
 impl AuthSettings {
     /// The key source in effect, or the conflict: both a real secret and a public key file.
     pub fn key_source(&self) -> Result<KeySource<'_>, ConfigError> {
+        if let Some(url) = self.jwks_url.as_deref() {
+            return match (self.jwt_secret.as_deref(), &self.jwt_public_key_file) {
+                (None | Some(DEVELOPMENT_JWT_SECRET), None) => Ok(KeySource::Jwks(url)),
+                _ => Err(ConfigError::invalid(
+                    "auth.jwks_url",
+                    "set one key source: auth.jwks_url, auth.jwt_secret or auth.jwt_public_key_file",
+                )),
+            };
+        }
         match (
             self.jwt_secret.as_deref(),
             self.jwt_public_key_file.as_deref(),

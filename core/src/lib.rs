@@ -27,7 +27,8 @@
 //! - [`plugins`]: wasmtime event plugins: per-room-type chains, limits, failure policy,
 //!   circuit breaker, hot reload.
 //! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
-//! - [`auth`]: JWT verification and minting; [`room`]: room ids and grants.
+//! - [`auth`]: JWT verification and minting; [`jwks`]: keys from an identity provider's JWKS;
+//!   [`room`]: room ids and grants.
 //! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
 //! - [`small_set`]: a few values in a vector, for per-connection and per-user sets.
 //! - [`descriptors`]: the open-file limit and the kernel's descriptor table, sized at startup.
@@ -43,6 +44,7 @@ pub mod descriptors;
 pub mod events;
 pub mod graphql;
 pub mod hub;
+pub mod jwks;
 pub mod metrics;
 pub mod nats_bridge;
 pub mod node;

@@ -265,8 +265,21 @@ impl Node {
             .map_err(|refusal| refusal.wire_error(self.admission.limit_of(refusal)))
     }
 
-    pub fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
-        self.verifier.verify(token)
+    /// Verifies a token. With a JWKS, a token naming a `kid` the cached set lacks triggers one
+    /// refetch (rate-limited, see `jwks`) before it is refused: a rotated key works at once.
+    pub async fn verify_token(&self, token: &str) -> Result<Identity, AuthError> {
+        match self.verifier.verify(token) {
+            Err(AuthError::UnknownKeyId) => match self.verifier.jwks() {
+                Some(jwks) if jwks.refetch_for_unknown_kid().await => self.verifier.verify(token),
+                _ => Err(AuthError::UnknownKeyId),
+            },
+            verified => verified,
+        }
+    }
+
+    /// The identity provider's key set, when tokens are verified with one.
+    pub fn jwks(&self) -> Option<&Arc<crate::jwks::JwksCache>> {
+        self.verifier.jwks()
     }
 
     fn room_type(&self, room: &RoomId) -> Result<&RoomTypeSettings, WireError> {

@@ -42,6 +42,8 @@ pub enum StartError {
     Plugin(String),
     #[error("configuration key `nats.url`: {0}")]
     NoJetStream(String),
+    #[error("configuration key `auth.jwks_url`: {0}")]
+    Jwks(String),
     #[error("configuration key `{key}`: cannot connect: {source}")]
     Backend {
         key: &'static str,
@@ -202,11 +204,28 @@ fn spawn_offline_sweeper(node: Arc<Node>) -> JoinHandle<()> {
     })
 }
 
+/// The verifier for the configured key source; with `auth.jwks_url`, after fetching the set.
+async fn token_verifier(auth: &crate::config::AuthSettings) -> Result<TokenVerifier, StartError> {
+    let Some(url) = &auth.jwks_url else {
+        return Ok(TokenVerifier::from_settings(auth)?);
+    };
+    let source = crate::jwks::JwksSource {
+        url: url.clone(),
+        issuer: auth.issuer.clone(),
+        refresh_every: Duration::from_secs(auth.jwks_refresh_secs),
+        min_refetch: Duration::from_secs(auth.jwks_min_refetch_secs),
+    };
+    let cache = crate::jwks::JwksCache::start(source)
+        .await
+        .map_err(StartError::Jwks)?;
+    Ok(TokenVerifier::with_jwks(auth, Arc::new(cache)))
+}
+
 impl Server {
     /// Starts a node on `listener` (bind port 0 in tests) and returns once it accepts.
     pub async fn start(settings: Settings, listener: TcpListener) -> Result<Server, StartError> {
         let settings = Arc::new(settings);
-        let verifier = TokenVerifier::from_settings(&settings.auth)?;
+        let verifier = token_verifier(&settings.auth).await?;
         let node_id: Arc<str> = Arc::from(settings.resolved_node_id());
         let connections = Connections::open(&settings, &node_id).await?;
         let hub = Arc::new(Hub::new(settings.server.fanout_yield_every));
@@ -224,6 +243,12 @@ impl Server {
             spawn_offline_sweeper(node.clone()),
             crate::metrics::spawn_upkeep(),
         ];
+        if let Some(jwks) = node.jwks() {
+            background.push(crate::jwks::JwksCache::spawn_refresher(
+                jwks.clone(),
+                node.shutdown_token().clone(),
+            ));
+        }
         if let Some(plugins) = node.plugins() {
             background.push(spawn_plugin_reloader(
                 plugins.clone(),

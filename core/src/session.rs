@@ -563,6 +563,7 @@ where
         let identity = self
             .node
             .verify_token(token)
+            .await
             .map_err(|error| WireError::new(ErrorCode::InvalidToken, error.to_string()))?;
         if identity.user_id != self.session.identity.user_id {
             return Err(WireError::new(

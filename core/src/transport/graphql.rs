@@ -31,7 +31,7 @@ impl GraphqlEndpoint {
     }
 
     async fn execute(&self, req: &mut Request, res: &mut Response) {
-        let viewer = viewer_for(&self.node, super::bearer_from_header(req).as_deref());
+        let viewer = viewer_for(&self.node, super::bearer_from_header(req).as_deref()).await;
         let request = match super::read_body(&self.node, req, MAX_BODY_BYTES).await {
             Ok(body) => serde_json::from_slice::<async_graphql::Request>(body),
             Err(super::BodyError::TooLarge) => {
@@ -67,7 +67,7 @@ impl GraphqlEndpoint {
         };
         // These sockets count toward server.max_connections like /ws ones.
         // A token on the upgrade request is used unless connection_init carries one.
-        let upgrade_viewer = viewer_for(&self.node, super::bearer_token(req).as_deref());
+        let upgrade_viewer = viewer_for(&self.node, super::bearer_token(req).as_deref()).await;
         let applicant = Applicant {
             user_id: match &upgrade_viewer {
                 Viewer::User(identity) => Some(Arc::from(identity.user_id.as_str())),
@@ -105,10 +105,10 @@ impl GraphqlEndpoint {
 }
 
 /// Who a request is from, given its token (if any).
-pub(super) fn viewer_for(node: &Node, token: Option<&str>) -> Viewer {
+pub(super) async fn viewer_for(node: &Node, token: Option<&str>) -> Viewer {
     match token {
         None => Viewer::Anonymous("send Authorization: Bearer <token>".to_owned()),
-        Some(token) => match node.verify_token(token) {
+        Some(token) => match node.verify_token(token).await {
             Ok(identity) => Viewer::User(identity),
             Err(error) => Viewer::Anonymous(error.to_string()),
         },

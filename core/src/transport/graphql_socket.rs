@@ -215,7 +215,7 @@ pub async fn run(
     let mut outgoing = async_graphql::http::WebSocket::new(schema, incoming, protocol)
         .on_connection_init(move |payload| async move {
             let viewer = match super::graphql::token_from_init_payload(&payload) {
-                Some(token) => super::graphql::viewer_for(&node, Some(&token)),
+                Some(token) => super::graphql::viewer_for(&node, Some(&token)).await,
                 None => upgrade_viewer,
             };
             let state = match &viewer {

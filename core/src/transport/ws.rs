@@ -328,10 +328,11 @@ impl Handler for WebSocketEndpoint {
         if let Err(error) = self.allowed_origins.check(req) {
             return self.refuse(req, res, "origin_forbidden", error);
         }
-        let identity = match bearer_token(req)
-            .as_deref()
-            .map(|token| self.node.verify_token(token))
-        {
+        let verified = match bearer_token(req) {
+            Some(token) => Some(self.node.verify_token(&token).await),
+            None => None,
+        };
+        let identity = match verified {
             Some(Ok(identity)) => identity,
             Some(Err(error)) => {
                 let error = WireError::new(ErrorCode::InvalidToken, error.to_string());
