@@ -1,0 +1,206 @@
+//! Room membership in Redis: who is in which room, with capacity checked atomically across
+//! nodes (see the keys in the module docs of `stores::redis`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+
+use super::{NOW_MS, RedisConnector, WRITE_BATCH, script};
+use crate::room::RoomId;
+use crate::stores::StoreError;
+use crate::stores::coalesce::Coalescer;
+use crate::stores::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
+
+/// `purge(now)` and `keep_alive(ttl, base)`, prepended to the room scripts.
+const PURGE_ROOM: &str = include_str!("scripts/purge_room.lua");
+const JOIN_SCRIPT: &str = include_str!("scripts/join.lua");
+const REFRESH_SCRIPT: &str = include_str!("scripts/refresh.lua");
+const LEAVE_SCRIPT: &str = include_str!("scripts/leave.lua");
+const MEMBERS_SCRIPT: &str = include_str!("scripts/members.lua");
+
+/// Memberships one refresh script extends at most (~5 commands each): a batch of sockets in many
+/// rooms is split into several calls, so no single script holds Redis up for long.
+const REFRESH_CHUNK: usize = 512;
+
+/// One socket's membership refresh (all its rooms), waiting for a batched write.
+struct MembershipRefresh {
+    rooms: Vec<RoomId>,
+    socket_id: Arc<str>,
+    ttl: Duration,
+}
+
+/// Room membership in Redis (see the module docs for keys).
+///
+/// Refreshes go out together, like presence's heartbeats: one script call for every room of
+/// every socket whose refresh queued while the previous call was out.
+pub struct RedisRoomStore {
+    redis: Arc<RedisConnector>,
+    join: Script,
+    refreshes: Coalescer<MembershipRefresh, Vec<RoomId>>,
+    leave: Script,
+    members: Script,
+}
+
+impl RedisRoomStore {
+    /// Call within a tokio runtime: it spawns the task that batches refreshes.
+    pub fn new(redis: Arc<RedisConnector>) -> RedisRoomStore {
+        let helpers = [NOW_MS, PURGE_ROOM];
+        let refresh = Arc::new(script(REFRESH_SCRIPT, &helpers));
+        let batch_redis = redis.clone();
+        RedisRoomStore {
+            join: script(JOIN_SCRIPT, &helpers),
+            refreshes: Coalescer::spawn(WRITE_BATCH, redis.command_timeout(), move |refreshes| {
+                refresh_all(batch_redis.clone(), refresh.clone(), refreshes)
+            }),
+            leave: script(LEAVE_SCRIPT, &helpers),
+            members: script(MEMBERS_SCRIPT, &helpers),
+            redis,
+        }
+    }
+
+    async fn run_room_script<T: redis::FromRedisValue + Send>(
+        &self,
+        script: &Script,
+        room: &RoomId,
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        let keys = room_keys(&self.redis, room);
+        self.redis
+            .run(|mut connection| {
+                let mut invocation = script.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                for arg in args {
+                    invocation.arg(arg);
+                }
+                async move { invocation.invoke_async(&mut connection).await }
+            })
+            .await
+    }
+}
+
+fn room_keys(redis: &RedisConnector, room: &RoomId) -> [String; 3] {
+    let prefix = redis.key_prefix();
+    ["sockets", "owner", "users"].map(|part| format!("{prefix}room:{room}:{part}"))
+}
+
+/// Extends a batch of memberships: one script call per `REFRESH_CHUNK` memberships. Answers, per
+/// refresh, the rooms whose membership was gone.
+async fn refresh_all(
+    redis: Arc<RedisConnector>,
+    refresh: Arc<Script>,
+    refreshes: Vec<MembershipRefresh>,
+) -> Result<Vec<Vec<RoomId>>, StoreError> {
+    // (refresh's position in the batch, room) for every membership, in order.
+    let memberships: Vec<(usize, &RoomId, &MembershipRefresh)> = refreshes
+        .iter()
+        .enumerate()
+        .flat_map(|(position, refresh)| {
+            refresh
+                .rooms
+                .iter()
+                .map(move |room| (position, room, refresh))
+        })
+        .collect();
+    let mut gone = vec![Vec::new(); refreshes.len()];
+    for chunk in memberships.chunks(REFRESH_CHUNK) {
+        let mut keys = Vec::with_capacity(chunk.len() * 3);
+        let mut args = Vec::with_capacity(chunk.len() * 2);
+        for (_, room, membership) in chunk {
+            keys.extend(room_keys(&redis, room));
+            args.push(membership.socket_id.to_string());
+            args.push(membership.ttl.as_millis().to_string());
+        }
+        let gone_positions: Vec<usize> = redis
+            .run(|mut connection| {
+                let mut invocation = refresh.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                for arg in &args {
+                    invocation.arg(arg);
+                }
+                async move { invocation.invoke_async(&mut connection).await }
+            })
+            .await?;
+        for position in gone_positions {
+            if let Some((refresh_position, room, _)) =
+                position.checked_sub(1).and_then(|index| chunk.get(index))
+            {
+                gone[*refresh_position].push((*room).clone());
+            }
+        }
+    }
+    Ok(gone)
+}
+
+#[async_trait]
+impl RoomStore for RedisRoomStore {
+    async fn join(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        capacity: u32,
+        ttl: Duration,
+    ) -> Result<JoinOutcome, StoreError> {
+        let args = [
+            member.socket_id.to_string(),
+            member.user_id.to_string(),
+            capacity.to_string(),
+            ttl.as_millis().to_string(),
+        ];
+        let outcome: String = self.run_room_script(&self.join, room, &args).await?;
+        match outcome.as_str() {
+            "first" => Ok(JoinOutcome::Joined {
+                first_for_user: true,
+            }),
+            "joined" => Ok(JoinOutcome::Joined {
+                first_for_user: false,
+            }),
+            "already" => Ok(JoinOutcome::AlreadyMember),
+            "full" => Ok(JoinOutcome::Full),
+            other => Err(StoreError::Unavailable(format!(
+                "redis join script answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        rooms: &[RoomId],
+        member: &Member,
+        ttl: Duration,
+    ) -> Result<Vec<RoomId>, StoreError> {
+        self.refreshes
+            .call(MembershipRefresh {
+                rooms: rooms.to_vec(),
+                socket_id: member.socket_id.clone(),
+                ttl,
+            })
+            .await
+    }
+
+    async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError> {
+        let outcome: String = self
+            .run_room_script(&self.leave, room, &[member.socket_id.to_string()])
+            .await?;
+        Ok(match outcome.as_str() {
+            "last" => LeaveOutcome::Left {
+                last_for_user: true,
+            },
+            "left" => LeaveOutcome::Left {
+                last_for_user: false,
+            },
+            _ => LeaveOutcome::NotMember,
+        })
+    }
+
+    async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {
+        let mut users: Vec<String> = self.run_room_script(&self.members, room, &[]).await?;
+        users.sort();
+        Ok(users)
+    }
+}

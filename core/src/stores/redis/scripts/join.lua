@@ -1,0 +1,19 @@
+-- KEYS: sockets, owner, users. ARGV: socket, user, capacity, ttl ms.
+-- Returns 'first', 'joined', 'already' or 'full'.
+local now = now_ms()
+purge(now)
+local ttl = tonumber(ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  keep_alive(ttl, 0)
+  return 'already'
+end
+local has_user = redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1
+if not has_user and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[3]) then
+  return 'full'
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+keep_alive(ttl, 0)
+if has_user then return 'joined' else return 'first' end
