@@ -309,3 +309,128 @@ async fn metrics_and_health_are_served() {
         assert!(metrics.contains(name), "missing {name} in /metrics");
     }
 }
+
+async fn ready_status(server: &TestServer) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{}/ready", server.addr))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn shutdown_turns_readiness_off_then_spreads_the_closes_over_the_drain_window() {
+    const SOCKETS: usize = 40;
+    let window = Duration::from_secs(2);
+    let server = TestServer::start_with(|settings| settings.server.drain_window_secs = 2)
+        .await
+        .unwrap();
+    assert_eq!(ready_status(&server).await.0, 200);
+    let mut closes = Vec::new();
+    for number in 0..SOCKETS {
+        let mut client = server.connect(&format!("drained-{number}")).await.unwrap();
+        closes.push(tokio::spawn(async move {
+            let ended = client.expect_end().await.unwrap();
+            (ended, std::time::Instant::now())
+        }));
+    }
+    let addr = server.addr;
+    let url = server.ws_url(&server.token("newcomer"));
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(server.server.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Readiness goes first: the load balancer stops sending before sockets are closed.
+    let response = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["draining"], true);
+    match realtime_tests::handshake(&url, None).await.unwrap() {
+        realtime_tests::Handshake::Refused { status, body } => {
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (503, Some("unavailable"))
+            );
+        }
+        realtime_tests::Handshake::Upgraded(_) => panic!("a draining node took a new socket"),
+    }
+
+    let mut offsets = Vec::new();
+    for close in closes {
+        let (ended, at) = close.await.unwrap();
+        assert_eq!(
+            ended,
+            Ended::Closed {
+                code: 1012,
+                reason: "server_restart".into()
+            }
+        );
+        offsets.push(at.duration_since(started));
+    }
+    offsets.sort();
+    let spread = *offsets.last().unwrap() - offsets[0];
+    assert!(
+        spread >= window.mul_f64(0.6),
+        "closes spread over {spread:?} of a {window:?} window: {offsets:?}"
+    );
+    // No tenth of the window holds more than a quarter of the sockets.
+    let mut per_slice = [0usize; 11];
+    for offset in &offsets {
+        let slice = (offset.as_secs_f64() / window.as_secs_f64() * 10.0) as usize;
+        per_slice[slice.min(10)] += 1;
+    }
+    assert!(
+        per_slice.iter().all(|&count| count <= SOCKETS / 4),
+        "closes bunched: {per_slice:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn readiness_names_a_backend_that_is_down_and_recovers_with_it() {
+    let mut redis = realtime_tests::ServiceProcess::redis(0, None)
+        .await
+        .unwrap();
+    let server = TestServer::start_with(|settings| {
+        settings.redis.url = Some(format!("redis://127.0.0.1:{}", redis.port));
+        settings.redis.command_timeout_ms = 500;
+    })
+    .await
+    .unwrap();
+    let (status, body) = ready_status(&server).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
+
+    redis.kill();
+    let (status, body) = ready_status(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["failing"][0]["backend"], "redis", "{body}");
+    assert_eq!(body["draining"], false);
+    let live = reqwest::get(format!("http://{}/health", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        live.status(),
+        200,
+        "liveness is not readiness: the process is fine"
+    );
+
+    let _back = realtime_tests::ServiceProcess::redis(redis.port, None)
+        .await
+        .unwrap();
+    let mut recovered = false;
+    for _ in 0..40 {
+        if ready_status(&server).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(recovered, "ready again once Redis is back");
+}

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -35,6 +36,9 @@ const DIRECT_FAN_OUT_MAX: usize = 1024;
 pub fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
     yield_every > 0 && index % yield_every == yield_every - 1 && index + 1 < total
 }
+
+/// Most steps a drain is spread over (each closes a slice of the sockets).
+const DRAIN_STEPS: usize = 100;
 
 /// Shard count: a power of two well above the core count, so writers rarely meet.
 const SHARDS: usize = 64;
@@ -509,6 +513,26 @@ impl Hub {
         for socket in self.users.all_sockets() {
             socket.request_close(code);
         }
+    }
+
+    /// Asks every socket to close with `code`, spread evenly over `window` (in up to
+    /// `DRAIN_STEPS` steps), so a node's clients do not all reconnect to the next node at once.
+    /// Sockets that registered meanwhile are closed at the end.
+    pub async fn close_all_over(&self, code: CloseCode, window: Duration) {
+        let sockets = self.users.all_sockets();
+        if !window.is_zero() && sockets.len() > 1 {
+            let started = tokio::time::Instant::now();
+            let steps = sockets.len().min(DRAIN_STEPS);
+            let per_step = sockets.len().div_ceil(steps);
+            for (step, batch) in sockets.chunks(per_step).enumerate() {
+                let at = started + window.mul_f64(step as f64 / steps as f64);
+                tokio::time::sleep_until(at).await;
+                for socket in batch {
+                    socket.request_close(code);
+                }
+            }
+        }
+        self.close_all(code);
     }
 }
 

@@ -33,7 +33,8 @@
 //! - [`small_set`]: a few values in a vector, for per-connection and per-user sets.
 //! - [`descriptors`]: the open-file limit and the kernel's descriptor table, sized at startup.
 //! - [`admission`]: connection slots per node, per user and per client address.
-//! - [`server`]: start and stop a node.
+//! - [`readiness`]: what `GET /ready` checks (draining, Redis, NATS, the database).
+//! - [`server`]: start and stop a node (readiness off, closes spread over the drain window).
 
 pub mod admission;
 pub mod auth;
@@ -51,6 +52,7 @@ pub mod node;
 pub mod notifications;
 pub mod plugins;
 pub mod protocol;
+pub mod readiness;
 pub mod room;
 pub mod server;
 pub mod session;

@@ -37,6 +37,8 @@ pub struct Backends {
     pub rooms: Arc<dyn RoomStore>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub notifications: Arc<NotificationService>,
+    /// Checks of the backends this node was configured with, for `GET /ready`.
+    pub readiness: crate::readiness::Readiness,
 }
 
 /// Frames a watcher (GraphQL subscription) may queue before it is cut off as too slow.
@@ -141,6 +143,8 @@ pub struct Node {
     interest_locks: Box<[tokio::sync::Mutex<()>]>,
     interest_hasher: RandomState,
     shutdown: CancellationToken,
+    /// Shutdown has begun: not ready, no new sockets.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable(error: StoreError) -> WireError {
@@ -179,7 +183,24 @@ impl Node {
                 .collect(),
             interest_hasher: RandomState::new(),
             shutdown: CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the node as draining: readiness turns false and handshakes are refused (close 1012
+    /// for `refusal=close`), so a load balancer moves traffic away before sockets are closed.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What `GET /ready` answers.
+    pub async fn readiness(&self) -> crate::readiness::ReadinessReport {
+        self.backends.readiness.check(self.is_draining()).await
     }
 
     pub fn settings(&self) -> &Settings {

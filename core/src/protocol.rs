@@ -265,6 +265,9 @@ impl CloseCode {
             ErrorCode::NodeFull => CloseCode::NodeFull,
             ErrorCode::TooManyConnections => CloseCode::TooManyConnections,
             ErrorCode::OriginForbidden => CloseCode::OriginForbidden,
+            // Only a draining node refuses a handshake as unavailable: like its sockets, the
+            // client moves to another node.
+            ErrorCode::Unavailable => CloseCode::Restart,
             // A browser's handshake is always a well-formed upgrade; anything else it could
             // meet is a protocol problem.
             _ => CloseCode::ProtocolError,

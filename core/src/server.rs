@@ -144,12 +144,18 @@ impl Connections {
             // Validation guarantees the chosen broker's connection exists; memory otherwise.
             _ => Arc::new(MemoryBroker::new(MemoryBus::new(), deliver)),
         };
+        let readiness = crate::readiness::Readiness::new(
+            self.redis.clone(),
+            self.nats.clone(),
+            notifications.store().clone(),
+        );
         Ok(Backends {
             broker,
             presence,
             rooms,
             rate_limiter,
             notifications,
+            readiness,
         })
     }
 }
@@ -326,17 +332,28 @@ impl Server {
         }
     }
 
-    /// Stops accepting, closes every socket with 1012, and waits up to
-    /// `server.shutdown_grace_secs` for them to finish.
+    /// Drains, then stops: readiness turns false and new handshakes are refused at once; the
+    /// sockets are closed with 1012 spread over `server.drain_window_secs`; then the listener
+    /// stops and the node waits up to `server.shutdown_grace_secs` for every socket's teardown.
     pub async fn shutdown(self) {
-        let grace = Duration::from_secs(self.node.settings().server.shutdown_grace_secs);
+        let server = &self.node.settings().server;
+        let (grace, window) = (
+            Duration::from_secs(server.shutdown_grace_secs),
+            Duration::from_secs(server.drain_window_secs),
+        );
         tracing::info!(
             connections = self.node.hub().connection_count(),
-            "shutting down"
+            drain_window_secs = window.as_secs(),
+            "draining"
         );
+        self.node.start_draining();
+        self.node
+            .hub()
+            .close_all_over(CloseCode::Restart, window)
+            .await;
+        tracing::info!("drained; shutting down");
         self.http.stop_graceful(grace);
         self.node.shutdown_token().cancel();
-        self.node.hub().close_all(CloseCode::Restart);
         // Admitted, not registered: a socket leaves the hub before its teardown's backend calls
         // (rooms, presence, `socket.disconnect`), and those must not be cut off by the exit.
         let drained = tokio::time::timeout(grace, async {

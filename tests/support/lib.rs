@@ -43,6 +43,8 @@ pub fn test_settings() -> Settings {
     settings.api.key = Some(API_KEY.to_owned());
     settings.auth.leeway_secs = 0;
     settings.server.shutdown_grace_secs = 5;
+    // Tests that shut a node down expect every close at once; the drain test sets its own.
+    settings.server.drain_window_secs = 0;
     settings.database.url = "sqlite::memory:".to_owned();
     if std::env::var(BACKENDS_ENV).is_ok_and(|value| value == "shared") {
         use_shared_services(&mut settings, REDIS_URL, NATS_URL);

@@ -201,6 +201,8 @@ pub struct StoreFailure {
 /// - `mark_read` sets `read_at` once; later calls return the row unchanged.
 #[async_trait]
 pub trait NotificationStore: Send + Sync + 'static {
+    /// Answers when the database does (a trivial query); for readiness probes.
+    async fn ping(&self) -> Result<(), StoreFailure>;
     async fn insert(
         &self,
         notification: &NewNotification,

@@ -135,6 +135,14 @@ impl SqlNotificationStore {
 
 #[async_trait]
 impl NotificationStore for SqlNotificationStore {
+    async fn ping(&self) -> Result<(), StoreFailure> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(failure)
+    }
+
     async fn insert(&self, new: &NewNotification) -> Result<(Notification, bool), StoreFailure> {
         let inserted = sqlx::query(
             "INSERT INTO notifications (id, user_id, type, content, created_at, read_at) \

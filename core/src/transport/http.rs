@@ -244,6 +244,39 @@ impl Handler for HealthEndpoint {
     }
 }
 
+/// `GET /ready`: 200 when the node should get traffic, 503 with what fails (or `draining`).
+pub struct ReadyEndpoint {
+    node: Arc<Node>,
+}
+
+impl ReadyEndpoint {
+    pub fn new(node: Arc<Node>) -> Self {
+        ReadyEndpoint { node }
+    }
+}
+
+#[async_trait]
+impl Handler for ReadyEndpoint {
+    async fn handle(
+        &self,
+        _req: &mut Request,
+        _depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        let report = self.node.readiness().await;
+        if !report.ready {
+            res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        res.render(Json(serde_json::json!({
+            "status": if report.ready { "ready" } else { "not_ready" },
+            "node": self.node.node_id(),
+            "draining": report.draining,
+            "failing": report.failing,
+        })));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;

@@ -1,7 +1,8 @@
 //! The HTTP and WebSocket edge: the only module that knows salvo and the wire framing.
 //!
 //! Routes: `GET /ws` (WebSocket), `POST /api/publish`, `POST /api/notifications`,
-//! `POST|GET /graphql` (queries, GraphiQL, subscriptions), `GET /metrics`, `GET /health`.
+//! `POST|GET /graphql` (queries, GraphiQL, subscriptions), `GET /metrics`, `GET /health`
+//! (liveness), `GET /ready` (readiness).
 //! `/ws`, `/graphql` and `/api/*` admit pages only from `server.allowed_origins` (`origin`).
 //! Every error leaves as `{"error":{"code":..,"message":..}}` with a status from [`status_for`].
 
@@ -101,7 +102,8 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
                 .options(origin::NoContent)
         })
         .push(Router::with_path("metrics").get(http::MetricsEndpoint::new()))
-        .push(Router::with_path("health").get(http::HealthEndpoint::new(node)))
+        .push(Router::with_path("health").get(http::HealthEndpoint::new(node.clone())))
+        .push(Router::with_path("ready").get(http::ReadyEndpoint::new(node)))
 }
 
 /// Why a request body could not be read.

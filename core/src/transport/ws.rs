@@ -213,10 +213,12 @@ fn inbound_from(message: Result<Message, TungsteniteError>) -> Inbound {
 fn message_from(outbound: Outbound) -> Message {
     match outbound {
         Outbound::Text(frame) => {
-            // SAFETY: a `Frame` is valid UTF-8 by construction (serde_json output, or checked
-            // once by `Frame::from_encoded`; its field is private to `protocol`), so the
-            // per-recipient check `Utf8Bytes::try_from` would make is skipped.
-            let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame.into_bytes()) };
+            // A `Frame` is UTF-8 by construction (serde_json output, or checked by
+            // `Frame::from_encoded`), so this check cannot fail. It runs only for frames this
+            // socket's own task writes (replies, and pushes on the rare sockets without a write
+            // lane); broadcasts reach sockets through the lane, which frames them itself.
+            let text =
+                Utf8Bytes::try_from(frame.into_bytes()).expect("a Frame is UTF-8 by construction");
             Message::Text(text)
         }
         Outbound::Ping => Message::Ping(Default::default()),
@@ -327,6 +329,13 @@ impl Handler for WebSocketEndpoint {
         metrics::counter!(names::CONNECTION_STATES, "state" => "connecting").increment(1);
         if let Err(error) = self.allowed_origins.check(req) {
             return self.refuse(req, res, "origin_forbidden", error);
+        }
+        if self.node.is_draining() {
+            let error = WireError::new(
+                ErrorCode::Unavailable,
+                "this node is shutting down; connect to another node",
+            );
+            return self.refuse(req, res, "draining", error);
         }
         let verified = match bearer_token(req) {
             Some(token) => Some(self.node.verify_token(&token).await),

@@ -167,6 +167,8 @@ export async function startServer({ port, nodeId, env = {}, readyTimeoutMs = 30_
     REALTIME_PRESENCE__HEARTBEAT_INTERVAL_SECS: "1",
     REALTIME_PRESENCE__TTL_SECS: "4",
     REALTIME_SERVER__SHUTDOWN_GRACE_SECS: "2",
+    // SIGTERM drains: sockets are closed with 1012 spread over this window (default 10 s).
+    REALTIME_SERVER__DRAIN_WINDOW_SECS: "1",
     REALTIME_AUTH__LEEWAY_SECS: "0",
     ...env,
   };
@@ -323,8 +325,9 @@ export async function deleteNatsStream(subjectPrefix, natsUrl = NATS_URL) {
 
 /**
  * A TCP load balancer: each new connection goes to the next live backend, round-robin among the
- * live ones. A backend is live while its `/health` answers 200 (checked every `checkEveryMs`)
- * and a connect to it does not fail; a failed connect tries the next live backend.
+ * live ones. A backend is live while its readiness probe `/ready` answers 200 (checked every
+ * `checkEveryMs`; a draining node answers 503 at once) and a connect to it does not fail; a
+ * failed connect tries the next live backend.
  * `backends`: [{ port, name }]. `connections` lists [{ at, backend }] for each forwarded
  * connection ("none" when no backend took it).
  */
@@ -338,7 +341,7 @@ export async function startLoadBalancer(backends, { checkEveryMs = 100 } = {}) {
   const check = async () => {
     await Promise.all(
       state.map(async (backend) => {
-        const result = await httpStatus(`http://127.0.0.1:${backend.port}/health`, 300);
+        const result = await httpStatus(`http://127.0.0.1:${backend.port}/ready`, 300);
         backend.live = Boolean(result && result.status === 200);
       }),
     );
