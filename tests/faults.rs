@@ -330,6 +330,19 @@ async fn the_redis_broker_follows_a_sentinel_failover_with_members_on_two_nodes(
     );
 
     master.kill();
+    // Until Sentinel promotes the replica (it waits down-after-milliseconds, 1 s here), no master
+    // is known: a publish says so instead of answering 200 into the void.
+    let refused_while_no_master = eventually(Duration::from_secs(3), || async {
+        matches!(
+            node_a.publish(json!({"room": room, "event": "lost", "data": {}})).await,
+            Ok((503, ref body)) if body["error"]["code"] == "unavailable"
+        )
+    })
+    .await;
+    assert!(
+        refused_while_no_master,
+        "publishing fails loudly while no master is known"
+    );
     assert!(
         a_publish_reaches_everyone(
             &node_a,
