@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-#! Reruns the README's benchmark scenarios: starts release servers on loopback, drives them with
-#! the load tool (examples/loadgen/), prints the load tool's JSON line and stops the servers.
+#! Reruns the benchmark scenarios of docs/benchmarks.md: starts release servers on loopback,
+#! drives them with the load tool (examples/loadgen/), prints the load tool's JSON line and stops
+#! the servers.
 #!
 #!   bash examples/bench.sh SCENARIO [extra loadgen flags]
 #!

@@ -778,6 +778,107 @@ mod tests {
         );
     }
 
+    /// Keys `config/default.toml` sets or shows commented, with their values: `section.key` as
+    /// the docs name them (`room_types.<type>.…`, `plugins.<name>.…`).
+    fn keys_in_default_toml() -> Vec<(String, Option<String>)> {
+        // A commented `# [table]` shows an example table: it holds the commented keys after it,
+        // while real keys still belong to the last real `[table]`.
+        let (mut section, mut example_section) = (String::new(), None::<String>);
+        let mut keys = Vec::new();
+        for line in DEFAULT_TOML.lines() {
+            let (commented, text) = match line.strip_prefix('#') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line.trim()),
+            };
+            if let Some(header) = text
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+            {
+                let name = if header.starts_with("room_types.") {
+                    "room_types.<type>".to_owned()
+                } else if header.starts_with("plugins.") {
+                    "plugins.<name>".to_owned()
+                } else {
+                    header.to_owned()
+                };
+                if commented {
+                    example_section = Some(name);
+                } else {
+                    (section, example_section) = (name, None);
+                }
+                continue;
+            }
+            let Some((key, value)) = text.split_once(" = ") else {
+                continue;
+            };
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                continue;
+            }
+            let table = match (&example_section, commented) {
+                (Some(example), true) => example.as_str(),
+                _ => section.as_str(),
+            };
+            let full = if table.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{table}.{key}")
+            };
+            keys.push((full, (!commented).then(|| value.trim().to_owned())));
+        }
+        keys
+    }
+
+    /// The configuration table of docs/operations.md: key -> default cell.
+    fn keys_in_the_configuration_reference() -> std::collections::BTreeMap<String, String> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");
+        let docs = std::fs::read_to_string(path).expect("docs/operations.md");
+        docs.lines()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix("| `")?.splitn(2, "` |");
+                let key = cells.next()?;
+                let is_key = key == "broker"
+                    || (key.contains('.')
+                        && key
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b"._<>".contains(&b)));
+                let default = cells.next()?.split(" | ").next()?.trim().to_owned();
+                is_key.then(|| (key.to_owned(), default))
+            })
+            .collect()
+    }
+
+    /// The configuration reference (docs/operations.md) and config/default.toml cannot disagree:
+    /// the same keys, and each shipped default shown as shipped.
+    #[test]
+    fn the_configuration_reference_lists_every_key_with_its_shipped_default() {
+        let documented = keys_in_the_configuration_reference();
+        let shipped = keys_in_default_toml();
+        for (key, value) in &shipped {
+            let default = documented.get(key).unwrap_or_else(|| {
+                panic!("`{key}` is in config/default.toml but not in docs/operations.md")
+            });
+            let checked = !key.starts_with("room_types.")
+                && !key.starts_with("plugins.")
+                && key != "auth.jwt_secret";
+            if let (true, Some(value)) = (checked, value) {
+                let shown = value.trim_matches('"');
+                assert!(
+                    default.contains(shown),
+                    "`{key}`: docs/operations.md says `{default}`, config/default.toml ships {value}"
+                );
+            }
+        }
+        let toml_text = DEFAULT_TOML;
+        for key in documented.keys() {
+            let last = key.rsplit('.').next().unwrap();
+            assert!(
+                shipped.iter().any(|(shipped_key, _)| shipped_key == key)
+                    || toml_text.contains(&format!("#   {last} ")),
+                "`{key}` is in docs/operations.md but config/default.toml neither sets nor documents it"
+            );
+        }
+    }
+
     #[test]
     fn shipped_defaults_are_valid_and_define_the_three_room_types() {
         let settings = Settings::defaults();

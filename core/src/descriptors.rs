@@ -39,9 +39,9 @@ fn raise_open_file_limit() -> Option<u64> {
 /// Linux grows the table by doubling when a new descriptor does not fit (at 64, 128, 256, 512,
 /// ... open files) and, in a multi-threaded process, waits for an RCU grace period before
 /// freeing the old one: milliseconds, during which the thread in `accept` or `connect` stalls,
-/// and every handshake behind it (README, "Handshakes and the descriptor table"). A table never
-/// shrinks, so growing it once at startup costs one such wait there and 8 bytes of kernel memory
-/// per slot.
+/// and every handshake behind it (docs/benchmarks.md, "Handshakes and the descriptor table"). A
+/// table never shrinks, so growing it once at startup costs one such wait there and 8 bytes of
+/// kernel memory per slot.
 fn reserve_descriptor_table(descriptors: u64, open_file_limit: u64) {
     let highest = descriptors.min(open_file_limit).saturating_sub(1);
     let Ok(highest) = libc::c_int::try_from(highest) else {

@@ -20,9 +20,10 @@ use crate::small_set::SmallSet;
 use crate::stores::Topic;
 
 /// Fan-outs to at most this many local sockets write each push in the publishing task; larger
-/// ones queue them for the sockets' own tasks. One loop's writes cost ~8 µs each on loopback, so
-/// beyond ~1,000 the last recipient would wait longer than the sockets' tasks, spread over every
-/// worker thread and coalescing what accumulates, take to deliver to all.
+/// ones queue them for the sockets' own tasks. Each write is a system call of its own, so beyond
+/// ~1,000 the last recipient would wait longer than the sockets' tasks, spread over every worker
+/// thread and coalescing what accumulates, take to deliver to all (docs/benchmarks.md, "When
+/// pushes are written where").
 const DIRECT_FAN_OUT_MAX: usize = 1024;
 
 /// Whether a fan-out handing pushes to its recipients in the publishing task gives up the CPU
@@ -31,8 +32,7 @@ const DIRECT_FAN_OUT_MAX: usize = 1024;
 /// makes its reader runnable, but the kernel lets a thread that shares the core run only when
 /// the writer's time slice ends, so a co-located reader of the first recipients would wait for
 /// the whole fan-out. With nothing else of the same scheduling group waiting, the yield returns
-/// at once. In `big-room` (both nodes and the load tool on two cores) it took delivery p50 from
-/// 4.8-6.2 to 4.1-4.8 ms.
+/// at once. Why, and the trade-off: docs/benchmarks.md, "Yielding during a fan-out".
 pub fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
     yield_every > 0 && index % yield_every == yield_every - 1 && index + 1 < total
 }

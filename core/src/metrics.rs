@@ -116,7 +116,8 @@ pub fn spawn_upkeep() -> tokio::task::JoinHandle<()> {
 }
 
 /// `MESSAGES_OUT{kind="event"}`, looked up once. It moves on every fan-out, and finding a
-/// labelled counter in the recorder each time cost ~390 instructions (callgrind).
+/// labelled counter in the recorder each time costs more than the increment itself
+/// (docs/benchmarks.md, "Where the limits come from").
 pub fn events_out() -> &'static Counter {
     static EVENTS_OUT: OnceLock<Counter> = OnceLock::new();
     EVENTS_OUT.get_or_init(|| {

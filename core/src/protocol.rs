@@ -328,6 +328,19 @@ pub struct RejectedRequest {
 
 /// Parses one text frame. The `id` is returned with the error whenever it could be read.
 pub fn parse_request(text: &str) -> Result<(Option<RequestId>, Request), RejectedRequest> {
+    // serde would also read a struct from a JSON array (its fields by position), so `["x"]` would
+    // carry the id "x": only an object is a request.
+    if !text.trim_start().starts_with('{') {
+        let is_json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+        return Err(RejectedRequest {
+            id: None,
+            error: if is_json {
+                WireError::new(ErrorCode::InvalidRequest, "a request is a JSON object")
+            } else {
+                WireError::new(ErrorCode::MalformedFrame, "frame is not a JSON object")
+            },
+        });
+    }
     let raw: RawRequest = serde_json::from_str(text).map_err(|error| RejectedRequest {
         id: recover_id(text),
         error: if error.is_data() {
@@ -599,6 +612,11 @@ mod tests {
         let rejected = parse_request("not json").unwrap_err();
         assert_eq!(rejected.id, None);
         assert_eq!(rejected.error.code, ErrorCode::MalformedFrame);
+
+        // Found by the decoder property test: an array is read by position, not as a request.
+        let rejected = parse_request(r#"["x", "join"]"#).unwrap_err();
+        assert_eq!(rejected.id, None, "no id out of an array");
+        assert_eq!(rejected.error.code, ErrorCode::InvalidRequest);
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! time `load.tick` pushes.
 //!
 //! Not async tasks: the tool shares the cores with the servers it measures, and a task per socket
-//! costs a wake, a schedule and a poll per push on top of the read (about a third of the tool's
-//! CPU per push, perf). Here a push costs the read and one pass over its bytes, as in
-//! `loopback-floor`'s readers.
+//! costs a wake, a schedule and a poll per push on top of the read (docs/benchmarks.md, "The load
+//! tool"). Here a push costs the read and one pass over its bytes, as in `loopback-floor`'s
+//! readers.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

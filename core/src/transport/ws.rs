@@ -52,8 +52,8 @@ const HARD_FRAME_LIMIT_FACTOR: usize = 4;
 
 /// `GET /ws`. It performs the WebSocket upgrade itself rather than through salvo's
 /// `WebSocketUpgrade`: that one spawns a task holding the upgrade's state and the session's side
-/// by side for the connection's whole life (~1.1 KiB more per idle connection, measured with
-/// heaptrack); here one task's state is the larger of the two.
+/// by side for the connection's whole life, which every idle connection pays for; here one
+/// task's state is the larger of the two (docs/benchmarks.md, "Memory per connection").
 pub struct WebSocketEndpoint {
     node: Arc<Node>,
     config: WebSocketConfig,
@@ -240,8 +240,8 @@ struct SessionSocket {
     read_waker: Waker,
     /// The last read attempt found nothing; until `read_wake` fires, another would find nothing
     /// too. The session polls the read side on every loop turn, after every write or drain, and
-    /// a futile attempt through tungstenite costs ~570 instructions (callgrind); skipping it
-    /// while nothing arrived is what this flag is for.
+    /// a futile attempt through tungstenite is not free (docs/benchmarks.md, "Where the limits
+    /// come from"); skipping it while nothing arrived is what this flag is for.
     read_idle: bool,
 }
 
