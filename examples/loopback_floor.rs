@@ -36,7 +36,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, ensure};
 use clap::Parser;
 use futures_util::StreamExt;
-use realtime_core::hub::yields_after;
 use serde_json::json;
 
 #[path = "loopback_nats.rs"]
@@ -219,8 +218,16 @@ fn deal_to_writers(server_sides: Vec<TcpStream>, writers: usize) -> Vec<Vec<TcpS
     shares
 }
 
-/// Writes one broadcast to every socket of a writer's share, yielding the CPU by the server's
-/// rule (`yields_after`; `yield_every` 0: never); false once a socket failed.
+/// Whether to give up the CPU after the write to recipient `index` of `total`: after every
+/// `yield_every`-th, not after the last (0: never). The same rule as the server's
+/// `server.fanout_yield_every`, written out here so that the floor does not depend on the
+/// server's internals.
+fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
+    yield_every > 0 && index % yield_every == yield_every - 1 && index + 1 < total
+}
+
+/// Writes one broadcast to every socket of a writer's share, yielding the CPU by the rule above
+/// (`yield_every` 0: never); false once a socket failed.
 fn write_to_all(share: &mut [TcpStream], message: &[u8], yield_every: usize) -> bool {
     let total = share.len();
     for (index, socket) in share.iter_mut().enumerate() {

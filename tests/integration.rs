@@ -8,6 +8,7 @@ mod handshake;
 mod jwks;
 mod lifecycle;
 mod malformed;
+mod monitoring;
 mod notifications;
 mod publish;
 mod rooms;

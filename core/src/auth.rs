@@ -258,6 +258,48 @@ fn map_jwt_error(error: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
+/// What `realtime checktoken` shows: the verdict, and the token's header and claims as sent
+/// (decoded without verification, to show what a refused token says about itself).
+#[derive(Debug)]
+pub struct TokenCheck {
+    pub verdict: Result<Identity, AuthError>,
+    pub header: Option<serde_json::Value>,
+    pub claims: Option<serde_json::Value>,
+}
+
+impl TokenCheck {
+    /// Checks `token` with `verifier` and decodes its parts for display.
+    pub fn of(verifier: &TokenVerifier, token: &str) -> TokenCheck {
+        let part = |index: usize| -> Option<serde_json::Value> {
+            use base64::Engine;
+            let encoded = token.split('.').nth(index)?;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded.trim_end_matches('='))
+                .ok()?;
+            serde_json::from_slice(&bytes).ok()
+        };
+        TokenCheck {
+            verdict: verifier.verify(token),
+            header: part(0),
+            claims: part(1),
+        }
+    }
+
+    /// The report printed by `realtime checktoken`, as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let verdict = match &self.verdict {
+            Ok(identity) => serde_json::json!({
+                "valid": true,
+                "user": identity.user_id,
+                "expires_at": identity.expires_at,
+                "expires_in_secs": identity.expires_at as i64 - unix_now_secs() as i64,
+            }),
+            Err(error) => serde_json::json!({"valid": false, "why": error.to_string()}),
+        };
+        serde_json::json!({"verdict": verdict, "header": self.header, "claims": self.claims})
+    }
+}
+
 /// What `realtime gentoken` signs.
 pub struct TokenRequest {
     pub user_id: String,

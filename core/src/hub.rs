@@ -33,7 +33,7 @@ const DIRECT_FAN_OUT_MAX: usize = 1024;
 /// the writer's time slice ends, so a co-located reader of the first recipients would wait for
 /// the whole fan-out. With nothing else of the same scheduling group waiting, the yield returns
 /// at once. Why, and the trade-off: docs/benchmarks.md, "Yielding during a fan-out".
-pub fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
+fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
     yield_every > 0 && index % yield_every == yield_every - 1 && index + 1 < total
 }
 
@@ -416,6 +416,11 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
         recipients.len()
     }
 
+    /// How many keys (users, rooms) have at least one local socket.
+    fn key_count(&self) -> usize {
+        self.shards.iter().map(|shard| shard.read().len()).sum()
+    }
+
     fn all_sockets(&self) -> Vec<Arc<SocketHandle>> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
@@ -478,6 +483,16 @@ impl Hub {
     /// Sockets registered on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Distinct users with a socket on this node.
+    pub fn user_count(&self) -> usize {
+        self.users.key_count()
+    }
+
+    /// Rooms with a member on this node.
+    pub fn room_count(&self) -> usize {
+        self.rooms.key_count()
     }
 
     /// Adds a socket to a room; true when it is the room's first socket on this node.

@@ -1,4 +1,5 @@
-//! The `realtime` binary: `serve` (default), `gentoken`, `checkconfig`.
+//! The `realtime` binary: `serve` (default), `gentoken`, `checkconfig`, `checktoken`, `migrate`,
+//! `plugin run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,10 +45,41 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         private_key: Option<PathBuf>,
     },
-    /// Validate the configuration and print the effective one, secrets masked.
+    /// Validate the configuration, load and initialise every configured plugin, and print the
+    /// effective configuration, secrets masked.
     Checkconfig,
+    /// Say what the server thinks of a token: valid (user, expiry) or why not, and its claims.
+    /// Exits 0 when valid, non-zero when not.
+    Checktoken {
+        /// The JWT.
+        token: String,
+    },
+    /// Plugin tooling.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Apply pending database migrations (`database.url`) and exit.
     Migrate,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run one plugin on one event under the production host and limits; prints the outcome
+    /// and the time the call took, as JSON.
+    Run {
+        /// The plugin (.wasm: a component, or a core module built with sdk-plugin).
+        #[arg(long, value_name = "FILE")]
+        wasm: PathBuf,
+        /// The plugin's configuration, JSON (what `[plugins.<name>] config` holds). Not
+        /// `--config`, which is the server's configuration file for every command.
+        #[arg(long, default_value = "{}", value_name = "JSON")]
+        plugin_config: String,
+        /// The event, a JSON file: {"name": "match.update", "room": "competition:1",
+        /// "payload": {...}, "sender"?: "alice", "timestampMs"?: 1795643627123}.
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+    },
 }
 
 fn init_logging(settings: &Settings) {
@@ -184,7 +216,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if settings.auth.jwks_url.is_none() {
                 realtime_core::auth::TokenVerifier::from_settings(&settings.auth)?;
             }
-            println!("# configuration is valid\n{}", settings.to_masked_toml());
+            // A missing or broken plugin fails here, not at the next start.
+            let plugins = realtime_core::plugins::PluginHost::load(&settings)?;
+            println!(
+                "# configuration is valid ({} plugin(s) loaded and initialised)\n{}",
+                settings.plugins.len(),
+                settings.to_masked_toml()
+            );
+            drop(plugins);
+            Ok(())
+        }
+        Command::Checktoken { token } => {
+            let check = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let verifier = realtime_core::server::token_verifier(&settings.auth).await?;
+                    anyhow::Ok(realtime_core::auth::TokenCheck::of(&verifier, &token))
+                })?;
+            println!("{}", serde_json::to_string_pretty(&check.to_json())?);
+            if check.verdict.is_err() {
+                return Err(anyhow::anyhow!("the token is not valid for this server"));
+            }
+            Ok(())
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Run {
+                    wasm,
+                    plugin_config,
+                    event,
+                },
+        } => {
+            // A failing plugin's reason (trap, timeout, memory) is the host's warning; logs go
+            // to stderr so that stdout stays the JSON report.
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config: serde_json::Value =
+                serde_json::from_str(&plugin_config).context("--plugin-config is not JSON")?;
+            let event_text = std::fs::read_to_string(&event)
+                .with_context(|| format!("cannot read {}", event.display()))?;
+            let event: realtime_core::plugins::trial::TrialEvent =
+                serde_json::from_str(&event_text).with_context(|| {
+                    format!("{} is not an event (name, room, payload)", event.display())
+                })?;
+            let report = realtime_core::plugins::trial::run_plugin_once(
+                &settings.plugin_runtime,
+                &wasm,
+                config,
+                &event,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             Ok(())
         }
     }

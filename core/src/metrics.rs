@@ -10,6 +10,19 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Gauge: open WebSocket connections on this node.
 pub const CONNECTIONS: &str = "realtime_connections";
+/// Gauge: distinct users with a socket on this node (set when `/metrics` is read).
+pub const USERS: &str = "realtime_users";
+/// Gauge: rooms with a member on this node (set when `/metrics` is read).
+pub const ROOMS: &str = "realtime_rooms";
+/// Gauge: `server.max_connections` of this node, for capacity alerts.
+pub const MAX_CONNECTIONS: &str = "realtime_max_connections";
+/// Gauge, always 1: the running build, label `version`.
+pub const BUILD_INFO: &str = "realtime_build_info";
+/// Histogram: seconds to answer one socket request, label `op` (join, leave, publish, presence,
+/// heartbeat, refresh), backend calls included.
+pub const REQUEST_SECONDS: &str = "realtime_request_duration_seconds";
+/// Histogram: seconds from a notification's arrival in JetStream to its row being committed.
+pub const NOTIFICATION_INGEST_LAG_SECONDS: &str = "realtime_notification_ingest_lag_seconds";
 /// Counter: connection state transitions, label `state` (connecting, authenticated, connected,
 /// disconnected, rejected).
 pub const CONNECTION_STATES: &str = "realtime_connection_states_total";
@@ -64,6 +77,14 @@ const PLUGIN_CALL_BUCKETS: &[f64] = &[
     0.01, 0.05,
 ];
 
+/// Requests take from microseconds (heartbeat without a write) to a backend timeout.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Ingest lag: milliseconds when healthy, minutes when the database was down.
+const INGEST_LAG_BUCKETS: &[f64] = &[0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0];
+
 /// Handshakes are expected in single-digit milliseconds; buckets resolve that range.
 const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -86,6 +107,13 @@ pub fn prometheus_handle() -> PrometheusHandle {
                     PLUGIN_CALL_BUCKETS,
                 )
                 .expect("bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Full(REQUEST_SECONDS.to_owned()), REQUEST_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(NOTIFICATION_INGEST_LAG_SECONDS.to_owned()),
+                    INGEST_LAG_BUCKETS,
+                )
+                .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (an embedding program's); then ours only
@@ -96,6 +124,25 @@ pub fn prometheus_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Sets the node's constant gauges and exports every label-less counter at 0, so that dashboards
+/// and alerts (`increase(...)`) see a series from the start rather than none until the first
+/// event.
+pub fn register_node(max_connections: usize) {
+    prometheus_handle();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(MAX_CONNECTIONS).set(max_connections as f64);
+    for counter in [
+        JOINS,
+        EVENTS_DROPPED,
+        NOTIFICATIONS_CREATED,
+        NOTIFICATIONS_DEAD_LETTERED,
+        MEMBERSHIPS_RESTORED,
+        MEMBERSHIPS_LOST,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
 }
 
 /// How often the recorder folds histogram samples into their buckets.

@@ -211,7 +211,9 @@ fn spawn_offline_sweeper(node: Arc<Node>) -> JoinHandle<()> {
 }
 
 /// The verifier for the configured key source; with `auth.jwks_url`, after fetching the set.
-async fn token_verifier(auth: &crate::config::AuthSettings) -> Result<TokenVerifier, StartError> {
+pub async fn token_verifier(
+    auth: &crate::config::AuthSettings,
+) -> Result<TokenVerifier, StartError> {
     let Some(url) = &auth.jwks_url else {
         return Ok(TokenVerifier::from_settings(auth)?);
     };
@@ -245,6 +247,7 @@ impl Server {
             backends,
             plugins,
         ));
+        crate::metrics::register_node(settings.server.max_connections);
         let mut background = vec![
             spawn_offline_sweeper(node.clone()),
             crate::metrics::spawn_upkeep(),

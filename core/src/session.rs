@@ -518,7 +518,6 @@ where
         request: Request,
         now: Instant,
     ) -> Result<Option<serde_json::Value>, WireError> {
-        let node = self.node.clone();
         let kind = match &request {
             Request::Join { .. } => "join",
             Request::Leave { .. } => "leave",
@@ -528,6 +527,20 @@ where
             Request::Refresh { .. } => "refresh",
         };
         metrics::counter!(names::MESSAGES_IN, "kind" => kind).increment(1);
+        let started = Instant::now();
+        let answer = self.run_request(request, now).await;
+        metrics::histogram!(names::REQUEST_SECONDS, "op" => kind)
+            .record(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// The work of one request (see [`Connection::dispatch`]).
+    async fn run_request(
+        &mut self,
+        request: Request,
+        now: Instant,
+    ) -> Result<Option<serde_json::Value>, WireError> {
+        let node = self.node.clone();
         match request {
             Request::Join { room } => {
                 let room = node.join(&mut self.session, &room).await?;

@@ -304,17 +304,29 @@ async fn handle(
     ingest: &Ingest,
     message: jetstream::Message,
 ) {
-    let (fallback_id, delivered) = match message.info() {
+    let (fallback_id, delivered, published) = match message.info() {
         Ok(info) => (
             format!("{}-{}", info.stream, info.stream_sequence),
             info.delivered,
+            Some(info.published),
         ),
-        Err(_) => (format!("nats-{:016x}", rand::random::<u64>()), 1),
+        Err(_) => (format!("nats-{:016x}", rand::random::<u64>()), 1, None),
     };
     let acknowledgement = match outcome_of(node, service, ingest, &message, delivered, fallback_id)
         .await
     {
-        Outcome::Stored => AckKind::Ack,
+        Outcome::Stored => {
+            if let Some(published) = published {
+                let now_nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|since| since.as_nanos() as i128)
+                    .unwrap_or(0);
+                let lag_nanos = (now_nanos - published.unix_timestamp_nanos()).max(0);
+                metrics::histogram!(crate::metrics::NOTIFICATION_INGEST_LAG_SECONDS)
+                    .record(lag_nanos as f64 / 1e9);
+            }
+            AckKind::Ack
+        }
         Outcome::Retry(delay) => AckKind::Nak(Some(delay)),
         Outcome::GiveUp(reason) => match dead_letter(ingest, &message, delivered, &reason).await {
             Ok(()) => {

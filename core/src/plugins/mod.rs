@@ -3,12 +3,14 @@
 //!
 //! - [`runtime`]: wasmtime (engine, instances, limits).
 //! - [`cache`]: the on-disk compile cache (private directory, sealed files).
+//! - [`trial`]: one plugin on one event without a server (`realtime plugin run`).
 //! - here: loading from `[plugins.<name>]`, chains, the failure policy, a circuit breaker per
 //!   plugin, metrics, and hot reload (file changes and `SIGHUP`; a version that fails to load or
 //!   to `init` is refused and the old one keeps serving).
 
 pub mod cache;
 pub mod runtime;
+pub mod trial;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

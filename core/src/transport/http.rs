@@ -191,12 +191,14 @@ impl Handler for NotificationsEndpoint {
 /// `GET /metrics` in the Prometheus text format.
 pub struct MetricsEndpoint {
     handle: PrometheusHandle,
+    node: Arc<Node>,
 }
 
 impl MetricsEndpoint {
-    pub fn new() -> Self {
+    pub fn new(node: Arc<Node>) -> Self {
         MetricsEndpoint {
             handle: crate::metrics::prometheus_handle(),
+            node,
         }
     }
 }
@@ -210,6 +212,10 @@ impl Handler for MetricsEndpoint {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
+        // Counted when asked: walking the hub's maps on every join would cost more.
+        let hub = self.node.hub();
+        metrics::gauge!(names::USERS).set(hub.user_count() as f64);
+        metrics::gauge!(names::ROOMS).set(hub.room_count() as f64);
         res.add_header("content-type", "text/plain; version=0.0.4", true)
             .ok();
         res.render(self.handle.render());

@@ -101,7 +101,7 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
                 .post(endpoint)
                 .options(origin::NoContent)
         })
-        .push(Router::with_path("metrics").get(http::MetricsEndpoint::new()))
+        .push(Router::with_path("metrics").get(http::MetricsEndpoint::new(node.clone())))
         .push(Router::with_path("health").get(http::HealthEndpoint::new(node.clone())))
         .push(Router::with_path("ready").get(http::ReadyEndpoint::new(node)))
 }
