@@ -405,3 +405,132 @@ async fn a_burst_of_platform_events_reaches_nats_whole_and_in_order() {
         }
     }
 }
+
+/// `POST` to a node's moderation API with the test key; returns status and JSON body.
+async fn moderate(
+    node: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}{path}", node.addr))
+        .header("x-api-key", realtime_tests::API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn moderators_remove_a_user_from_a_room_and_disconnect_them_on_every_node() {
+    let settings = cluster_settings(REDIS_URL, NATS_URL);
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let room = unique("chat:moderated");
+    let mut troll_on_a = node_a.connect("troll").await.unwrap();
+    let mut troll_on_b = node_b.connect("troll").await.unwrap();
+    let mut watcher_on_a = node_a.connect("watcher-a").await.unwrap();
+    let mut watcher_on_b = node_b.connect("watcher-b").await.unwrap();
+    for client in [
+        &mut troll_on_a,
+        &mut troll_on_b,
+        &mut watcher_on_a,
+        &mut watcher_on_b,
+    ] {
+        client.join(&room).await.unwrap();
+    }
+
+    let (status, body) = moderate(
+        &node_a,
+        "/api/rooms/remove",
+        json!({"room": room, "user": "troll", "block_secs": 60}),
+    )
+    .await;
+    assert_eq!((status, &body["ok"]), (200, &json!(true)), "{body}");
+    for troll in [&mut troll_on_a, &mut troll_on_b] {
+        let removed = troll.next_event_named("room.removed").await.unwrap();
+        assert_eq!(removed["room"], room.as_str());
+    }
+    for watcher in [&mut watcher_on_a, &mut watcher_on_b] {
+        let left = loop {
+            let event = watcher.next_event_named("room.user_left").await.unwrap();
+            if event["data"]["userId"] == "troll" {
+                break event;
+            }
+        };
+        assert_eq!(left["room"], room.as_str());
+    }
+    let members = watcher_on_b
+        .ok(json!({"op": "presence", "room": room}), 1)
+        .await
+        .unwrap();
+    assert_eq!(members["members"], json!(["watcher-a", "watcher-b"]));
+    let rejoin = troll_on_a
+        .error_code(json!({"op": "join", "room": room}), 2)
+        .await
+        .unwrap();
+    assert_eq!(rejoin, "room_forbidden", "blocked for block_secs");
+    node_b
+        .publish(json!({"room": room, "event": "after.removal", "data": {}}))
+        .await
+        .unwrap();
+    watcher_on_a
+        .next_event_named("after.removal")
+        .await
+        .unwrap();
+    troll_on_a
+        .expect_silence(Duration::from_millis(300))
+        .await
+        .unwrap();
+
+    let (status, _) = moderate(
+        &node_b,
+        "/api/users/disconnect",
+        json!({"user": "troll", "reconnect": false}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for troll in [&mut troll_on_a, &mut troll_on_b] {
+        assert_eq!(
+            troll.expect_end().await.unwrap(),
+            realtime_tests::Ended::Closed {
+                code: 4503,
+                reason: "access_revoked".into()
+            }
+        );
+    }
+    watcher_on_a
+        .ok(json!({"op": "heartbeat"}), 3)
+        .await
+        .expect("other users stay connected");
+
+    // Every call is validated and coded.
+    let (status, body) = moderate(
+        &node_a,
+        "/api/rooms/remove",
+        json!({"room": "nope", "user": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_room_id"))
+    );
+    let (status, body) =
+        moderate(&node_a, "/api/users/disconnect", json!({"reconnect": true})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body) = moderate(
+        &node_a,
+        "/api/rooms/remove",
+        json!({"room": room, "user": "x", "block_secs": 99_999_999}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+}

@@ -517,6 +517,49 @@ where
     );
 
     concurrent_refreshes_extend_their_own_memberships(&node_a, &node_b, short_ttl).await;
+    a_blocked_user_cannot_join_until_the_block_ends(&node_a, &node_b).await;
+}
+
+/// A block set on one node refuses the user's joins on every node until it ends, and only
+/// that user's.
+async fn a_blocked_user_cannot_join_until_the_block_ends(
+    node_a: &Arc<dyn RoomStore>,
+    node_b: &Arc<dyn RoomStore>,
+) {
+    let room = RoomId::parse(&unique("chat:moderated")).unwrap();
+    let ttl = Duration::from_secs(30);
+    let troll = Member {
+        user_id: Arc::from("troll"),
+        socket_id: Arc::from("s-troll"),
+    };
+    let guest = Member {
+        user_id: Arc::from("guest"),
+        socket_id: Arc::from("s-guest"),
+    };
+    node_a
+        .block(&room, "troll", Duration::from_millis(400))
+        .await
+        .unwrap();
+    assert_eq!(
+        node_b.join(&room, &troll, 10, ttl).await.unwrap(),
+        JoinOutcome::Blocked,
+        "a block set on one node holds on another"
+    );
+    assert_eq!(
+        node_b.join(&room, &guest, 10, ttl).await.unwrap(),
+        JoinOutcome::Joined {
+            first_for_user: true
+        },
+        "others are not blocked"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        node_a.join(&room, &troll, 10, ttl).await.unwrap(),
+        JoinOutcome::Joined {
+            first_for_user: true
+        },
+        "the block ends"
+    );
 }
 
 /// Refreshes made at once (a backend may send them as one batch) each extend their own

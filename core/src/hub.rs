@@ -14,7 +14,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
-use crate::protocol::{CloseCode, Frame};
+use crate::protocol::{CloseCode, ControlCommand, Frame};
 use crate::room::RoomId;
 use crate::small_set::SmallSet;
 use crate::stores::Topic;
@@ -50,6 +50,8 @@ pub enum Signal {
     Frames,
     /// A close was requested (slow consumer, shutdown, ...) with this code.
     Close(CloseCode),
+    /// The socket was removed from rooms (see [`SocketHandle::take_evictions`]).
+    Evicted,
 }
 
 /// Queue capacity kept after a burst drains; more is given back.
@@ -116,6 +118,8 @@ pub struct SocketHandle {
     capacity: usize,
     /// The close code requested from outside the socket's own loop; 0 = none yet.
     close_code: AtomicU16,
+    /// Rooms a moderator removed the socket from; its loop leaves them (`Signal::Evicted`).
+    evictions: Mutex<Vec<RoomId>>,
     wake: Notify,
 }
 
@@ -145,6 +149,7 @@ impl SocketHandle {
             },
             capacity: outbox_capacity,
             close_code: AtomicU16::new(0),
+            evictions: Mutex::new(Vec::new()),
             wake: Notify::new(),
         }
     }
@@ -261,12 +266,30 @@ impl SocketHandle {
             if let Some(code) = self.requested_close_code() {
                 return Signal::Close(code);
             }
+            if !self.evictions.lock().is_empty() {
+                return Signal::Evicted;
+            }
             if self.has_queued_frames() {
                 return Signal::Frames;
             }
             // A notify between the checks and this wait is kept as a permit, so none is lost.
             self.wake.notified().await;
         }
+    }
+
+    /// Asks the socket's loop to leave `room` (a moderator removed the user).
+    pub fn request_eviction(&self, room: RoomId) {
+        let mut evictions = self.evictions.lock();
+        if !evictions.contains(&room) {
+            evictions.push(room);
+        }
+        drop(evictions);
+        self.wake.notify_one();
+    }
+
+    /// The rooms to leave, taken once.
+    pub fn take_evictions(&self) -> Vec<RoomId> {
+        std::mem::take(&mut *self.evictions.lock())
     }
 
     /// Resolves once a close was requested. Cancel-safe.
@@ -416,6 +439,15 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
         recipients.len()
     }
 
+    /// The sockets under `key`, copied out of the shard's lock.
+    fn sockets_under(&self, key: &K) -> Vec<Arc<SocketHandle>> {
+        let mut sockets = Vec::new();
+        if let Some(set) = self.shard(key).read().get(key) {
+            set.for_each(|socket| sockets.push(socket.clone()));
+        }
+        sockets
+    }
+
     /// How many keys (users, rooms) have at least one local socket.
     fn key_count(&self) -> usize {
         self.shards.iter().map(|shard| shard.read().len()).sum()
@@ -520,6 +552,38 @@ impl Hub {
         match topic {
             Topic::Room(room) => self.rooms.fan_out(room, frame, self.fanout_yield_every),
             Topic::User(user) => self.users.fan_out(user, frame, self.fanout_yield_every),
+            Topic::Control => {
+                self.apply_control(frame);
+                0
+            }
+        }
+    }
+
+    /// Acts on a command from the control topic: only this node's sockets are touched.
+    fn apply_control(&self, frame: &Frame) {
+        let Some(command) = ControlCommand::from_frame(frame) else {
+            tracing::warn!("dropped a control message that is not a command");
+            return;
+        };
+        match command {
+            ControlCommand::DisconnectUser { user, close } => {
+                let Some(close) = CloseCode::from_code(close) else {
+                    return;
+                };
+                for socket in self.users.sockets_under(&Arc::from(user.as_str())) {
+                    socket.request_close(close);
+                }
+            }
+            ControlCommand::RemoveFromRoom { user, room } => {
+                let Ok(room) = RoomId::parse(&room) else {
+                    return;
+                };
+                for socket in self.users.sockets_under(&Arc::from(user.as_str())) {
+                    if self.rooms.contains(&room, &socket.socket_id) {
+                        socket.request_eviction(room.clone());
+                    }
+                }
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,7 @@ use crate::metrics as names;
 use crate::notifications::NotificationService;
 use crate::plugins::{ChainEvent, ChainResult, PluginHost};
 use crate::protocol::{
-    CloseCode, ErrorCode, EventPush, Frame, WireError, is_reserved_event_name,
+    CloseCode, ControlCommand, ErrorCode, EventPush, Frame, WireError, is_reserved_event_name,
     is_service_event_name, is_valid_event_name, unix_now_millis,
 };
 use crate::room::RoomId;
@@ -53,10 +54,16 @@ pub struct UserWatch {
 impl UserWatch {
     /// The next push, or `None` once the watch was closed (too slow, or shutdown).
     pub async fn next_frame(&mut self) -> Option<Frame> {
-        match self.handle.signalled().await {
-            Signal::Frames => self.handle.next_frame(),
-            // Shutdown reaches watchers as a close request too (`Hub::close_all`).
-            Signal::Close(_) => None,
+        loop {
+            match self.handle.signalled().await {
+                Signal::Frames => return self.handle.next_frame(),
+                // Shutdown reaches watchers as a close request too (`Hub::close_all`).
+                Signal::Close(_) => return None,
+                // A watcher is in no room; nothing to leave.
+                Signal::Evicted => {
+                    self.handle.take_evictions();
+                }
+            }
         }
     }
 }
@@ -464,7 +471,7 @@ impl Node {
                 .join(room, &member, room_type.capacity, ttl)
                 .await
                 .map_err(unavailable)?;
-            if outcome == JoinOutcome::Full {
+            if matches!(outcome, JoinOutcome::Full | JoinOutcome::Blocked) {
                 metrics::counter!(names::MEMBERSHIPS_LOST).increment(1);
                 tracing::warn!(%room, user_id = %member.user_id, "membership lost with the store's data and the room is now full");
             } else {
@@ -553,6 +560,12 @@ impl Node {
                     format!("{room} holds its capacity of {} users", room_type.capacity),
                 ));
             }
+            JoinOutcome::Blocked => {
+                return Err(WireError::new(
+                    ErrorCode::RoomForbidden,
+                    format!("a moderator removed you from {room}; you cannot rejoin it yet"),
+                ));
+            }
             JoinOutcome::Joined { first_for_user } => first_for_user,
             JoinOutcome::AlreadyMember => false,
         };
@@ -601,6 +614,76 @@ impl Node {
         }
         self.leave_room(session, &room, "leave").await?;
         Ok(room)
+    }
+
+    /// Subscribes this node to the control topic (moderation commands for every node).
+    pub async fn subscribe_control(&self) -> Result<(), StoreError> {
+        self.backends.broker.subscribe(&Topic::Control).await
+    }
+
+    /// Closes every socket of `user_id` on every node: 4008 `disconnected_by_server` when the
+    /// client may reconnect, 4503 `access_revoked` when it should not.
+    pub async fn disconnect_user(&self, user_id: &str, reconnect: bool) -> Result<(), WireError> {
+        check_user_id(user_id)?;
+        let close = if reconnect {
+            CloseCode::DisconnectedByServer
+        } else {
+            CloseCode::AccessRevoked
+        };
+        let command = ControlCommand::DisconnectUser {
+            user: user_id.to_owned(),
+            close: close.code(),
+        };
+        self.backends
+            .broker
+            .publish(&Topic::Control, command.frame())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Removes every socket of `user_id` from `room` on every node (members see
+    /// `room.user_left`, the user's sockets get `room.removed`), and with `block`, refuses the
+    /// user's joins to the room for that long (`room_forbidden`).
+    pub async fn remove_from_room(
+        &self,
+        user_id: &str,
+        room_text: &str,
+        block: Option<Duration>,
+    ) -> Result<RoomId, WireError> {
+        check_user_id(user_id)?;
+        let room = Self::parse_room(room_text)?;
+        self.room_type(&room)?;
+        // Blocked first, so a client that rejoins at once after the removal is refused.
+        if let Some(block) = block.filter(|block| !block.is_zero()) {
+            self.backends
+                .rooms
+                .block(&room, user_id, block)
+                .await
+                .map_err(unavailable)?;
+        }
+        let command = ControlCommand::RemoveFromRoom {
+            user: user_id.to_owned(),
+            room: room.to_string(),
+        };
+        self.backends
+            .broker
+            .publish(&Topic::Control, command.frame())
+            .await
+            .map_err(unavailable)?;
+        Ok(room)
+    }
+
+    /// Removes the socket from `room` because a moderator asked (`remove_from_room`): a leave
+    /// with reason `removed` (members see `room.user_left`). False when it was not in the room.
+    pub async fn evict(&self, session: &mut SocketSession, room: &RoomId) -> bool {
+        if !session.rooms.remove(room) {
+            return false;
+        }
+        if let Err(error) = self.leave_room(session, room, "removed").await {
+            // The local subscription is gone either way; the membership lapses after its TTL.
+            tracing::warn!(message = %error.message, %room, "evicted socket's leave failed");
+        }
+        true
     }
 
     /// Leaves every room of a `join = "claims"` type that the socket's (refreshed) token no
@@ -875,6 +958,16 @@ impl Node {
         }
         Ok(gone.len())
     }
+}
+
+fn check_user_id(user_id: &str) -> Result<(), WireError> {
+    if user_id.is_empty() || user_id.len() > crate::auth::MAX_USER_ID_BYTES {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("`user` must be 1-{} bytes", crate::auth::MAX_USER_ID_BYTES),
+        ));
+    }
+    Ok(())
 }
 
 fn check_event_name(event: &str) -> Result<(), WireError> {

@@ -179,6 +179,9 @@ pub enum CloseCode {
     /// 4007: the user or the address holds its share of the node's connections
     /// (`too_many_connections`, as a close only for `refusal=close`); reconnect after a backoff.
     TooManyConnections,
+    /// 4008: an operator disconnected the user (server API, `reconnect: true`); reconnect after
+    /// a backoff.
+    DisconnectedByServer,
     /// 4500: a binary frame arrived; this protocol is JSON text frames only. Fix the client.
     UnsupportedData,
     /// 4501: the handshake's token was refused (`invalid_token`, sent as a close only to
@@ -187,6 +190,9 @@ pub enum CloseCode {
     /// 4502: the handshake's `Origin` is not in `server.allowed_origins` (`origin_forbidden`,
     /// as a close only for `refusal=close`).
     OriginForbidden,
+    /// 4503: an operator disconnected the user and asks the client not to come back
+    /// (server API, `reconnect: false`).
+    AccessRevoked,
 }
 
 impl CloseCode {
@@ -204,14 +210,16 @@ impl CloseCode {
             CloseCode::BackendUnavailable => 4005,
             CloseCode::NodeFull => 4006,
             CloseCode::TooManyConnections => 4007,
+            CloseCode::DisconnectedByServer => 4008,
             CloseCode::UnsupportedData => 4500,
             CloseCode::InvalidToken => 4501,
             CloseCode::OriginForbidden => 4502,
+            CloseCode::AccessRevoked => 4503,
         }
     }
 
     /// Every code, for lookups and documentation.
-    pub const ALL: [CloseCode; 15] = [
+    pub const ALL: [CloseCode; 17] = [
         CloseCode::Normal,
         CloseCode::ProtocolError,
         CloseCode::InvalidPayload,
@@ -224,9 +232,11 @@ impl CloseCode {
         CloseCode::BackendUnavailable,
         CloseCode::NodeFull,
         CloseCode::TooManyConnections,
+        CloseCode::DisconnectedByServer,
         CloseCode::UnsupportedData,
         CloseCode::InvalidToken,
         CloseCode::OriginForbidden,
+        CloseCode::AccessRevoked,
     ];
 
     pub fn from_code(code: u16) -> Option<CloseCode> {
@@ -250,9 +260,11 @@ impl CloseCode {
             CloseCode::BackendUnavailable => "backend_unavailable",
             CloseCode::NodeFull => "node_full",
             CloseCode::TooManyConnections => "too_many_connections",
+            CloseCode::DisconnectedByServer => "disconnected_by_server",
             CloseCode::UnsupportedData => "unsupported_data",
             CloseCode::InvalidToken => "invalid_token",
             CloseCode::OriginForbidden => "origin_forbidden",
+            CloseCode::AccessRevoked => "access_revoked",
         }
     }
 
@@ -512,6 +524,28 @@ impl Frame {
     /// `{"type":"event","event":..,"room"?:..,"from"?:..,"data":..,"ts":..}`
     pub fn event(push: &EventPush<'_>) -> Frame {
         Frame::from_json(push)
+    }
+}
+
+/// A command every node acts on, sent over the broker's control topic (never to clients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum ControlCommand {
+    /// Close every socket of `user` with `close` (a close code).
+    DisconnectUser { user: String, close: u16 },
+    /// Remove every socket of `user` from `room`, as a leave would (members see the leave).
+    RemoveFromRoom { user: String, room: String },
+}
+
+impl ControlCommand {
+    /// The command as the frame the broker carries.
+    pub fn frame(&self) -> Frame {
+        Frame::from_json(self)
+    }
+
+    /// Reads a frame from the control topic; `None` for anything else.
+    pub fn from_frame(frame: &Frame) -> Option<ControlCommand> {
+        serde_json::from_slice(frame.bytes()).ok()
     }
 }
 

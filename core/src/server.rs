@@ -248,6 +248,12 @@ impl Server {
             plugins,
         ));
         crate::metrics::register_node(settings.server.max_connections);
+        node.subscribe_control()
+            .await
+            .map_err(|source| StartError::Backend {
+                key: "broker",
+                source,
+            })?;
         let mut background = vec![
             spawn_offline_sweeper(node.clone()),
             crate::metrics::spawn_upkeep(),

@@ -258,6 +258,12 @@ where
                 biased;
                 signal = handle.signalled() => match signal {
                     Signal::Close(code) => return Ending::Close(code),
+                    Signal::Evicted => {
+                        // Boxed: rare, and its backend calls are large state.
+                        if let Some(ending) = Box::pin(self.leave_evicted_rooms(&handle)).await {
+                            return ending;
+                        }
+                    }
                     Signal::Frames => {
                         if !self.write_pushes(&handle).await {
                             return self.ending_after_failed_write();
@@ -594,6 +600,33 @@ where
             .await?;
         let left: Vec<&str> = left.iter().map(RoomId::as_str).collect();
         Ok(json!({ "expires_at": expires_at, "left": left }))
+    }
+
+    /// Leaves the rooms a moderator removed this socket from (members see the leave), and tells
+    /// the client with a `room.removed` push per room.
+    async fn leave_evicted_rooms(&mut self, handle: &SocketHandle) -> Option<Ending> {
+        for room in handle.take_evictions() {
+            let node = self.node.clone();
+            if !node.evict(&mut self.session, &room).await {
+                continue;
+            }
+            let data = serde_json::value::RawValue::from_string(
+                json!({ "reason": "removed_by_moderator" }).to_string(),
+            )
+            .expect("a JSON object");
+            let push = Frame::event(&crate::protocol::EventPush {
+                kind: "event",
+                event: "room.removed",
+                room: Some(room.as_str()),
+                from: None,
+                data: &data,
+                ts: crate::protocol::unix_now_millis(),
+            });
+            if let Some(ending) = self.reply(push).await {
+                return Some(ending);
+            }
+        }
+        None
     }
 
     /// Sends the Close frame that answers the client's (queued by the transport when it read

@@ -404,8 +404,12 @@ export class RealtimeClient {
   }
 
   private handleEvent(push: EventPush): void {
+    const room = push.room === undefined ? undefined : this.rooms.get(push.room);
+    // A moderator removed the user (the server already took the socket out, and may refuse a
+    // re-join for a while): forget the room before anyone hears of it, so `joined` reads false.
+    if (push.event === "room.removed") room?.revoke("a moderator removed the user from");
     this.emitter.emit("event", push);
-    if (push.room !== undefined) this.rooms.get(push.room)?.dispatch(push);
+    room?.dispatch(push);
   }
 
   private handleClose(connection: Connection, event: unknown): void {
@@ -592,7 +596,7 @@ export class RealtimeClient {
       connection.expiresAt = Number(reply.expires_at) || 0;
       this.scheduleRefresh(connection);
       // Rooms the new token no longer grants: the server already took the socket out of them.
-      for (const id of reply.left ?? []) this.rooms.get(id)?.revoke();
+      for (const id of reply.left ?? []) this.rooms.get(id)?.revoke("the refreshed token no longer grants");
     } catch (error) {
       if (connection !== this.connection) return;
       if (failures >= REFRESH_RETRIES) {

@@ -55,6 +55,7 @@ export {
   type OpMap,
   type ProgressUpdatedData,
   type Reply,
+  type RoomRemovedData,
   type RoomUserData,
   type TournamentStartData,
   type WireError,

@@ -27,9 +27,11 @@ export const CLOSE_CODES = {
   backend_unavailable: 4005,
   node_full: 4006,
   too_many_connections: 4007,
+  disconnected_by_server: 4008,
   unsupported_data: 4500,
   invalid_token: 4501,
   origin_forbidden: 4502,
+  access_revoked: 4503,
 } as const;
 export type CloseReason = keyof typeof CLOSE_CODES;
 
@@ -85,6 +87,12 @@ export interface RoomUserData extends JsonRecord {
   userId: string;
 }
 
+/** Payload of `room.removed`: a moderator took the user out of `room` (every socket of theirs). */
+export interface RoomRemovedData extends JsonRecord {
+  /** Why, e.g. "removed_by_moderator". */
+  reason: string;
+}
+
 // Service-defined payloads. They are open records; an app narrows one by merging fields in:
 //   declare module "@realtime/client" { interface MatchUpdateData { score: number[] } }
 export interface ProgressUpdatedData extends JsonRecord {}
@@ -103,6 +111,7 @@ export interface EventMap {
   "match.update": MatchUpdateData;
   "room.user_joined": RoomUserData;
   "room.user_left": RoomUserData;
+  "room.removed": RoomRemovedData;
 }
 
 /** The payload type of event `Name`: from EventMap when listed, else any JSON. */

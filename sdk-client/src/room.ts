@@ -155,11 +155,12 @@ export class Room {
   }
 
   /**
-   * @internal A token refresh took the room away (the server already removed the socket): handled
-   * as a refused re-join, so the room is forgotten and its `error` event fires (unless left already).
+   * @internal The server took the socket out of the room (a token refresh no longer grants it, or a
+   * moderator removed the user): handled as a refused re-join, so the room is forgotten and its
+   * `error` event fires with room_forbidden and `why` (unless left already).
    */
-  revoke(): void {
-    this.onJoinFailed(new RealtimeError("room_forbidden", `the refreshed token no longer grants ${this.id}`));
+  revoke(why: string): void {
+    this.onJoinFailed(new RealtimeError("room_forbidden", `${why} ${this.id}`));
   }
 
   /** @internal The client closed for good: reject whoever waits. */

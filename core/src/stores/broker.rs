@@ -13,6 +13,9 @@ use crate::room::RoomId;
 pub enum Topic {
     Room(RoomId),
     User(Arc<str>),
+    /// Commands every node acts on (disconnect a user, remove a user from a room): every node
+    /// subscribes at startup; its frames are `protocol::ControlCommand`s, never sent to clients.
+    Control,
 }
 
 /// Called for every frame delivered to this node. It must not block: it only queues frames on

@@ -230,6 +230,8 @@ fn purge_expired(members: &mut RoomMembers, now: Instant) {
 #[derive(Default)]
 pub struct MemoryRoomStore {
     rooms: Mutex<HashMap<RoomId, RoomMembers>>,
+    /// (room, user) -> blocked until.
+    blocked: Mutex<HashMap<(RoomId, Arc<str>), Instant>>,
 }
 
 impl MemoryRoomStore {
@@ -248,6 +250,13 @@ impl RoomStore for MemoryRoomStore {
         ttl: Duration,
     ) -> Result<JoinOutcome, StoreError> {
         let now = Instant::now();
+        {
+            let mut blocked = self.blocked.lock();
+            blocked.retain(|_, until| *until > now);
+            if blocked.contains_key(&(room.clone(), member.user_id.clone())) {
+                return Ok(JoinOutcome::Blocked);
+            }
+        }
         let mut rooms = self.rooms.lock();
         let members = rooms.entry(room.clone()).or_default();
         if let Some(sockets) = members.get_mut(&member.user_id) {
@@ -279,6 +288,19 @@ impl RoomStore for MemoryRoomStore {
         Ok(JoinOutcome::Joined {
             first_for_user: true,
         })
+    }
+
+    async fn block(
+        &self,
+        room: &RoomId,
+        user_id: &str,
+        duration: Duration,
+    ) -> Result<(), StoreError> {
+        self.blocked.lock().insert(
+            (room.clone(), Arc::from(user_id)),
+            Instant::now() + duration,
+        );
+        Ok(())
     }
 
     async fn refresh(

@@ -59,6 +59,7 @@ pub fn fanout_subject(prefix: &str, topic: &Topic) -> String {
     match topic {
         Topic::Room(room) => format!("{prefix}.fanout.room.{room}"),
         Topic::User(user) => format!("{prefix}.fanout.user.{}", user_token(user)),
+        Topic::Control => format!("{prefix}.fanout.control"),
     }
 }
 
@@ -232,7 +233,7 @@ impl Broker for NatsBroker {
                 self.users.lock().remove(user);
             }
             // Aborting drops the subscriber, which unsubscribes on the server.
-            Topic::Room(_) => {
+            Topic::Room(_) | Topic::Control => {
                 if let Some(task) = self.rooms.lock().remove(topic) {
                     task.abort();
                 }

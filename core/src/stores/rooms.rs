@@ -23,6 +23,8 @@ pub enum JoinOutcome {
     AlreadyMember,
     /// The room holds `capacity` distinct users and this user is not one of them.
     Full,
+    /// A moderator blocked this user's joins to the room for a while (`block`).
+    Blocked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub enum LeaveOutcome {
 ///   refreshed, so they stop holding places after one TTL.
 /// - Concurrent `refresh`es each extend their own memberships, and only those (a backend may
 ///   send them as one batch; the Redis one does).
+/// - A user blocked from a room (`block`) gets `Blocked` from `join` until the block ends; other
+///   users are not affected.
 /// - `refresh` never revives a membership that is gone (expired, left, or lost with the
 ///   backend's data); it returns those rooms, so the node holding the socket can `join` again,
 ///   capacity checked, instead of silently holding a place the store no longer counts.
@@ -56,6 +60,13 @@ pub trait RoomStore: Send + Sync + 'static {
         capacity: u32,
         ttl: Duration,
     ) -> Result<JoinOutcome, StoreError>;
+    /// Refuses the user's joins to `room` (`JoinOutcome::Blocked`) for `duration`, on every node.
+    async fn block(
+        &self,
+        room: &RoomId,
+        user_id: &str,
+        duration: Duration,
+    ) -> Result<(), StoreError>;
     /// Extends the socket's memberships in `rooms` by `ttl` (those that still exist) and
     /// returns the rooms of `rooms` where the membership was gone.
     async fn refresh(

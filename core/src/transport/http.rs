@@ -69,7 +69,7 @@ fn check_api_key(node: &Node, req: &Request) -> Result<(), WireError> {
 }
 
 /// Checks the key, then reads a JSON body of at most `api.max_body_bytes`.
-async fn authorized_json_body<T: serde::de::DeserializeOwned>(
+pub(super) async fn authorized_json_body<T: serde::de::DeserializeOwned>(
     node: &Node,
     req: &mut Request,
 ) -> Result<T, WireError> {

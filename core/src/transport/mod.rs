@@ -10,6 +10,7 @@ mod graphql;
 mod graphql_socket;
 mod http;
 mod lane;
+mod moderation;
 mod origin;
 mod ws;
 
@@ -84,6 +85,18 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
             Router::with_path("api/publish")
                 .hoop(cors.clone())
                 .post(http::PublishEndpoint::new(node.clone()))
+                .options(origin::NoContent),
+        )
+        .push(
+            Router::with_path("api/users/disconnect")
+                .hoop(cors.clone())
+                .post(moderation::DisconnectUserEndpoint::new(node.clone()))
+                .options(origin::NoContent),
+        )
+        .push(
+            Router::with_path("api/rooms/remove")
+                .hoop(cors.clone())
+                .post(moderation::RemoveFromRoomEndpoint::new(node.clone()))
                 .options(origin::NoContent),
         )
         .push(

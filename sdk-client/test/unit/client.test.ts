@@ -314,6 +314,29 @@ describe("close codes", () => {
     expect(FakeWebSocket.latest().token).toBe("token-2");
   });
 
+  it("4008 disconnected_by_server: reconnects with backoff and a fresh token", async () => {
+    const harness = await connectedClient();
+    expect(serverCloses(harness, 4008)).toBe(250);
+    expect(harness.disconnects[0]).toMatchObject({ code: 4008, willReconnect: true });
+    expect(harness.client.state).toBe("reconnecting");
+    expect(harness.errors).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(250);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+    expect(FakeWebSocket.latest().token).toBe("token-2");
+  });
+
+  it("4503 access_revoked: stops, state closed, error closed with closeCode 4503, no reconnect", async () => {
+    const harness = await connectedClient();
+    FakeWebSocket.latest().serverClose(4503, "access_revoked");
+    expect(harness.client.state).toBe("closed");
+    expect(harness.disconnects[0]).toEqual({ code: 4503, reason: "access_revoked", willReconnect: false });
+    expect(harness.errors).toHaveLength(1);
+    expect(harness.errors[0]).toMatchObject({ code: "closed", closeCode: 4503 });
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(harness.getToken).toHaveBeenCalledTimes(1);
+  });
+
   it("4006 node_full during the handshake: backoff", async () => {
     const harness = makeClient();
     harness.client.connect();

@@ -34,6 +34,18 @@ describe("close policy", () => {
     expect(decideAfterClose(code, false)).toEqual({ action: "stop", errorCode });
   });
 
+  it("4008 disconnected_by_server (an operator disconnected the user) reconnects with backoff", () => {
+    expect(CLOSE_CODES.disconnected_by_server).toBe(4008);
+    expect(decideAfterClose(CLOSE_CODES.disconnected_by_server, false)).toEqual({ action: "backoff" });
+    expect(decideAfterClose(CLOSE_CODES.disconnected_by_server, true)).toEqual({ action: "backoff" });
+  });
+
+  it("4503 access_revoked stops (no reconnect) with error code closed", () => {
+    expect(CLOSE_CODES.access_revoked).toBe(4503);
+    expect(decideAfterClose(CLOSE_CODES.access_revoked, false)).toEqual({ action: "stop", errorCode: "closed" });
+    expect(decideAfterClose(CLOSE_CODES.access_revoked, true)).toEqual({ action: "stop", errorCode: "closed" });
+  });
+
   it("4501 retries once at once, then stops with invalid_token", () => {
     expect(decideAfterClose(CLOSE_CODES.invalid_token, false)).toEqual({ action: "retry_now" });
     expect(decideAfterClose(CLOSE_CODES.invalid_token, true)).toEqual({ action: "stop", errorCode: "invalid_token" });

@@ -1,9 +1,10 @@
 // Rooms against the fake WebSocket: join/leave/presence/publish, re-join after
 // reconnect (paced by the join token bucket), the resubscribed event, and
-// what happens to joins the server refuses or a token refresh revokes.
+// what happens to joins the server refuses, a token refresh revokes or a moderator
+// removes (room.removed).
 
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { RealtimeClient, RealtimeError, type JoinedInfo, type RealtimeClientOptions } from "../../src/index.js";
+import { RealtimeClient, RealtimeError, type EventPush, type JoinedInfo, type RealtimeClientOptions } from "../../src/index.js";
 import { FakeWebSocket, type SentRequest } from "./fake-websocket.js";
 
 function makeClient(options: Partial<RealtimeClientOptions> = {}) {
@@ -329,6 +330,57 @@ describe("rooms", () => {
     expect(kept.joined).toBe(true);
     socket = await reconnect();
     expect(joinedRooms(socket.requests("join")).sort()).toEqual(["chat:a", "competition:42"]);
+  });
+
+  it("a room.removed push forgets the room with room_forbidden (not re-joined after a reconnect) and still reaches event listeners; the other room stays", async () => {
+    const { client, answered, revoked: removed, kept } = await clientInTwoRooms();
+    const errors: RealtimeError[] = [];
+    removed.on("error", (error) => errors.push(error));
+    kept.on("error", (error) => errors.push(error));
+    const pushes: EventPush[] = [];
+    const joinedWhenHeard: boolean[] = [];
+    client.on("event", (push) => {
+      pushes.push(push);
+      joinedWhenHeard.push(removed.joined);
+    });
+    const reasons: string[] = [];
+    removed.on("room.removed", (data) => reasons.push(data.reason));
+    let socket = FakeWebSocket.latest();
+    const push = { type: "event", event: "room.removed", room: "competition:42", data: { reason: "removed_by_moderator" }, ts: 1_795_643_627_123 };
+    socket.serverSend(push);
+    expect(removed.joined).toBe(false);
+    expect(kept.joined).toBe(true);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toBeInstanceOf(RealtimeError);
+    expect(errors[0]?.code).toBe("room_forbidden");
+    expect(errors[0]?.message).toContain("moderator");
+    expect(errors[0]?.message).toContain("competition:42");
+    // Delivered like every push, with the room already not joined; the room's own listeners get it too.
+    expect(pushes).toEqual([push]);
+    expect(joinedWhenHeard).toEqual([false]);
+    expect(reasons).toEqual(["removed_by_moderator"]);
+    // The server already took the socket out: no leave goes out for it.
+    expect(socket.requests("leave")).toHaveLength(0);
+    socket = await reconnect();
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(joinedRooms(socket.requests("join"))).toEqual(["chat:a"]);
+    acceptJoins(socket, answered);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(kept.joined).toBe(true);
+    expect(removed.joined).toBe(false);
+    expect(errors).toHaveLength(1);
+  });
+
+  it("a room.removed push for a room not held, or without a room, changes no room", async () => {
+    const { client, kept } = await clientInTwoRooms();
+    const pushes: EventPush[] = [];
+    client.on("event", (push) => pushes.push(push));
+    const socket = FakeWebSocket.latest();
+    socket.serverSend({ type: "event", event: "room.removed", room: "chat:elsewhere", data: { reason: "removed_by_moderator" }, ts: 1 });
+    socket.serverSend({ type: "event", event: "room.removed", data: { reason: "removed_by_moderator" }, ts: 2 });
+    expect(pushes).toHaveLength(2);
+    expect(kept.joined).toBe(true);
+    expect(client.room("competition:42").joined).toBe(true);
   });
 
   it("close() rejects joins still waiting with closed", async () => {

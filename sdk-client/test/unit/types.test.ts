@@ -43,6 +43,7 @@ describe("types", () => {
     });
     room.on("chat.message", (data) => expectTypeOf(data.text).toEqualTypeOf<string>());
     room.on("room.user_left", (data) => expectTypeOf(data.userId).toEqualTypeOf<string>());
+    room.on("room.removed", (data) => expectTypeOf(data.reason).toEqualTypeOf<string>());
     room.on("something.else", (data) => expectTypeOf(data).toEqualTypeOf<JsonValue>());
     room.on("joined", (info) => expectTypeOf(info.reconnected).toEqualTypeOf<boolean>());
     room.on("resubscribed", (info) => expectTypeOf(info.recovered).toEqualTypeOf<false>());

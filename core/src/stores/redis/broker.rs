@@ -110,6 +110,7 @@ impl RedisBroker {
         match topic {
             Topic::Room(room) => format!("{}room:{room}", self.channel_prefix),
             Topic::User(user) => format!("{}user:{user}", self.channel_prefix),
+            Topic::Control => format!("{}control", self.channel_prefix),
         }
     }
 }

@@ -19,6 +19,7 @@ const JOIN_SCRIPT: &str = include_str!("scripts/join.lua");
 const REFRESH_SCRIPT: &str = include_str!("scripts/refresh.lua");
 const LEAVE_SCRIPT: &str = include_str!("scripts/leave.lua");
 const MEMBERS_SCRIPT: &str = include_str!("scripts/members.lua");
+const BLOCK_SCRIPT: &str = include_str!("scripts/block.lua");
 
 /// Memberships one refresh script extends at most (~5 commands each): a batch of sockets in many
 /// rooms is split into several calls, so no single script holds Redis up for long.
@@ -41,6 +42,7 @@ pub struct RedisRoomStore {
     refreshes: Coalescer<MembershipRefresh, Vec<RoomId>>,
     leave: Script,
     members: Script,
+    block: Script,
 }
 
 impl RedisRoomStore {
@@ -56,6 +58,7 @@ impl RedisRoomStore {
             }),
             leave: script(LEAVE_SCRIPT, &helpers),
             members: script(MEMBERS_SCRIPT, &helpers),
+            block: script(BLOCK_SCRIPT, &[NOW_MS]),
             redis,
         }
     }
@@ -66,11 +69,20 @@ impl RedisRoomStore {
         room: &RoomId,
         args: &[String],
     ) -> Result<T, StoreError> {
-        let keys = room_keys(&self.redis, room);
+        self.run_script_on_keys(script, &room_keys(&self.redis, room), args)
+            .await
+    }
+
+    async fn run_script_on_keys<T: redis::FromRedisValue + Send>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
         self.redis
             .run(|mut connection| {
                 let mut invocation = script.prepare_invoke();
-                for key in &keys {
+                for key in keys {
                     invocation.key(key);
                 }
                 for arg in args {
@@ -80,6 +92,11 @@ impl RedisRoomStore {
             })
             .await
     }
+}
+
+/// The room's blocked users: user -> blocked until (ms).
+fn blocked_key(redis: &RedisConnector, room: &RoomId) -> String {
+    format!("{}room:{room}:blocked", redis.key_prefix())
 }
 
 fn room_keys(redis: &RedisConnector, room: &RoomId) -> [String; 3] {
@@ -152,8 +169,11 @@ impl RoomStore for RedisRoomStore {
             capacity.to_string(),
             ttl.as_millis().to_string(),
         ];
-        let outcome: String = self.run_room_script(&self.join, room, &args).await?;
+        let [sockets, owner, users] = room_keys(&self.redis, room);
+        let keys = [sockets, owner, users, blocked_key(&self.redis, room)];
+        let outcome: String = self.run_script_on_keys(&self.join, &keys, &args).await?;
         match outcome.as_str() {
+            "blocked" => Ok(JoinOutcome::Blocked),
             "first" => Ok(JoinOutcome::Joined {
                 first_for_user: true,
             }),
@@ -196,6 +216,18 @@ impl RoomStore for RedisRoomStore {
             },
             _ => LeaveOutcome::NotMember,
         })
+    }
+
+    async fn block(
+        &self,
+        room: &RoomId,
+        user_id: &str,
+        duration: Duration,
+    ) -> Result<(), StoreError> {
+        let args = [user_id.to_owned(), duration.as_millis().to_string()];
+        self.run_script_on_keys::<i64>(&self.block, &[blocked_key(&self.redis, room)], &args)
+            .await
+            .map(|_| ())
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {

@@ -1,6 +1,10 @@
--- KEYS: sockets, owner, users. ARGV: socket, user, capacity, ttl ms.
--- Returns 'first', 'joined', 'already' or 'full'.
+-- KEYS: sockets, owner, users, blocked. ARGV: socket, user, capacity, ttl ms.
+-- Returns 'blocked', 'first', 'joined', 'already' or 'full'.
 local now = now_ms()
+local blocked_until = redis.call('HGET', KEYS[4], ARGV[2])
+if blocked_until and tonumber(blocked_until) > now then
+  return 'blocked'
+end
 purge(now)
 local ttl = tonumber(ARGV[4])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
