@@ -534,3 +534,44 @@ async fn moderators_remove_a_user_from_a_room_and_disconnect_them_on_every_node(
         (400, Some("invalid_request"))
     );
 }
+
+#[tokio::test]
+async fn services_moderate_over_nats_requests_too() {
+    let settings = cluster_settings(REDIS_URL, NATS_URL);
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let mut spammer_on_a = node_a.connect("spammer").await.unwrap();
+    let mut spammer_on_b = node_b.connect("spammer").await.unwrap();
+    let service = node_a.nats_client().await.unwrap();
+
+    let reply = service
+        .request(
+            node_a.subject("api.users.disconnect"),
+            json!({"user": "spammer"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply, json!({"ok": true}));
+    for spammer in [&mut spammer_on_a, &mut spammer_on_b] {
+        assert_eq!(
+            spammer.expect_end().await.unwrap(),
+            realtime_tests::Ended::Closed {
+                code: 4008,
+                reason: "disconnected_by_server".into()
+            },
+            "reconnect allowed by default"
+        );
+    }
+
+    let reply = service
+        .request(
+            node_a.subject("api.rooms.remove"),
+            json!({"user": "spammer"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["ok"], false);
+    assert_eq!(reply["error"]["code"], "invalid_request", "{reply}");
+}

@@ -33,6 +33,7 @@
 //! - [`small_set`]: a few values in a vector, for per-connection and per-user sets.
 //! - [`descriptors`]: the open-file limit and the kernel's descriptor table, sized at startup.
 //! - [`admission`]: connection slots per node, per user and per client address.
+//! - [`moderation`]: disconnect a user, remove a user from a room (HTTP and NATS requests).
 //! - [`readiness`]: what `GET /ready` checks (draining, Redis, NATS, the database).
 //! - [`server`]: start and stop a node (readiness off, closes spread over the drain window).
 
@@ -47,6 +48,7 @@ pub mod graphql;
 pub mod hub;
 pub mod jwks;
 pub mod metrics;
+pub mod moderation;
 pub mod nats_bridge;
 pub mod node;
 pub mod notifications;

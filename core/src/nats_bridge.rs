@@ -7,6 +7,10 @@
 //! validated, encoded and handed to the broker by exactly one node, which fans it out to every
 //! node with members. A message with a reply subject gets `{"ok":true}` or an error body.
 //!
+//! Moderation requests: `realtime.api.users.disconnect` and `realtime.api.rooms.remove` with the
+//! bodies of the HTTP API (`crate::moderation`), in the same queue group; the reply is the HTTP
+//! answer's body (`{"ok":true,..}` or an error body).
+//!
 //! Outbound: every platform event on `realtime.events.<name>` (for example
 //! `realtime.events.user.offline`) with its JSON body.
 
@@ -32,6 +36,11 @@ fn room_subjects(prefix: &str) -> String {
 /// Inbound user publishes: `<prefix>.user.<user id>`.
 fn user_subjects(prefix: &str) -> String {
     format!("{prefix}.user.")
+}
+
+/// Moderation requests: `<prefix>.api.users.disconnect`, `<prefix>.api.rooms.remove`.
+fn api_subjects(prefix: &str) -> String {
+    format!("{prefix}.api.")
 }
 
 /// Outbound platform events: `<prefix>.events.<event name>`.
@@ -73,6 +82,30 @@ async fn handle_inbound(node: &Node, subject: &str, payload: &[u8]) -> Result<De
     }
 }
 
+/// Serves one moderation request; the reply is the same body HTTP answers.
+async fn handle_api_request(node: &Node, operation: &str, payload: &[u8]) -> Bytes {
+    use crate::moderation::{DisconnectRequest, RemoveRequest, parse};
+    let answer = match operation {
+        "users.disconnect" => match parse::<DisconnectRequest>(payload) {
+            Ok(request) => request.apply(node).await,
+            Err(error) => Err(error),
+        },
+        "rooms.remove" => match parse::<RemoveRequest>(payload) {
+            Ok(request) => request.apply(node).await,
+            Err(error) => Err(error),
+        },
+        other => Err(invalid(format!("unknown API request `{other}`"))),
+    };
+    let body = match answer {
+        Ok(body) => body,
+        Err(error) => {
+            metrics::counter!(crate::metrics::ERRORS, "code" => error.code.as_str()).increment(1);
+            serde_json::json!({ "ok": false, "error": ErrorBody::from(&error) })
+        }
+    };
+    Bytes::from(body.to_string())
+}
+
 fn reply_body(result: &Result<Delivery, WireError>) -> Bytes {
     #[derive(serde::Serialize)]
     struct Failed<'a> {
@@ -112,11 +145,19 @@ pub async fn spawn_ingest(
         )
         .await
         .map_err(nats_error)?;
+    let api = client
+        .queue_subscribe(
+            format!("{}>", api_subjects(&nats.subject_prefix)),
+            nats.queue_group.clone(),
+        )
+        .await
+        .map_err(nats_error)?;
     client
         .flush()
         .await
         .map_err(|error| StoreError::Unavailable(format!("nats: {error}")))?;
-    let mut inbound = futures_util::stream::select(rooms, users);
+    let mut inbound = futures_util::stream::select(futures_util::stream::select(rooms, users), api);
+    let api_prefix = api_subjects(&nats.subject_prefix);
     Ok(tokio::spawn(async move {
         loop {
             let message = tokio::select! {
@@ -126,6 +167,15 @@ pub async fn spawn_ingest(
                     None => return,
                 },
             };
+            if let Some(operation) = message.subject.strip_prefix(&api_prefix) {
+                let answer = handle_api_request(&node, operation, &message.payload).await;
+                if let Some(reply) = message.reply
+                    && let Err(error) = client.publish(reply, answer).await
+                {
+                    tracing::debug!(%error, "could not answer an API request");
+                }
+                continue;
+            }
             let result = handle_inbound(&node, &message.subject, &message.payload).await;
             if let Err(error) = &result {
                 metrics::counter!(crate::metrics::ERRORS, "code" => error.code.as_str())

@@ -1,49 +1,17 @@
-//! The moderation API (`X-API-Key`, like `/api/publish`): act on a user across the cluster.
+//! The moderation API over HTTP (`X-API-Key`, like `/api/publish`); the requests themselves are
+//! `crate::moderation`'s, shared with NATS.
 //!
-//! - `POST /api/users/disconnect` `{"user", "reconnect"?: true}`: every socket of the user, on
-//!   every node, is closed with 4008 `disconnected_by_server` (reconnect allowed) or, with
-//!   `"reconnect": false`, 4503 `access_revoked` (clients stop).
-//! - `POST /api/rooms/remove` `{"room", "user", "block_secs"?: 0}`: every socket of the user
-//!   leaves the room (members see `room.user_left`, the user's sockets get `room.removed`);
-//!   with `block_secs`, joins by the user are refused with `room_forbidden` for that long.
-//!
-//! Both answer `{"ok":true}` once every node has been told (the broker accepted the command);
-//! sockets close or leave within moments after.
+//! - `POST /api/users/disconnect` `{"user", "reconnect"?: true}`
+//! - `POST /api/rooms/remove` `{"room", "user", "block_secs"?: 0}`
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use salvo::prelude::*;
-use serde::Deserialize;
 
 use super::http::authorized_json_body;
 use super::render_error;
+use crate::moderation::{DisconnectRequest, RemoveRequest};
 use crate::node::Node;
-use crate::protocol::{ErrorCode, WireError};
-
-/// Longest block a removal may set: 30 days.
-const MAX_BLOCK_SECS: u64 = 30 * 24 * 3600;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DisconnectBody {
-    user: String,
-    #[serde(default = "reconnect_by_default")]
-    reconnect: bool,
-}
-
-fn reconnect_by_default() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RemoveBody {
-    room: String,
-    user: String,
-    #[serde(default)]
-    block_secs: u64,
-}
 
 /// `POST /api/users/disconnect`.
 pub struct DisconnectUserEndpoint {
@@ -53,14 +21,6 @@ pub struct DisconnectUserEndpoint {
 impl DisconnectUserEndpoint {
     pub fn new(node: Arc<Node>) -> Self {
         DisconnectUserEndpoint { node }
-    }
-
-    async fn disconnect(&self, req: &mut Request) -> Result<serde_json::Value, WireError> {
-        let body: DisconnectBody = authorized_json_body(&self.node, req).await?;
-        self.node
-            .disconnect_user(&body.user, body.reconnect)
-            .await?;
-        Ok(serde_json::json!({ "ok": true }))
     }
 }
 
@@ -73,7 +33,11 @@ impl Handler for DisconnectUserEndpoint {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
-        match self.disconnect(req).await {
+        let answer = match authorized_json_body::<DisconnectRequest>(&self.node, req).await {
+            Ok(request) => request.apply(&self.node).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Ok(body) => res.render(Json(body)),
             Err(error) => render_error(res, &error),
         }
@@ -89,22 +53,6 @@ impl RemoveFromRoomEndpoint {
     pub fn new(node: Arc<Node>) -> Self {
         RemoveFromRoomEndpoint { node }
     }
-
-    async fn remove(&self, req: &mut Request) -> Result<serde_json::Value, WireError> {
-        let body: RemoveBody = authorized_json_body(&self.node, req).await?;
-        if body.block_secs > MAX_BLOCK_SECS {
-            return Err(WireError::new(
-                ErrorCode::InvalidRequest,
-                format!("`block_secs` is at most {MAX_BLOCK_SECS} (30 days)"),
-            ));
-        }
-        let block = Duration::from_secs(body.block_secs);
-        let room = self
-            .node
-            .remove_from_room(&body.user, &body.room, Some(block))
-            .await?;
-        Ok(serde_json::json!({ "ok": true, "room": room.as_str() }))
-    }
 }
 
 #[async_trait]
@@ -116,7 +64,11 @@ impl Handler for RemoveFromRoomEndpoint {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
-        match self.remove(req).await {
+        let answer = match authorized_json_body::<RemoveRequest>(&self.node, req).await {
+            Ok(request) => request.apply(&self.node).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Ok(body) => res.render(Json(body)),
             Err(error) => render_error(res, &error),
         }
