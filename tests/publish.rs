@@ -200,3 +200,33 @@ async fn a_body_that_trickles_in_is_refused_after_the_body_timeout() {
         );
     }
 }
+
+#[tokio::test]
+async fn headers_that_trickle_in_close_the_connection_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = realtime_tests::TestServer::start_with(|settings| {
+        settings.server.request_header_timeout_ms = 300;
+    })
+    .await
+    .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // A request line and one header, and the blank line that ends the headers never comes.
+    tcp.write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\n", server.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let closed = tokio::time::timeout(realtime_tests::STEP_TIMEOUT, async {
+        loop {
+            match tcp.read(&mut answer).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        closed,
+        "the server closes a connection whose headers do not arrive in time"
+    );
+}

@@ -191,6 +191,7 @@ pub struct ServerSettings {
     pub fanout_yield_every: usize,
     pub allowed_origins: Vec<String>,
     pub request_body_timeout_ms: u64,
+    pub request_header_timeout_ms: u64,
     pub drain_window_secs: u64,
 }
 

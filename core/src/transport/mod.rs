@@ -56,7 +56,13 @@ pub fn serve(listener: TcpListener, node: Arc<Node>) -> std::io::Result<HttpServ
     // Redis, NATS and the database connections need; beyond it, connections wait in the backlog.
     let http_connection_cap = node.settings().server.max_connections
         + (crate::descriptors::SPARE_DESCRIPTORS / 2) as usize;
-    let server = salvo::Server::new(acceptor).max_connections(http_connection_cap);
+    // Request headers must arrive within `server.request_header_timeout_ms` (salvo's fuse also
+    // bounds the TLS/protocol detection read with it), so a client that trickles headers
+    // (slowloris) cannot hold a connection.
+    let header_timeout = Duration::from_millis(node.settings().server.request_header_timeout_ms);
+    let server = salvo::Server::new(acceptor)
+        .max_connections(http_connection_cap)
+        .fuse_config(salvo::fuse::FuseConfig::default().with_http1_header_timeout(header_timeout));
     let handle = server.handle();
     let task = tokio::spawn(server.serve(router(node, lanes)));
     Ok(HttpServer { handle, task })
