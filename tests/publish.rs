@@ -230,3 +230,37 @@ async fn headers_that_trickle_in_close_the_connection_after_the_header_timeout()
         "the server closes a connection whose headers do not arrive in time"
     );
 }
+
+#[tokio::test]
+async fn open_http_connections_are_capped_below_the_descriptor_table() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The cap is server.max_connections + 512: 513 here.
+    let server = realtime_tests::TestServer::start_with(|settings| {
+        settings.server.max_connections = 1;
+    })
+    .await
+    .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..513 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Let the server accept them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    late.write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let served_at_once =
+        tokio::time::timeout(Duration::from_millis(1000), late.read(&mut answer)).await;
+    assert!(
+        served_at_once.is_err(),
+        "a connection over the cap waits for a free place"
+    );
+    idle.truncate(500);
+    let read = tokio::time::timeout(realtime_tests::STEP_TIMEOUT, late.read(&mut answer))
+        .await
+        .expect("served once connections closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"));
+}
