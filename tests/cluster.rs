@@ -575,3 +575,74 @@ async fn services_moderate_over_nats_requests_too() {
     assert_eq!(reply["ok"], false);
     assert_eq!(reply["error"]["code"], "invalid_request", "{reply}");
 }
+
+/// `GET` a node's server API with the test key; returns status and JSON body.
+async fn ask(node: &TestServer, path_and_query: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{}{path_and_query}", node.addr))
+        .header("x-api-key", realtime_tests::API_KEY)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn room_and_user_info_cover_every_node() {
+    let settings = cluster_settings(REDIS_URL, NATS_URL);
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let room = unique("chat:info");
+    let mut ana_on_a = node_a.connect("ana").await.unwrap();
+    let mut ana_on_b = node_b.connect("ana").await.unwrap();
+    let mut ben_on_b = node_b.connect("ben").await.unwrap();
+    for client in [&mut ana_on_a, &mut ana_on_b, &mut ben_on_b] {
+        client.join(&room).await.unwrap();
+    }
+    let (name_a, name_b) = (
+        ana_on_a.hello["node"].as_str().unwrap().to_owned(),
+        ben_on_b.hello["node"].as_str().unwrap().to_owned(),
+    );
+    let now_ms = realtime_core::protocol::unix_now_millis();
+
+    let (status, info) = ask(&node_a, &format!("/api/rooms/info?room={room}")).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        (info["users"].as_u64(), info["sockets"].as_u64()),
+        (Some(2), Some(3)),
+        "{info}"
+    );
+    assert_eq!(info["nodes"][&name_a], 1, "{info}");
+    assert_eq!(info["nodes"][&name_b], 2, "{info}");
+    assert_eq!(info["members"][0]["user"], "ana");
+    assert_eq!(info["members"][0]["sockets"].as_array().unwrap().len(), 2);
+    let last_seen = info["members"][1]["last_seen"].as_u64().unwrap();
+    assert!(
+        last_seen.abs_diff(now_ms) < 10_000,
+        "last_seen {last_seen} is the last heartbeat, around {now_ms}"
+    );
+
+    let (status, user) = ask(&node_b, "/api/users/info?user=ana").await;
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["online"], true);
+    assert_eq!(user["sockets"].as_array().unwrap().len(), 2);
+    let mut nodes = vec![name_a.clone(), name_b.clone()];
+    nodes.sort();
+    assert_eq!(user["nodes"], json!(nodes));
+
+    let (status, body) = ask(&node_a, "/api/rooms/info").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body) = ask(&node_a, "/api/rooms/info?room=nosuchtype:x").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("unknown_room_type"))
+    );
+    let anonymous = reqwest::get(format!("http://{}/api/users/info?user=ana", node_a.addr))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+}

@@ -518,6 +518,37 @@ where
 
     concurrent_refreshes_extend_their_own_memberships(&node_a, &node_b, short_ttl).await;
     a_blocked_user_cannot_join_until_the_block_ends(&node_a, &node_b).await;
+    sockets_lists_every_live_membership_with_its_expiry(&node_a, &node_b).await;
+}
+
+/// `sockets` lists each live membership (user, socket, expiry in Unix ms), sorted, from any node.
+async fn sockets_lists_every_live_membership_with_its_expiry(
+    node_a: &Arc<dyn RoomStore>,
+    node_b: &Arc<dyn RoomStore>,
+) {
+    let room = RoomId::parse(&unique("chat:listed")).unwrap();
+    let ttl = Duration::from_secs(60);
+    for (user, socket) in [("bea", "s2"), ("ann", "s1"), ("bea", "s3")] {
+        let member = Member {
+            user_id: Arc::from(user),
+            socket_id: Arc::from(socket),
+        };
+        node_a.join(&room, &member, 10, ttl).await.unwrap();
+    }
+    let before = crate::protocol::unix_now_millis();
+    let listed = node_b.sockets(&room).await.unwrap();
+    let pairs: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|entry| (entry.user_id.as_str(), entry.socket_id.as_str()))
+        .collect();
+    assert_eq!(pairs, [("ann", "s1"), ("bea", "s2"), ("bea", "s3")]);
+    for entry in &listed {
+        let remaining = entry.expires_at_ms.saturating_sub(before);
+        assert!(
+            (55_000..=61_000).contains(&remaining),
+            "expiry about one TTL ahead: {remaining} ms"
+        );
+    }
 }
 
 /// A block set on one node refuses the user's joins on every node until it ends, and only

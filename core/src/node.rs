@@ -673,6 +673,102 @@ impl Node {
         Ok(room)
     }
 
+    /// Who is in `room`, cluster-wide (the spec's Presence entity): each member's sockets with
+    /// their node and `last_seen` (Unix ms of the membership's last refresh, that is the last
+    /// heartbeat written), and the socket count per node.
+    pub async fn room_info(&self, room_text: &str) -> Result<serde_json::Value, WireError> {
+        use futures_util::StreamExt;
+        let room = Self::parse_room(room_text)?;
+        self.room_type(&room)?;
+        let sockets = self
+            .backends
+            .rooms
+            .sockets(&room)
+            .await
+            .map_err(unavailable)?;
+        let ttl_ms = self.settings.presence.ttl().as_millis() as u64;
+        let mut users: Vec<&str> = sockets.iter().map(|entry| entry.user_id.as_str()).collect();
+        users.dedup();
+        // Which node holds each socket: from presence, a few users at a time.
+        let owned_users: Vec<String> = users.iter().map(|user| user.to_string()).collect();
+        let presence = self.backends.presence.clone();
+        let nodes: std::collections::HashMap<String, String> =
+            futures_util::stream::iter(owned_users)
+                .map(move |user| {
+                    let presence = presence.clone();
+                    async move { presence.sockets_of(&user).await }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .flatten()
+                .map(|entry| (entry.socket_id.to_string(), entry.node_id.to_string()))
+                .collect();
+        let mut per_node: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut members: Vec<serde_json::Value> = Vec::new();
+        for user in &users {
+            let of_user: Vec<serde_json::Value> = sockets
+                .iter()
+                .filter(|entry| entry.user_id == *user)
+                .map(|entry| {
+                    let node = nodes
+                        .get(&entry.socket_id)
+                        .map_or("unknown", String::as_str);
+                    *per_node.entry(node).or_default() += 1;
+                    serde_json::json!({
+                        "socket": entry.socket_id,
+                        "node": node,
+                        "last_seen": entry.expires_at_ms.saturating_sub(ttl_ms),
+                    })
+                })
+                .collect();
+            let last_seen = of_user
+                .iter()
+                .filter_map(|socket| socket["last_seen"].as_u64())
+                .max();
+            members.push(serde_json::json!({
+                "user": user,
+                "last_seen": last_seen,
+                "sockets": of_user,
+            }));
+        }
+        Ok(serde_json::json!({
+            "room": room.as_str(),
+            "users": members.len(),
+            "sockets": sockets.len(),
+            "members": members,
+            "nodes": per_node,
+        }))
+    }
+
+    /// A user's live sockets, cluster-wide, with the nodes that hold them.
+    pub async fn user_info(&self, user_id: &str) -> Result<serde_json::Value, WireError> {
+        check_user_id(user_id)?;
+        let sockets = self
+            .backends
+            .presence
+            .sockets_of(user_id)
+            .await
+            .map_err(unavailable)?;
+        let mut nodes: Vec<&str> = sockets.iter().map(|entry| &*entry.node_id).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let listed: Vec<serde_json::Value> = sockets
+            .iter()
+            .map(
+                |entry| serde_json::json!({ "socket": &*entry.socket_id, "node": &*entry.node_id }),
+            )
+            .collect();
+        Ok(serde_json::json!({
+            "user": user_id,
+            "online": !sockets.is_empty(),
+            "sockets": listed,
+            "nodes": nodes,
+        }))
+    }
+
     /// Removes the socket from `room` because a moderator asked (`remove_from_room`): a leave
     /// with reason `removed` (members see `room.user_left`). False when it was not in the room.
     pub async fn evict(&self, session: &mut SocketSession, room: &RoomId) -> bool {

@@ -18,7 +18,7 @@ use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic};
 use super::presence::{Arrival, PresenceStore, SocketEntry};
 use super::rate_limit::{RateDecision, RateLimiter};
-use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
+use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 use crate::protocol::Frame;
 use crate::room::RoomId;
 use crate::small_set::SmallSet;
@@ -353,6 +353,27 @@ impl RoomStore for MemoryRoomStore {
             rooms.remove(room);
         }
         Ok(outcome)
+    }
+
+    async fn sockets(&self, room: &RoomId) -> Result<Vec<RoomSocket>, StoreError> {
+        let now = Instant::now();
+        let now_ms = crate::protocol::unix_now_millis();
+        let mut rooms = self.rooms.lock();
+        let mut listed = Vec::new();
+        if let Some(members) = rooms.get_mut(room) {
+            purge_expired(members, now);
+            for (user_id, sockets) in members.iter() {
+                for (socket_id, expires_at) in sockets.iter() {
+                    listed.push(RoomSocket {
+                        user_id: user_id.to_string(),
+                        socket_id: socket_id.to_string(),
+                        expires_at_ms: now_ms + expires_at.duration_since(now).as_millis() as u64,
+                    });
+                }
+            }
+        }
+        listed.sort_by(|a, b| (&a.user_id, &a.socket_id).cmp(&(&b.user_id, &b.socket_id)));
+        Ok(listed)
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {

@@ -19,7 +19,7 @@ pub mod rooms;
 pub use broker::{Broker, DeliveryHandler, Topic};
 pub use presence::{Arrival, PresenceStore, SocketEntry};
 pub use rate_limit::{RateDecision, RateLimiter};
-pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
+pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 
 /// A backend could not do what was asked. Clients see `unavailable`; details go to the log.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -27,6 +27,15 @@ pub enum JoinOutcome {
     Blocked,
 }
 
+/// One live membership, for room info: whose socket, and when its membership runs out (Unix
+/// milliseconds; its last refresh was one membership TTL before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSocket {
+    pub user_id: String,
+    pub socket_id: String,
+    pub expires_at_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveOutcome {
     /// Removed. `last_for_user` is true when no other socket of the user remains in the room.
@@ -77,4 +86,6 @@ pub trait RoomStore: Send + Sync + 'static {
     ) -> Result<Vec<RoomId>, StoreError>;
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError>;
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError>;
+    /// Every live membership of the room, sorted by user then socket.
+    async fn sockets(&self, room: &RoomId) -> Result<Vec<RoomSocket>, StoreError>;
 }

@@ -46,7 +46,7 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 }
 
 /// Checks `X-API-Key` against `api.key` (the API is off without one).
-fn check_api_key(node: &Node, req: &Request) -> Result<(), WireError> {
+pub(super) fn check_api_key(node: &Node, req: &Request) -> Result<(), WireError> {
     let Some(expected) = node.settings().api.key.as_deref() else {
         return Err(WireError::new(
             ErrorCode::ApiDisabled,

@@ -106,6 +106,24 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
                 .options(origin::NoContent),
         )
         .push(
+            Router::with_path("api/rooms/info")
+                .hoop(cors.clone())
+                .get(moderation::InfoEndpoint::new(
+                    node.clone(),
+                    moderation::InfoAbout::Room,
+                ))
+                .options(origin::NoContent),
+        )
+        .push(
+            Router::with_path("api/users/info")
+                .hoop(cors.clone())
+                .get(moderation::InfoEndpoint::new(
+                    node.clone(),
+                    moderation::InfoAbout::User,
+                ))
+                .options(origin::NoContent),
+        )
+        .push(
             Router::with_path("api/notifications")
                 .hoop(cors.clone())
                 .post(http::NotificationsEndpoint::new(node.clone()))

@@ -11,7 +11,7 @@ use super::{NOW_MS, RedisConnector, WRITE_BATCH, script};
 use crate::room::RoomId;
 use crate::stores::StoreError;
 use crate::stores::coalesce::Coalescer;
-use crate::stores::rooms::{JoinOutcome, LeaveOutcome, Member, RoomStore};
+use crate::stores::rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 
 /// `purge(now)` and `keep_alive(ttl, base)`, prepended to the room scripts.
 const PURGE_ROOM: &str = include_str!("scripts/purge_room.lua");
@@ -20,6 +20,7 @@ const REFRESH_SCRIPT: &str = include_str!("scripts/refresh.lua");
 const LEAVE_SCRIPT: &str = include_str!("scripts/leave.lua");
 const MEMBERS_SCRIPT: &str = include_str!("scripts/members.lua");
 const BLOCK_SCRIPT: &str = include_str!("scripts/block.lua");
+const ROOM_SOCKETS_SCRIPT: &str = include_str!("scripts/room_sockets.lua");
 
 /// Memberships one refresh script extends at most (~5 commands each): a batch of sockets in many
 /// rooms is split into several calls, so no single script holds Redis up for long.
@@ -43,6 +44,7 @@ pub struct RedisRoomStore {
     leave: Script,
     members: Script,
     block: Script,
+    sockets: Script,
 }
 
 impl RedisRoomStore {
@@ -59,6 +61,7 @@ impl RedisRoomStore {
             leave: script(LEAVE_SCRIPT, &helpers),
             members: script(MEMBERS_SCRIPT, &helpers),
             block: script(BLOCK_SCRIPT, &[NOW_MS]),
+            sockets: script(ROOM_SOCKETS_SCRIPT, &helpers),
             redis,
         }
     }
@@ -228,6 +231,20 @@ impl RoomStore for RedisRoomStore {
         self.run_script_on_keys::<i64>(&self.block, &[blocked_key(&self.redis, room)], &args)
             .await
             .map(|_| ())
+    }
+
+    async fn sockets(&self, room: &RoomId) -> Result<Vec<RoomSocket>, StoreError> {
+        let flat: Vec<String> = self.run_room_script(&self.sockets, room, &[]).await?;
+        let mut listed: Vec<RoomSocket> = flat
+            .chunks_exact(3)
+            .map(|entry| RoomSocket {
+                socket_id: entry[0].clone(),
+                user_id: entry[1].clone(),
+                expires_at_ms: entry[2].parse::<f64>().unwrap_or(0.0) as u64,
+            })
+            .collect();
+        listed.sort_by(|a, b| (&a.user_id, &a.socket_id).cmp(&(&b.user_id, &b.socket_id)));
+        Ok(listed)
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {
