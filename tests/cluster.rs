@@ -646,3 +646,46 @@ async fn room_and_user_info_cover_every_node() {
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
 }
+
+#[tokio::test]
+async fn cluster_info_lists_every_node_with_its_connections() {
+    let settings = cluster_settings(REDIS_URL, NATS_URL);
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let first = node_b.connect("one").await.unwrap();
+    let (name_a, name_b) = (
+        node_a.server.node().node_id().to_owned(),
+        node_b.server.node().node_id().to_owned(),
+    );
+    // Announcements come every few seconds; poll until node B's shows its socket.
+    let mut info = serde_json::Value::Null;
+    for _ in 0..40 {
+        let (status, body) = ask(&node_a, "/api/cluster/info").await;
+        assert_eq!(status, 200, "{body}");
+        info = body;
+        let connections_of = |name: &str| {
+            info["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|node| node["node_id"] == name)
+                .and_then(|node| node["connections"].as_u64())
+        };
+        if connections_of(&name_a) == Some(0) && connections_of(&name_b) == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let nodes: Vec<&str> = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| node["node_id"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![name_a.as_str(), name_b.as_str()];
+    expected.sort();
+    assert_eq!(nodes, expected, "{info}");
+    assert_eq!(info["connections"], 1, "{info}");
+    assert_eq!(info["nodes"][0]["version"], env!("CARGO_PKG_VERSION"));
+    drop(first);
+}

@@ -250,6 +250,51 @@ where
     node_a.disconnect(&silent).await.unwrap();
 
     concurrent_calls_behave_as_if_one_at_a_time(&node_a, &node_b, ttl).await;
+    nodes_lists_the_nodes_announced_within_their_ttl(&node_a, &node_b).await;
+}
+
+/// `nodes` lists each node whose latest announcement is within its ttl, from any node, sorted.
+async fn nodes_lists_the_nodes_announced_within_their_ttl(
+    node_a: &Arc<dyn PresenceStore>,
+    node_b: &Arc<dyn PresenceStore>,
+) {
+    let status = |node_id: &str, connections: u64| crate::stores::NodeStatus {
+        node_id: node_id.to_owned(),
+        connections,
+        version: "test".to_owned(),
+        announced_at_ms: crate::protocol::unix_now_millis(),
+    };
+    let (a, b) = (unique("node-a-"), unique("node-b-"));
+    node_a
+        .announce_node(&status(&a, 3), Duration::from_secs(30))
+        .await
+        .unwrap();
+    node_b
+        .announce_node(&status(&b, 5), Duration::from_millis(300))
+        .await
+        .unwrap();
+    node_a
+        .announce_node(&status(&a, 4), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let listed = |nodes: Vec<crate::stores::NodeStatus>| -> Vec<(String, u64)> {
+        nodes
+            .into_iter()
+            .filter(|node| node.node_id == a || node.node_id == b)
+            .map(|node| (node.node_id, node.connections))
+            .collect()
+    };
+    assert_eq!(
+        listed(node_b.nodes().await.unwrap()),
+        vec![(a.clone(), 4), (b.clone(), 5)],
+        "the latest announcement of each node, from any node"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        listed(node_a.nodes().await.unwrap()),
+        vec![(a.clone(), 4)],
+        "a node that stopped announcing drops out after its ttl"
+    );
 }
 
 /// Connects and heartbeats made at once (a backend may send them as one batch) behave as if made

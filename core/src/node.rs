@@ -743,6 +743,24 @@ impl Node {
         }))
     }
 
+    /// Announces this node (connections, version) for cluster info; valid for `ttl`.
+    pub async fn announce(&self, ttl: Duration) -> Result<(), StoreError> {
+        let status = crate::stores::NodeStatus {
+            node_id: self.node_id.to_string(),
+            connections: self.hub.connection_count() as u64,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            announced_at_ms: crate::protocol::unix_now_millis(),
+        };
+        self.backends.presence.announce_node(&status, ttl).await
+    }
+
+    /// Every node that announced itself recently: connections and version, and the total.
+    pub async fn cluster_info(&self) -> Result<serde_json::Value, WireError> {
+        let nodes = self.backends.presence.nodes().await.map_err(unavailable)?;
+        let connections: u64 = nodes.iter().map(|node| node.connections).sum();
+        Ok(serde_json::json!({ "nodes": nodes, "connections": connections }))
+    }
+
     /// A user's live sockets, cluster-wide, with the nodes that hold them.
     pub async fn user_info(&self, user_id: &str) -> Result<serde_json::Value, WireError> {
         check_user_id(user_id)?;

@@ -210,6 +210,25 @@ fn spawn_offline_sweeper(node: Arc<Node>) -> JoinHandle<()> {
     })
 }
 
+/// How often a node announces itself for cluster info, and how long an announcement counts: a
+/// node that stops (crash, partition) drops out of `GET /api/cluster/info` within this TTL.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
+
+fn spawn_announcer(node: Arc<Node>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = node.announce(ANNOUNCE_TTL).await {
+                tracing::debug!(%error, "node announcement failed");
+            }
+            tokio::select! {
+                _ = node.shutdown_token().cancelled() => return,
+                _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+            }
+        }
+    })
+}
+
 /// The verifier for the configured key source; with `auth.jwks_url`, after fetching the set.
 pub async fn token_verifier(
     auth: &crate::config::AuthSettings,
@@ -256,6 +275,7 @@ impl Server {
             })?;
         let mut background = vec![
             spawn_offline_sweeper(node.clone()),
+            spawn_announcer(node.clone()),
             crate::metrics::spawn_upkeep(),
         ];
         if let Some(jwks) = node.jwks() {

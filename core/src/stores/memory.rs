@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic};
-use super::presence::{Arrival, PresenceStore, SocketEntry};
+use super::presence::{Arrival, NodeStatus, PresenceStore, SocketEntry};
 use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 use crate::protocol::Frame;
@@ -124,6 +124,8 @@ struct UserPresence {
 #[derive(Default)]
 pub struct MemoryPresenceStore {
     users: Mutex<HashMap<Arc<str>, UserPresence>>,
+    /// node -> (status, valid until).
+    nodes: Mutex<HashMap<String, (NodeStatus, Instant)>>,
 }
 
 impl MemoryPresenceStore {
@@ -159,6 +161,24 @@ impl MemoryPresenceStore {
 
 #[async_trait]
 impl PresenceStore for MemoryPresenceStore {
+    async fn announce_node(&self, status: &NodeStatus, ttl: Duration) -> Result<(), StoreError> {
+        self.nodes.lock().insert(
+            status.node_id.clone(),
+            (status.clone(), Instant::now() + ttl),
+        );
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock();
+        nodes.retain(|_, (_, until)| *until > now);
+        let mut listed: Vec<NodeStatus> =
+            nodes.values().map(|(status, _)| status.clone()).collect();
+        listed.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(listed)
+    }
+
     async fn connect(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
         Ok(self.touch(socket, ttl))
     }

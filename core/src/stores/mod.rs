@@ -17,7 +17,7 @@ pub mod redis;
 pub mod rooms;
 
 pub use broker::{Broker, DeliveryHandler, Topic};
-pub use presence::{Arrival, PresenceStore, SocketEntry};
+pub use presence::{Arrival, NodeStatus, PresenceStore, SocketEntry};
 pub use rate_limit::{RateDecision, RateLimiter};
 pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 

@@ -15,6 +15,16 @@ pub struct SocketEntry {
     pub node_id: Arc<str>,
 }
 
+/// A node's announcement of itself, for cluster info.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub connections: u64,
+    pub version: String,
+    /// Unix ms of the announcement.
+    pub announced_at_ms: u64,
+}
+
 /// Whether a socket's arrival brought its user online.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -36,6 +46,8 @@ pub enum Arrival {
 /// - `sockets_of` lists the live (unexpired) sockets of a user.
 /// - `take_offline` returns each user whose TTL ran out with no live socket, and removes them:
 ///   across all nodes calling it concurrently, each such user is returned exactly once.
+/// - `nodes` lists, sorted by node id, every node whose latest `announce_node` is younger than
+///   the ttl it gave, with that announcement; from any node.
 /// - Concurrent `connect`s and `heartbeat`s behave as if made one at a time: of several sockets
 ///   of a user connecting together, exactly one gets `CameOnline`. (A backend that pays a round
 ///   trip per call may send concurrent calls as one batch; the Redis one does.)
@@ -46,4 +58,7 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn disconnect(&self, socket: &SocketEntry) -> Result<(), StoreError>;
     async fn sockets_of(&self, user_id: &str) -> Result<Vec<SocketEntry>, StoreError>;
     async fn take_offline(&self) -> Result<Vec<String>, StoreError>;
+    /// Records this node's status, valid for `ttl` (nodes announce themselves periodically).
+    async fn announce_node(&self, status: &NodeStatus, ttl: Duration) -> Result<(), StoreError>;
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
 }

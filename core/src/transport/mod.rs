@@ -115,6 +115,15 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
                 .options(origin::NoContent),
         )
         .push(
+            Router::with_path("api/cluster/info")
+                .hoop(cors.clone())
+                .get(moderation::InfoEndpoint::new(
+                    node.clone(),
+                    moderation::InfoAbout::Cluster,
+                ))
+                .options(origin::NoContent),
+        )
+        .push(
             Router::with_path("api/users/info")
                 .hoop(cors.clone())
                 .get(moderation::InfoEndpoint::new(

@@ -5,6 +5,7 @@
 //! - `POST /api/rooms/remove` `{"room", "user", "block_secs"?: 0}`
 //! - `GET /api/rooms/info?room=..`: members, their sockets, nodes and `last_seen`
 //! - `GET /api/users/info?user=..`: the user's sockets and nodes
+//! - `GET /api/cluster/info`: the nodes, their connections and versions
 
 use std::sync::Arc;
 
@@ -88,6 +89,7 @@ pub struct InfoEndpoint {
 pub enum InfoAbout {
     Room,
     User,
+    Cluster,
 }
 
 impl InfoEndpoint {
@@ -100,6 +102,7 @@ impl InfoEndpoint {
         let parameter = match self.about {
             InfoAbout::Room => "room",
             InfoAbout::User => "user",
+            InfoAbout::Cluster => return self.node.cluster_info().await,
         };
         let value = req.query::<String>(parameter).ok_or_else(|| {
             crate::protocol::WireError::new(
@@ -110,6 +113,7 @@ impl InfoEndpoint {
         match self.about {
             InfoAbout::Room => self.node.room_info(&value).await,
             InfoAbout::User => self.node.user_info(&value).await,
+            InfoAbout::Cluster => self.node.cluster_info().await,
         }
     }
 }

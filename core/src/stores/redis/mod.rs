@@ -16,6 +16,8 @@
 //! | `room:<room>:sockets` | ZSET | socket -> membership expiry (ms) |
 //! | `room:<room>:owner` | HASH | socket -> user |
 //! | `room:<room>:users` | HASH | user -> number of the user's sockets in the room |
+//! | `room:<room>:blocked` | HASH | user -> joins refused until (ms), from a moderator's removal |
+//! | `nodes` / `nodes:until` | HASH / ZSET | node -> status JSON / announced until (ms) |
 //! | `ratelimit:<key>` | STRING | hits in the current window (expires with the window) |
 //! | channel `fanout:room:<room>` / `fanout:user:<user>` | Pub/Sub | encoded frames (broker) |
 //!

@@ -10,7 +10,7 @@ use redis::Script;
 use super::{NOW_MS, RedisConnector, WRITE_BATCH, script};
 use crate::stores::StoreError;
 use crate::stores::coalesce::Coalescer;
-use crate::stores::presence::{Arrival, PresenceStore, SocketEntry};
+use crate::stores::presence::{Arrival, NodeStatus, PresenceStore, SocketEntry};
 
 /// Offline users one sweep takes at most; the next sweep takes the rest.
 const OFFLINE_BATCH: usize = 1000;
@@ -19,6 +19,10 @@ const OFFLINE_BATCH: usize = 1000;
 const TOUCH_SCRIPT: &str = include_str!("scripts/touch.lua");
 /// A user's live sockets.
 const SOCKETS_SCRIPT: &str = include_str!("scripts/sockets.lua");
+/// A node's status, and forgetting nodes that stopped announcing.
+const ANNOUNCE_NODE_SCRIPT: &str = include_str!("scripts/announce_node.lua");
+/// The statuses of the nodes still announced.
+const NODES_SCRIPT: &str = include_str!("scripts/nodes.lua");
 /// Users whose presence ran out, taken once each.
 const TAKE_OFFLINE_SCRIPT: &str = include_str!("scripts/take_offline.lua");
 
@@ -37,6 +41,8 @@ pub struct RedisPresenceStore {
     touches: Coalescer<Touch, Arrival>,
     sockets: Script,
     take_offline: Script,
+    announce_node: Script,
+    nodes: Script,
 }
 
 impl RedisPresenceStore {
@@ -51,6 +57,8 @@ impl RedisPresenceStore {
             redis,
             sockets: script(SOCKETS_SCRIPT, &[NOW_MS]),
             take_offline: script(TAKE_OFFLINE_SCRIPT, &[NOW_MS]),
+            announce_node: script(ANNOUNCE_NODE_SCRIPT, &[NOW_MS]),
+            nodes: script(NODES_SCRIPT, &[NOW_MS]),
         }
     }
 
@@ -59,6 +67,12 @@ impl RedisPresenceStore {
         let socket = socket.clone();
         self.touches.call(Touch { socket, ttl }).await
     }
+}
+
+/// `nodes` (HASH node -> status JSON) and `nodes:until` (ZSET node -> announced until, ms).
+fn node_keys(redis: &RedisConnector) -> [String; 2] {
+    let prefix = redis.key_prefix();
+    [format!("{prefix}nodes"), format!("{prefix}nodes:until")]
 }
 
 fn presence_expiry_key(redis: &RedisConnector) -> String {
@@ -157,6 +171,43 @@ impl PresenceStore for RedisPresenceStore {
             .collect();
         live.sort_by(|left, right| left.socket_id.cmp(&right.socket_id));
         Ok(live)
+    }
+
+    async fn announce_node(&self, status: &NodeStatus, ttl: Duration) -> Result<(), StoreError> {
+        let keys = node_keys(&self.redis);
+        let json = serde_json::to_string(status)
+            .map_err(|error| StoreError::Unavailable(format!("node status: {error}")))?;
+        self.redis
+            .run(|mut connection| {
+                let mut invocation = self.announce_node.prepare_invoke();
+                invocation
+                    .key(&keys[0])
+                    .key(&keys[1])
+                    .arg(&status.node_id)
+                    .arg(&json)
+                    .arg(ttl.as_millis() as u64);
+                async move { invocation.invoke_async::<i64>(&mut connection).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
+        let keys = node_keys(&self.redis);
+        let statuses: Vec<String> = self
+            .redis
+            .run(|mut connection| {
+                let mut invocation = self.nodes.prepare_invoke();
+                invocation.key(&keys[0]).key(&keys[1]);
+                async move { invocation.invoke_async(&mut connection).await }
+            })
+            .await?;
+        let mut nodes: Vec<NodeStatus> = statuses
+            .iter()
+            .filter_map(|status| serde_json::from_str(status).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
     }
 
     async fn take_offline(&self) -> Result<Vec<String>, StoreError> {
