@@ -49,6 +49,14 @@ async fn the_dashboard_and_alerts_use_only_metrics_a_live_node_exports() {
         .create_notification(json!({"userId": "watcher", "type": "t", "content": {}}))
         .await
         .unwrap();
+    server
+        .graphql(
+            Some(&server.token("watcher")),
+            "{ unreadNotificationCount }",
+            json!({}),
+        )
+        .await
+        .unwrap();
     client.send_binary(vec![1, 2, 3]).await.unwrap();
     client.expect_end().await.unwrap();
 

@@ -21,6 +21,23 @@ pub const BUILD_INFO: &str = "realtime_build_info";
 /// Histogram: seconds to answer one socket request, label `op` (join, leave, publish, presence,
 /// heartbeat, refresh), backend calls included.
 pub const REQUEST_SECONDS: &str = "realtime_request_duration_seconds";
+/// Histogram: seconds one backend call took, label `backend` (redis, nats, database).
+pub const BACKEND_SECONDS: &str = "realtime_backend_duration_seconds";
+/// Counter: backend calls that failed (unreachable, timed out, refused), label `backend`.
+pub const BACKEND_ERRORS: &str = "realtime_backend_errors_total";
+/// Histogram: seconds to answer one GraphQL request over HTTP, label `operation` (`query`,
+/// `mutation`, `subscription`, `invalid`): resolvers and their database calls included.
+pub const GRAPHQL_SECONDS: &str = "realtime_graphql_duration_seconds";
+
+/// Records one backend call: its duration, and an error when it failed.
+pub fn record_backend_call(backend: &'static str, started: std::time::Instant, failed: bool) {
+    metrics::histogram!(BACKEND_SECONDS, "backend" => backend)
+        .record(started.elapsed().as_secs_f64());
+    if failed {
+        metrics::counter!(BACKEND_ERRORS, "backend" => backend).increment(1);
+    }
+}
+
 /// Histogram: seconds from a notification's arrival in JetStream to its row being committed.
 pub const NOTIFICATION_INGEST_LAG_SECONDS: &str = "realtime_notification_ingest_lag_seconds";
 /// Counter: connection state transitions, label `state` (connecting, authenticated, connected,
@@ -109,6 +126,10 @@ pub fn prometheus_handle() -> PrometheusHandle {
                 .expect("bucket list is not empty")
                 .set_buckets_for_metric(Matcher::Full(REQUEST_SECONDS.to_owned()), REQUEST_BUCKETS)
                 .expect("bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Full(BACKEND_SECONDS.to_owned()), REQUEST_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Full(GRAPHQL_SECONDS.to_owned()), REQUEST_BUCKETS)
+                .expect("bucket list is not empty")
                 .set_buckets_for_metric(
                     Matcher::Full(NOTIFICATION_INGEST_LAG_SECONDS.to_owned()),
                     INGEST_LAG_BUCKETS,
@@ -142,6 +163,9 @@ pub fn register_node(max_connections: usize) {
         MEMBERSHIPS_LOST,
     ] {
         metrics::counter!(counter).increment(0);
+    }
+    for backend in ["redis", "nats", "database"] {
+        metrics::counter!(BACKEND_ERRORS, "backend" => backend).increment(0);
     }
 }
 

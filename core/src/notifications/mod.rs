@@ -261,7 +261,14 @@ impl NotificationService {
         node: &Node,
         new: &NewNotification,
     ) -> Result<(Notification, bool), WireError> {
-        let (stored, created) = self.store.insert(new).await.map_err(store_unavailable)?;
+        let started = std::time::Instant::now();
+        let inserted = self.store.insert(new).await;
+        // A refusal of the data is the caller's error, not the database's.
+        let failed = inserted
+            .as_ref()
+            .is_err_and(|failure| !failure.refused_the_data);
+        crate::metrics::record_backend_call("database", started, failed);
+        let (stored, created) = inserted.map_err(store_unavailable)?;
         if created {
             metrics::counter!(crate::metrics::NOTIFICATIONS_CREATED).increment(1);
             // The row is committed: a push that fails is only a missed live update; the

@@ -192,14 +192,20 @@ impl Drop for NatsBroker {
 impl Broker for NatsBroker {
     async fn publish(&self, topic: &Topic, frame: Frame) -> Result<(), StoreError> {
         // While disconnected the client would queue silently; fail so the caller can say so.
-        self.ensure_connected()?;
-        self.client
-            .publish(
-                fanout_subject(&self.subject_prefix, topic),
-                frame.into_bytes(),
-            )
-            .await
-            .map_err(nats_error)
+        let started = std::time::Instant::now();
+        let published = match self.ensure_connected() {
+            Ok(()) => self
+                .client
+                .publish(
+                    fanout_subject(&self.subject_prefix, topic),
+                    frame.into_bytes(),
+                )
+                .await
+                .map_err(nats_error),
+            Err(error) => Err(error),
+        };
+        crate::metrics::record_backend_call("nats", started, published.is_err());
+        published
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), StoreError> {

@@ -47,7 +47,11 @@ impl GraphqlEndpoint {
                 return render_bad_request(res, &format!("not a GraphQL request: {error}"));
             }
         };
+        let operation = operation_type(&request.query);
+        let started = std::time::Instant::now();
         let response = ensure_error_codes(self.schema.execute(request).await);
+        metrics::histogram!(crate::metrics::GRAPHQL_SECONDS, "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
         res.render(Json(response));
     }
 
@@ -101,6 +105,26 @@ impl GraphqlEndpoint {
         if let Err(status) = upgraded {
             res.render(status);
         }
+    }
+}
+
+/// `query`, `mutation` or `subscription` (`invalid` when the text does not parse): a label with
+/// a bounded set of values, unlike operation names, which clients choose.
+fn operation_type(query: &str) -> &'static str {
+    use async_graphql::parser::types::OperationType;
+    let Ok(document) = async_graphql::parser::parse_query(query) else {
+        return "invalid";
+    };
+    match document
+        .operations
+        .iter()
+        .next()
+        .map(|(_, operation)| operation.node.ty)
+    {
+        Some(OperationType::Query) => "query",
+        Some(OperationType::Mutation) => "mutation",
+        Some(OperationType::Subscription) => "subscription",
+        None => "invalid",
     }
 }
 

@@ -90,6 +90,18 @@ impl RedisConnector {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        let started = std::time::Instant::now();
+        let result = self.run_once_or_follow(operation).await;
+        crate::metrics::record_backend_call("redis", started, result.is_err());
+        result
+    }
+
+    /// `run` without the metrics.
+    async fn run_once_or_follow<T, F, Fut>(&self, operation: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         let timeout = self.command_timeout();
         let first = with_timeout(timeout, operation(self.connection())).await;
         match first {
