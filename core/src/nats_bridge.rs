@@ -176,7 +176,25 @@ pub async fn spawn_ingest(
                 }
                 continue;
             }
-            let result = handle_inbound(&node, &message.subject, &message.payload).await;
+            // A trace id the publishing service gave (header `Trace-Id`, or W3C `traceparent`)
+            // follows the message through this node's logs.
+            let trace_id = message.headers.as_ref().and_then(|headers| {
+                headers
+                    .get("Trace-Id")
+                    .or_else(|| headers.get("traceparent"))
+                    .map(|value| value.as_str().to_owned())
+            });
+            let span = tracing::debug_span!(
+                "nats_inbound",
+                subject = %message.subject,
+                trace_id = trace_id.as_deref().unwrap_or("")
+            );
+            let result = tracing::Instrument::instrument(
+                handle_inbound(&node, &message.subject, &message.payload),
+                span.clone(),
+            )
+            .await;
+            span.in_scope(|| tracing::debug!(ok = result.is_ok(), "inbound publish handled"));
             if let Err(error) = &result {
                 metrics::counter!(crate::metrics::ERRORS, "code" => error.code.as_str())
                     .increment(1);

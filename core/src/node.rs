@@ -954,6 +954,32 @@ impl Node {
         data: &RawValue,
         publisher: Publisher<'_>,
     ) -> Result<Delivery, WireError> {
+        let span = tracing::debug_span!("publish", %room, event);
+        let delivery = tracing::Instrument::instrument(
+            self.publish_to_room_in_span(room, event, data, publisher),
+            span.clone(),
+        )
+        .await;
+        span.in_scope(|| {
+            tracing::debug!(
+                outcome = match &delivery {
+                    Ok(Delivery::Delivered) => "delivered",
+                    Ok(_) => "dropped",
+                    Err(error) => error.code.as_str(),
+                },
+                "published"
+            )
+        });
+        delivery
+    }
+
+    async fn publish_to_room_in_span(
+        &self,
+        room: &RoomId,
+        event: &str,
+        data: &RawValue,
+        publisher: Publisher<'_>,
+    ) -> Result<Delivery, WireError> {
         check_event_name(event)?;
         let room_type = self.room_type(room)?;
         let from = match publisher {

@@ -146,6 +146,7 @@ pub async fn run<K>(
     let Some(mut connection) = opened else {
         return;
     };
+    tracing::Span::current().record("socket_id", &*connection.session.entry.socket_id);
     let ending = connection.serve(handshake_started).await;
     // Before the close frame: no data frame may follow it.
     connection.session.handle.stop_pushes();
@@ -534,9 +535,18 @@ where
         };
         metrics::counter!(names::MESSAGES_IN, "kind" => kind).increment(1);
         let started = Instant::now();
-        let answer = self.run_request(request, now).await;
-        metrics::histogram!(names::REQUEST_SECONDS, "op" => kind)
-            .record(started.elapsed().as_secs_f64());
+        let span = tracing::debug_span!("request", op = kind);
+        let answer =
+            tracing::Instrument::instrument(self.run_request(request, now), span.clone()).await;
+        let elapsed = started.elapsed();
+        metrics::histogram!(names::REQUEST_SECONDS, "op" => kind).record(elapsed.as_secs_f64());
+        span.in_scope(|| {
+            tracing::debug!(
+                elapsed_us = elapsed.as_micros() as u64,
+                error = answer.as_ref().err().map(|error| error.code.as_str()),
+                "request answered"
+            )
+        });
         answer
     }
 

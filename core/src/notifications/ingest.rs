@@ -312,9 +312,13 @@ async fn handle(
         ),
         Err(_) => (format!("nats-{:016x}", rand::random::<u64>()), 1, None),
     };
-    let acknowledgement = match outcome_of(node, service, ingest, &message, delivered, fallback_id)
-        .await
-    {
+    let span = tracing::debug_span!("notification_ingest", id = %fallback_id, delivered);
+    let outcome = tracing::Instrument::instrument(
+        outcome_of(node, service, ingest, &message, delivered, fallback_id),
+        span,
+    )
+    .await;
+    let acknowledgement = match outcome {
         Outcome::Stored => {
             if let Some(published) = published {
                 let now_nanos = std::time::SystemTime::now()

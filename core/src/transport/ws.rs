@@ -409,7 +409,17 @@ impl Handler for WebSocketEndpoint {
             // Boxed: an async fn keeps its arguments for its whole life, so passed inline the
             // socket would take its size twice in every connection's task.
             let socket = Box::new(SessionSocket::new(socket));
-            session::run(node, identity, permit, started, socket, push_lane).await;
+            // Debug level: a span per connection costs memory only where debug logs are on.
+            let span = tracing::debug_span!(
+                "socket",
+                user_id = %identity.user_id,
+                socket_id = tracing::field::Empty
+            );
+            tracing::Instrument::instrument(
+                session::run(node, identity, permit, started, socket, push_lane),
+                span,
+            )
+            .await;
         });
     }
 }
