@@ -22,8 +22,9 @@
 //! - [`nats_bridge`]: inbound publishes from internal services on `realtime.room.*` /
 //!   `realtime.user.*`, outbound platform events on `realtime.events.*`.
 //! - [`conformance`]: one test suite per backend trait (feature `conformance`).
-//! - [`notifications`]: notifications stored with sqlx (SQLite or PostgreSQL), created over
-//!   NATS JetStream or HTTP and pushed live; [`graphql`]: the schema serving them (no HTTP here).
+//! - [`notifications`]: notifications stored with sqlx (SQLite or PostgreSQL); created over HTTP
+//!   or NATS JetStream ([`notification_ingest`]) and pushed live by the node
+//!   (`Node::create_notification`); [`graphql`]: the schema serving them (no HTTP here).
 //! - [`plugins`]: wasmtime event plugins: per-room-type chains, limits, failure policy,
 //!   circuit breaker, hot reload.
 //! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod nats_bridge;
 pub mod node;
+pub mod notification_ingest;
 pub mod notifications;
 pub mod plugins;
 pub mod protocol;

@@ -743,6 +743,27 @@ impl Node {
         }))
     }
 
+    /// Stores a notification (idempotent on user and id) and, the first time, pushes
+    /// `notification.new` to every socket of the user on every node. Returns the stored row and
+    /// whether this call created it.
+    pub async fn create_notification(
+        &self,
+        new: &crate::notifications::NewNotification,
+    ) -> Result<(crate::notifications::Notification, bool), WireError> {
+        let (stored, created) = self.notifications().insert(new).await?;
+        if created {
+            // The row is committed: a push that fails is only a missed live update; the
+            // notification is listed by GraphQL either way.
+            if let Err(error) = self
+                .publish_to_user(&stored.user_id, "notification.new", &stored.push_data())
+                .await
+            {
+                tracing::warn!(message = %error.message, "notification.new push failed");
+            }
+        }
+        Ok((stored, created))
+    }
+
     /// Announces this node (connections, version) for cluster info; valid for `ttl`.
     pub async fn announce(&self, ttl: Duration) -> Result<(), StoreError> {
         let status = crate::stores::NodeStatus {

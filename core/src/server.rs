@@ -19,7 +19,8 @@ use crate::hub::Hub;
 use crate::nats_bridge;
 use crate::node::{Backends, Node};
 use crate::notifications::sql::{self, DatabaseError, SqlNotificationStore};
-use crate::notifications::{NotificationService, ingest};
+use crate::notification_ingest as ingest;
+use crate::notifications::NotificationService;
 use crate::plugins::PluginHost;
 use crate::protocol::CloseCode;
 use crate::stores::memory::MemoryRateLimiter;
@@ -306,18 +307,17 @@ impl Server {
                     source,
                 })?;
             background.push(inbound);
-            let notification_ingest =
-                ingest::spawn(node.clone(), node.notifications().clone(), nats.clone())
-                    .await
-                    .map_err(|problem| match problem {
-                        ingest::IngestSetupError::NoJetStream(_) => {
-                            StartError::NoJetStream(problem.to_string())
-                        }
-                        ingest::IngestSetupError::Other(problem) => StartError::Backend {
-                            key: "nats.url",
-                            source: StoreError::Unavailable(problem),
-                        },
-                    })?;
+            let notification_ingest = ingest::spawn(node.clone(), nats.clone()).await.map_err(
+                |problem| match problem {
+                    ingest::IngestSetupError::NoJetStream(_) => {
+                        StartError::NoJetStream(problem.to_string())
+                    }
+                    ingest::IngestSetupError::Other(problem) => StartError::Backend {
+                        key: "nats.url",
+                        source: StoreError::Unavailable(problem),
+                    },
+                },
+            )?;
             background.push(notification_ingest);
         }
         let local_addr = listener.local_addr()?;

@@ -1,10 +1,9 @@
-//! Notifications: the model, the [`NotificationStore`] trait, and the service that creates them
-//! (store, then push `notification.new` to the user's sockets on every node).
+//! Notifications: the model, the [`NotificationStore`] trait, and the service that stores them.
+//! Storage only: pushing `notification.new` is the node's (`Node::create_notification`), and the
+//! JetStream consumer is `crate::notification_ingest`, so this module depends on neither.
 //!
 //! - [`sql`]: the store on sqlx (SQLite by default, PostgreSQL when configured).
-//! - [`ingest`]: the JetStream durable consumer for `realtime.notifications.new`.
 
-pub mod ingest;
 pub mod sql;
 
 use std::sync::Arc;
@@ -16,7 +15,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::node::Node;
 use crate::protocol::{ErrorCode, WireError, unix_now_millis};
 
 /// Longest accepted notification id and type, in bytes (user ids follow the token's `sub` limit).
@@ -256,11 +254,10 @@ impl NotificationService {
 
     /// Stores the notification (idempotent on user and id) and, if it is new, pushes `notification.new`.
     /// Returns the stored row and whether this call created it.
-    pub async fn create(
-        &self,
-        node: &Node,
-        new: &NewNotification,
-    ) -> Result<(Notification, bool), WireError> {
+    /// Stores the notification (idempotent on user and id); `true` when this call created it.
+    /// Pushing `notification.new` is the node's part (`Node::create_notification`): this
+    /// service knows storage only, so `node` and `notifications` do not depend on each other.
+    pub async fn insert(&self, new: &NewNotification) -> Result<(Notification, bool), WireError> {
         let started = std::time::Instant::now();
         let inserted = self.store.insert(new).await;
         // A refusal of the data is the caller's error, not the database's.
@@ -271,14 +268,6 @@ impl NotificationService {
         let (stored, created) = inserted.map_err(store_unavailable)?;
         if created {
             metrics::counter!(crate::metrics::NOTIFICATIONS_CREATED).increment(1);
-            // The row is committed: a push that fails is only a missed live update; the
-            // notification is listed by GraphQL either way.
-            if let Err(error) = node
-                .publish_to_user(&stored.user_id, "notification.new", &stored.push_data())
-                .await
-            {
-                tracing::warn!(message = %error.message, "notification.new push failed");
-            }
         }
         Ok((stored, created))
     }

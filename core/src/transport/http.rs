@@ -152,7 +152,7 @@ impl NotificationsEndpoint {
                 rand::random::<u64>()
             )
         })?;
-        self.node.notifications().create(&self.node, &new).await
+        self.node.create_notification(&new).await
     }
 }
 

@@ -19,7 +19,7 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{NotificationRequest, NotificationService};
+use crate::notifications::NotificationRequest;
 use crate::node::Node;
 use crate::protocol::ErrorCode;
 
@@ -138,7 +138,6 @@ impl Ingest {
 /// Starts the ingest loop. Fails when JetStream cannot be set up at startup.
 pub async fn spawn(
     node: Arc<Node>,
-    service: Arc<NotificationService>,
     client: async_nats::Client,
 ) -> Result<JoinHandle<()>, IngestSetupError> {
     let settings = node.settings();
@@ -165,7 +164,7 @@ pub async fn spawn(
                     }
                 },
             };
-            if consume(&node, &service, &ingest, current).await {
+            if consume(&node, &ingest, current).await {
                 return;
             }
             if sleep_or_shutdown(&node, RECONNECT_DELAY).await {
@@ -184,12 +183,7 @@ async fn sleep_or_shutdown(node: &Node, delay: Duration) -> bool {
 }
 
 /// Handles messages until the stream fails (returns false) or the node shuts down (true).
-async fn consume(
-    node: &Node,
-    service: &NotificationService,
-    ingest: &Ingest,
-    pull: consumer::PullConsumer,
-) -> bool {
+async fn consume(node: &Node, ingest: &Ingest, pull: consumer::PullConsumer) -> bool {
     let mut messages = match pull.messages().await {
         Ok(messages) => messages,
         Err(error) => {
@@ -203,7 +197,7 @@ async fn consume(
             next = messages.next() => next,
         };
         match next {
-            Some(Ok(message)) => handle(node, service, ingest, message).await,
+            Some(Ok(message)) => handle(node, ingest, message).await,
             Some(Err(error)) => {
                 tracing::warn!(%error, "notification ingest stream failed; re-creating");
                 return false;
@@ -232,7 +226,6 @@ fn retry_delay(delivered: i64) -> Duration {
 
 async fn outcome_of(
     node: &Node,
-    service: &NotificationService,
     ingest: &Ingest,
     message: &jetstream::Message,
     delivered: i64,
@@ -253,7 +246,7 @@ async fn outcome_of(
             return Outcome::GiveUp(format!("malformed: {problem}"));
         }
     };
-    match service.create(node, &new).await {
+    match node.create_notification(&new).await {
         Ok(_) => Outcome::Stored,
         Err(error) if error.code == ErrorCode::InvalidRequest => {
             Outcome::GiveUp(format!("refused by the database: {}", error.message))
@@ -298,12 +291,7 @@ async fn dead_letter(
         .map_err(|error| error.to_string())
 }
 
-async fn handle(
-    node: &Node,
-    service: &NotificationService,
-    ingest: &Ingest,
-    message: jetstream::Message,
-) {
+async fn handle(node: &Node, ingest: &Ingest, message: jetstream::Message) {
     let (fallback_id, delivered, published) = match message.info() {
         Ok(info) => (
             format!("{}-{}", info.stream, info.stream_sequence),
@@ -314,7 +302,7 @@ async fn handle(
     };
     let span = tracing::debug_span!("notification_ingest", id = %fallback_id, delivered);
     let outcome = tracing::Instrument::instrument(
-        outcome_of(node, service, ingest, &message, delivered, fallback_id),
+        outcome_of(node, ingest, &message, delivered, fallback_id),
         span,
     )
     .await;
