@@ -19,8 +19,8 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::notifications::NotificationRequest;
 use crate::node::Node;
+use crate::notifications::NotificationRequest;
 use crate::protocol::ErrorCode;
 
 /// Name of the durable consumer all nodes share.
