@@ -312,3 +312,81 @@ async fn one_user_or_one_address_cannot_take_every_slot_of_a_node() {
     }
     assert!(again.is_some(), "the user's place came back after a close");
 }
+
+/// A handshake for `user` that says it comes through a proxy for `client`.
+async fn handshake_forwarded_for(server: &TestServer, user: &str, client: &str) -> Handshake {
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.ws_url(&server.token(user)),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => {
+            drop(socket);
+            Handshake::Refused {
+                status: 101,
+                body: Value::Null,
+            }
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Handshake::Refused {
+            status: response.status().as_u16(),
+            body: Value::Null,
+        },
+        Err(error) => panic!("{error}"),
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_counted_by_their_own_address() {
+    fn status(handshake: Handshake) -> u16 {
+        match handshake {
+            Handshake::Refused { status, .. } => status,
+            Handshake::Upgraded(_) => 101,
+        }
+    }
+    // The test client is the "load balancer" at 127.0.0.1.
+    let behind_proxy = TestServer::start_with(|settings| {
+        settings.limits.max_connections_per_address = 1;
+        settings.server.trusted_proxies = vec!["127.0.0.0/8".to_owned()];
+    })
+    .await
+    .unwrap();
+    let _first = behind_proxy.connect("placeholder").await;
+    // `placeholder` took 127.0.0.1's place; forwarded clients are counted apart.
+    let mut held = Vec::new();
+    for (user, client) in [("u1", "203.0.113.1"), ("u2", "203.0.113.2")] {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                behind_proxy.ws_url(&behind_proxy.token(user)),
+            )
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .unwrap_or_else(|error| panic!("{client} refused: {error}"));
+        held.push(socket);
+    }
+    assert_eq!(
+        status(handshake_forwarded_for(&behind_proxy, "u3", "203.0.113.1").await),
+        429,
+        "a second connection from the same client address is over its share"
+    );
+
+    // Without trusted proxies the header is ignored: everyone is 127.0.0.1.
+    let direct = TestServer::start_with(|settings| {
+        settings.limits.max_connections_per_address = 1;
+    })
+    .await
+    .unwrap();
+    let _only = direct.connect("first").await.unwrap();
+    assert_eq!(
+        status(handshake_forwarded_for(&direct, "second", "203.0.113.9").await),
+        429,
+        "a client cannot claim another address"
+    );
+}

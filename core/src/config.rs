@@ -190,6 +190,7 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     pub fanout_yield_every: usize,
     pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<String>,
     pub request_body_timeout_ms: u64,
     pub request_header_timeout_ms: u64,
     pub drain_window_secs: u64,
@@ -411,6 +412,10 @@ impl Settings {
                 "server.max_connections",
                 "must be at least 1",
             ));
+        }
+        for proxy in &self.server.trusted_proxies {
+            crate::transport::check_proxy_entry(proxy)
+                .map_err(|problem| ConfigError::invalid("server.trusted_proxies", problem))?;
         }
         for origin in &self.server.allowed_origins {
             crate::transport::check_origin_entry(origin)

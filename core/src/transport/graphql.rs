@@ -9,6 +9,7 @@ use salvo::http::StatusCode;
 use salvo::prelude::*;
 use salvo::websocket::WebSocketUpgrade;
 
+use super::client_address::TrustedProxies;
 use super::graphql_socket::GraphqlSocketLimits;
 use crate::graphql::{RealtimeSchema, Viewer, build_schema, ensure_error_codes};
 use crate::node::{Applicant, Node};
@@ -20,13 +21,15 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct GraphqlEndpoint {
     node: Arc<Node>,
     schema: RealtimeSchema,
+    proxies: Arc<TrustedProxies>,
 }
 
 impl GraphqlEndpoint {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, proxies: Arc<TrustedProxies>) -> Self {
         GraphqlEndpoint {
             schema: build_schema(node.clone()),
             node,
+            proxies,
         }
     }
 
@@ -77,7 +80,7 @@ impl GraphqlEndpoint {
                 Viewer::User(identity) => Some(Arc::from(identity.user_id.as_str())),
                 Viewer::Anonymous(_) => None,
             },
-            address: super::ws::client_address(req),
+            address: self.proxies.client_address(req),
         };
         let permit = match self.node.try_admit(&applicant) {
             Ok(permit) => permit,

@@ -6,6 +6,7 @@
 //! `/ws`, `/graphql` and `/api/*` admit pages only from `server.allowed_origins` (`origin`).
 //! Every error leaves as `{"error":{"code":..,"message":..}}` with a status from [`status_for`].
 
+mod client_address;
 mod graphql;
 mod graphql_socket;
 mod http;
@@ -14,6 +15,7 @@ mod moderation;
 mod origin;
 mod ws;
 
+pub use client_address::check_proxy_entry;
 pub use origin::check_origin_entry;
 
 use std::sync::Arc;
@@ -81,11 +83,15 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
         &node.settings().server.allowed_origins,
     ));
     let cors = origin::Cors::new(allowed_origins.clone());
+    let proxies = Arc::new(client_address::TrustedProxies::new(
+        &node.settings().server.trusted_proxies,
+    ));
     Router::new()
         .push(Router::with_path("ws").get(ws::WebSocketEndpoint::new(
             node.clone(),
             lanes,
             allowed_origins,
+            proxies.clone(),
         )))
         .push(
             Router::with_path("api/publish")
@@ -140,7 +146,7 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
         )
         .push({
             // The hoop also guards the graphql-transport-ws upgrade (a GET with `Origin`).
-            let endpoint = graphql::GraphqlEndpoint::new(node.clone());
+            let endpoint = graphql::GraphqlEndpoint::new(node.clone(), proxies);
             Router::with_path("graphql")
                 .hoop(cors)
                 .get(endpoint.clone())

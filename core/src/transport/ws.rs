@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as TungsteniteError, Message};
 
+use super::client_address::TrustedProxies;
 use super::lane::Lanes;
 use super::origin::AllowedOrigins;
 use super::{bearer_token, render_error};
@@ -59,10 +60,16 @@ pub struct WebSocketEndpoint {
     config: WebSocketConfig,
     lanes: Arc<Lanes>,
     allowed_origins: Arc<AllowedOrigins>,
+    proxies: Arc<TrustedProxies>,
 }
 
 impl WebSocketEndpoint {
-    pub fn new(node: Arc<Node>, lanes: Arc<Lanes>, allowed_origins: Arc<AllowedOrigins>) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        lanes: Arc<Lanes>,
+        allowed_origins: Arc<AllowedOrigins>,
+        proxies: Arc<TrustedProxies>,
+    ) -> Self {
         let hard_limit = node.settings().limits.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
@@ -75,6 +82,7 @@ impl WebSocketEndpoint {
             config,
             lanes,
             allowed_origins,
+            proxies,
         }
     }
 
@@ -133,14 +141,6 @@ const REFUSAL_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// The handshake asked for refusals as close codes (`?refusal=close`; the SDK always does).
 fn refusal_as_close_requested(req: &Request) -> bool {
     req.query::<String>("refusal").as_deref() == Some("close")
-}
-
-/// The client's IP address, as the TCP connection shows it.
-pub(super) fn client_address(req: &Request) -> Option<std::net::IpAddr> {
-    req.remote_addr()
-        .clone()
-        .into_std()
-        .map(|address| address.ip())
 }
 
 /// Writes the `101 Switching Protocols` answer; the upgraded stream arrives after the handler.
@@ -357,7 +357,7 @@ impl Handler for WebSocketEndpoint {
         };
         let applicant = Applicant {
             user_id: Some(Arc::from(identity.user_id.as_str())),
-            address: client_address(req),
+            address: self.proxies.client_address(req),
         };
         let permit = match self.node.try_admit(&applicant) {
             Ok(permit) => permit,
