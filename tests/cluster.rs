@@ -406,21 +406,34 @@ async fn a_burst_of_platform_events_reaches_nats_whole_and_in_order() {
     }
 }
 
-/// `POST` to a node's moderation API with the test key; returns status and JSON body.
-async fn moderate(
+/// Calls a node's server API with the test key (`POST` with `body`, `GET` without); returns
+/// status and JSON body.
+async fn server_api(
     node: &TestServer,
     path: &str,
-    body: serde_json::Value,
+    body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}{path}", node.addr))
+    let url = format!("http://{}{path}", node.addr);
+    let request = match body {
+        Some(body) => reqwest::Client::new().post(url).json(&body),
+        None => reqwest::Client::new().get(url),
+    };
+    let response = request
         .header("x-api-key", realtime_tests::API_KEY)
-        .json(&body)
         .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
+}
+
+/// `POST` to a node's moderation API.
+async fn moderate(
+    node: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    server_api(node, path, Some(body)).await
 }
 
 #[tokio::test]
@@ -576,16 +589,9 @@ async fn services_moderate_over_nats_requests_too() {
     assert_eq!(reply["error"]["code"], "invalid_request", "{reply}");
 }
 
-/// `GET` a node's server API with the test key; returns status and JSON body.
+/// `GET` from a node's server API.
 async fn ask(node: &TestServer, path_and_query: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{}{path_and_query}", node.addr))
-        .header("x-api-key", realtime_tests::API_KEY)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    server_api(node, path_and_query, None).await
 }
 
 #[tokio::test]

@@ -276,6 +276,33 @@ async fn presence_becomes(
     ))
 }
 
+/// Presence lists alice and bob again (heartbeating as live clients do), and the room of
+/// capacity 2 refuses a third user joining through `via`: presence and capacity are right.
+async fn both_members_hold_their_places(
+    alice: &mut realtime_tests::Client,
+    bob: &mut realtime_tests::Client,
+    room: &str,
+    via: &TestServer,
+) {
+    presence_becomes(
+        &mut [alice, bob],
+        room,
+        &["alice", "bob"],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut carol = via.connect("carol").await.unwrap();
+    assert_eq!(
+        carol
+            .error_code(json!({"op": "join", "room": room}), 1)
+            .await
+            .unwrap(),
+        "room_full",
+        "capacity counts both members"
+    );
+}
+
 /// Two nodes on one Redis (presence, rooms and the Redis broker), a chat room of capacity 2.
 fn redis_broker_settings(
     redis: realtime_core::config::RedisSettings,
@@ -363,23 +390,7 @@ async fn the_redis_broker_follows_a_sentinel_failover_with_members_on_two_nodes(
         .await,
         "and a publish on node B too"
     );
-    presence_becomes(
-        &mut [&mut alice, &mut bob],
-        &room,
-        &["alice", "bob"],
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let mut carol = node_b.connect("carol").await.unwrap();
-    assert_eq!(
-        carol
-            .error_code(json!({"op": "join", "room": room}), 1)
-            .await
-            .unwrap(),
-        "room_full",
-        "capacity still counts both members"
-    );
+    both_members_hold_their_places(&mut alice, &mut bob, &room, &node_b).await;
     drop(replica);
 }
 
@@ -433,23 +444,7 @@ async fn presence_and_capacity_are_right_again_after_redis_loses_its_data() {
         .await
         .unwrap();
 
-    presence_becomes(
-        &mut [&mut alice, &mut bob],
-        &room,
-        &["alice", "bob"],
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let mut carol = node_a.connect("carol").await.unwrap();
-    assert_eq!(
-        carol
-            .error_code(json!({"op": "join", "room": room}), 1)
-            .await
-            .unwrap(),
-        "room_full",
-        "the two connected members hold their places again"
-    );
+    both_members_hold_their_places(&mut alice, &mut bob, &room, &node_a).await;
     assert!(
         a_publish_reaches_everyone(
             &node_b,

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -120,6 +120,8 @@ pub struct SocketHandle {
     close_code: AtomicU16,
     /// Rooms a moderator removed the socket from; its loop leaves them (`Signal::Evicted`).
     evictions: Mutex<Vec<RoomId>>,
+    /// `evictions` is not empty: read on every wake, so the lock is taken only when it is set.
+    evicted: AtomicBool,
     wake: Notify,
 }
 
@@ -150,6 +152,7 @@ impl SocketHandle {
             capacity: outbox_capacity,
             close_code: AtomicU16::new(0),
             evictions: Mutex::new(Vec::new()),
+            evicted: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -266,7 +269,7 @@ impl SocketHandle {
             if let Some(code) = self.requested_close_code() {
                 return Signal::Close(code);
             }
-            if !self.evictions.lock().is_empty() {
+            if self.evicted.load(Ordering::Acquire) {
                 return Signal::Evicted;
             }
             if self.has_queued_frames() {
@@ -283,13 +286,16 @@ impl SocketHandle {
         if !evictions.contains(&room) {
             evictions.push(room);
         }
+        self.evicted.store(true, Ordering::Release);
         drop(evictions);
         self.wake.notify_one();
     }
 
     /// The rooms to leave, taken once.
     pub fn take_evictions(&self) -> Vec<RoomId> {
-        std::mem::take(&mut *self.evictions.lock())
+        let mut evictions = self.evictions.lock();
+        self.evicted.store(false, Ordering::Release);
+        std::mem::take(&mut *evictions)
     }
 
     /// Resolves once a close was requested. Cancel-safe.

@@ -38,17 +38,35 @@ pub struct RemoveRequest {
     pub block_secs: u64,
 }
 
-impl DisconnectRequest {
+/// A moderation request: parsed from a body, then applied through the node. HTTP and NATS
+/// serve every request type through this one trait.
+#[async_trait::async_trait]
+pub trait ModerationRequest: serde::de::DeserializeOwned + Send {
+    /// Applies the request; `Ok` is the answer body.
+    async fn apply(self, node: &Node) -> Result<Value, WireError>;
+}
+
+/// Parses `body` as `R` and applies it: what both doors do with a request.
+pub async fn parse_and_apply<R: ModerationRequest>(
+    node: &Node,
+    body: &[u8],
+) -> Result<Value, WireError> {
+    parse::<R>(body)?.apply(node).await
+}
+
+#[async_trait::async_trait]
+impl ModerationRequest for DisconnectRequest {
     /// Tells every node; the answer body is `{"ok":true}`.
-    pub async fn apply(self, node: &Node) -> Result<Value, WireError> {
+    async fn apply(self, node: &Node) -> Result<Value, WireError> {
         node.disconnect_user(&self.user, self.reconnect).await?;
         Ok(json!({ "ok": true }))
     }
 }
 
-impl RemoveRequest {
+#[async_trait::async_trait]
+impl ModerationRequest for RemoveRequest {
     /// Sets the block, tells every node; the answer body is `{"ok":true,"room":..}`.
-    pub async fn apply(self, node: &Node) -> Result<Value, WireError> {
+    async fn apply(self, node: &Node) -> Result<Value, WireError> {
         if self.block_secs > MAX_BLOCK_SECS {
             return Err(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -64,7 +82,7 @@ impl RemoveRequest {
 }
 
 /// Parses a request body, naming what is wrong.
-pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     serde_json::from_slice(body).map_err(|error| {
         WireError::new(ErrorCode::InvalidRequest, format!("invalid body: {error}"))
     })

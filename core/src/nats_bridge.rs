@@ -84,16 +84,10 @@ async fn handle_inbound(node: &Node, subject: &str, payload: &[u8]) -> Result<De
 
 /// Serves one moderation request; the reply is the same body HTTP answers.
 async fn handle_api_request(node: &Node, operation: &str, payload: &[u8]) -> Bytes {
-    use crate::moderation::{DisconnectRequest, RemoveRequest, parse};
+    use crate::moderation::{DisconnectRequest, RemoveRequest, parse_and_apply};
     let answer = match operation {
-        "users.disconnect" => match parse::<DisconnectRequest>(payload) {
-            Ok(request) => request.apply(node).await,
-            Err(error) => Err(error),
-        },
-        "rooms.remove" => match parse::<RemoveRequest>(payload) {
-            Ok(request) => request.apply(node).await,
-            Err(error) => Err(error),
-        },
+        "users.disconnect" => parse_and_apply::<DisconnectRequest>(node, payload).await,
+        "rooms.remove" => parse_and_apply::<RemoveRequest>(node, payload).await,
         other => Err(invalid(format!("unknown API request `{other}`"))),
     };
     let body = match answer {

@@ -27,6 +27,7 @@ use salvo::server::ServerHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::moderation::{DisconnectRequest, RemoveRequest};
 use crate::node::Node;
 use crate::protocol::{ErrorBody, ErrorCode, WireError};
 
@@ -102,13 +103,17 @@ fn router(node: Arc<Node>, lanes: Arc<lane::Lanes>) -> Router {
         .push(
             Router::with_path("api/users/disconnect")
                 .hoop(cors.clone())
-                .post(moderation::DisconnectUserEndpoint::new(node.clone()))
+                .post(moderation::ModerationEndpoint::<DisconnectRequest>::new(
+                    node.clone(),
+                ))
                 .options(origin::NoContent),
         )
         .push(
             Router::with_path("api/rooms/remove")
                 .hoop(cors.clone())
-                .post(moderation::RemoveFromRoomEndpoint::new(node.clone()))
+                .post(moderation::ModerationEndpoint::<RemoveRequest>::new(
+                    node.clone(),
+                ))
                 .options(origin::NoContent),
         )
         .push(

@@ -7,59 +7,34 @@
 //! - `GET /api/users/info?user=..`: the user's sockets and nodes
 //! - `GET /api/cluster/info`: the nodes, their connections and versions
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use salvo::prelude::*;
 
 use super::http::{authorized_json_body, check_api_key};
 use super::render_error;
-use crate::moderation::{DisconnectRequest, RemoveRequest};
+use crate::moderation::ModerationRequest;
 use crate::node::Node;
 
-/// `POST /api/users/disconnect`.
-pub struct DisconnectUserEndpoint {
+/// `POST /api/users/disconnect` (`DisconnectRequest`) and `POST /api/rooms/remove`
+/// (`RemoveRequest`): the key, the body, then the request's own `apply`.
+pub struct ModerationEndpoint<R> {
     node: Arc<Node>,
+    request: PhantomData<fn() -> R>,
 }
 
-impl DisconnectUserEndpoint {
+impl<R> ModerationEndpoint<R> {
     pub fn new(node: Arc<Node>) -> Self {
-        DisconnectUserEndpoint { node }
-    }
-}
-
-#[async_trait]
-impl Handler for DisconnectUserEndpoint {
-    async fn handle(
-        &self,
-        req: &mut Request,
-        _depot: &mut Depot,
-        res: &mut Response,
-        _ctrl: &mut FlowCtrl,
-    ) {
-        let answer = match authorized_json_body::<DisconnectRequest>(&self.node, req).await {
-            Ok(request) => request.apply(&self.node).await,
-            Err(error) => Err(error),
-        };
-        match answer {
-            Ok(body) => res.render(Json(body)),
-            Err(error) => render_error(res, &error),
+        ModerationEndpoint {
+            node,
+            request: PhantomData,
         }
     }
 }
 
-/// `POST /api/rooms/remove`.
-pub struct RemoveFromRoomEndpoint {
-    node: Arc<Node>,
-}
-
-impl RemoveFromRoomEndpoint {
-    pub fn new(node: Arc<Node>) -> Self {
-        RemoveFromRoomEndpoint { node }
-    }
-}
-
 #[async_trait]
-impl Handler for RemoveFromRoomEndpoint {
+impl<R: ModerationRequest + 'static> Handler for ModerationEndpoint<R> {
     async fn handle(
         &self,
         req: &mut Request,
@@ -67,7 +42,7 @@ impl Handler for RemoveFromRoomEndpoint {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
-        let answer = match authorized_json_body::<RemoveRequest>(&self.node, req).await {
+        let answer = match authorized_json_body::<R>(&self.node, req).await {
             Ok(request) => request.apply(&self.node).await,
             Err(error) => Err(error),
         };
