@@ -8,7 +8,8 @@ use realtime_core::stores::nats::{NatsBroker, connect};
 use realtime_core::stores::redis::{
     RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore,
 };
-use realtime_core::stores::{Broker, PresenceStore, RoomStore};
+use realtime_core::stores::history_jetstream::JetStreamHistory;
+use realtime_core::stores::{Broker, HistoryStore, PresenceStore, RoomStore};
 use realtime_tests::{NATS_URL, REDIS_URL, unique};
 
 fn redis_settings() -> RedisSettings {
@@ -119,3 +120,19 @@ async fn postgres_notification_store_conforms() {
     realtime_core::conformance::notification_suite(sql_store(realtime_tests::POSTGRES_URL).await)
         .await;
 }
+
+/// Every call is one more node: its own NATS connection, the same JetStream streams.
+fn jetstream_history_nodes()
+-> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn HistoryStore>> + Send>>
+{
+    || {
+        Box::pin(async {
+            let client = connect(NATS_URL, &unique("history-node"))
+                .await
+                .expect("nats at 127.0.0.1:4222");
+            Arc::new(JetStreamHistory::new(client, "conformance")) as Arc<dyn HistoryStore>
+        })
+    }
+}
+
+realtime_core::history_conformance_tests!(jetstream_history, super::jetstream_history_nodes());

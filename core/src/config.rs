@@ -289,9 +289,26 @@ pub struct RoomTypeSettings {
     pub plugins: Vec<String>,
     #[serde(default)]
     pub plugin_failure: FailurePolicy,
+    /// Events kept per room for recovery and `history`; 0 = no history.
+    #[serde(default)]
+    pub history_size: usize,
+    /// Kept events older than this are dropped; 0 = kept until `history_size` newer ones arrive.
+    #[serde(default)]
+    pub history_ttl_secs: u64,
 }
 
+/// Most events a room type may keep per room.
+pub const MAX_HISTORY_SIZE: usize = 10_000;
+
 impl RoomTypeSettings {
+    /// The room type's history policy; `None` when it keeps none.
+    pub fn history(&self) -> Option<crate::stores::HistoryPolicy> {
+        (self.history_size > 0).then(|| crate::stores::HistoryPolicy {
+            size: self.history_size,
+            ttl: (self.history_ttl_secs > 0).then(|| Duration::from_secs(self.history_ttl_secs)),
+        })
+    }
+
     /// Whether joins and leaves are pushed to the room's members.
     pub fn announces_membership(&self) -> bool {
         self.announce.unwrap_or(self.presence)
@@ -504,6 +521,12 @@ impl Settings {
                 return Err(ConfigError::invalid(
                     "room_types.<type>.capacity",
                     format!("room type {name:?}: capacity must be at least 1"),
+                ));
+            }
+            if room_type.history_size > MAX_HISTORY_SIZE {
+                return Err(ConfigError::invalid(
+                    "room_types.<type>.history_size",
+                    format!("room type {name:?}: at most {MAX_HISTORY_SIZE} events per room"),
                 ));
             }
         }

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::protocol::{CloseCode, ControlCommand, Frame};
 use crate::room::RoomId;
 use crate::small_set::SmallSet;
-use crate::stores::Topic;
+use crate::stores::{Position, Topic};
 
 /// Fan-outs to at most this many local sockets write each push in the publishing task; larger
 /// ones queue them for the sockets' own tasks. Each write is a system call of its own, so beyond
@@ -122,7 +122,18 @@ pub struct SocketHandle {
     evictions: Mutex<Vec<RoomId>>,
     /// `evictions` is not empty: read on every wake, so the lock is taken only when it is set.
     evicted: AtomicBool,
+    /// Rooms whose join is replaying history: their pushes wait here until the replay is
+    /// written (see [`begin_recovery`](Self::begin_recovery)).
+    recoveries: Mutex<Vec<RecoveryStash>>,
+    /// `recoveries` is not empty: read on every room push, so the lock is taken only when set.
+    recovering: AtomicBool,
     wake: Notify,
+}
+
+/// Pushes of one room held back while its history is replayed.
+struct RecoveryStash {
+    room: RoomId,
+    frames: Vec<Frame>,
 }
 
 /// Where a socket's pushes go: one or the other, never both (an enum, so no socket carries an
@@ -153,6 +164,8 @@ impl SocketHandle {
             close_code: AtomicU16::new(0),
             evictions: Mutex::new(Vec::new()),
             evicted: AtomicBool::new(false),
+            recoveries: Mutex::new(Vec::new()),
+            recovering: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -187,6 +200,76 @@ impl SocketHandle {
             Pushed::Queued => self.wake.notify_one(),
             Pushed::Full => self.request_close(CloseCode::SlowConsumer),
         }
+    }
+
+    /// Hands a push of `room` to the socket, or keeps it aside while the socket's join into
+    /// the room replays history (see [`begin_recovery`](Self::begin_recovery)).
+    pub fn push_in_room(
+        &self,
+        room: &RoomId,
+        frame: &Frame,
+        encoded: &mut Option<Bytes>,
+        write_now: bool,
+    ) {
+        if self.recovering.load(Ordering::Acquire) && self.stash_during_recovery(room, frame) {
+            return;
+        }
+        self.push(frame, encoded, write_now);
+    }
+
+    /// Starts keeping the room's pushes aside, before the socket is added to the room: a join
+    /// that replays history writes the missed events first, then
+    /// [`end_recovery`](Self::end_recovery) lets these follow (without the ones replayed).
+    pub fn begin_recovery(&self, room: &RoomId) {
+        let mut recoveries = self.recoveries.lock();
+        if !recoveries.iter().any(|stash| &stash.room == room) {
+            recoveries.push(RecoveryStash {
+                room: room.clone(),
+                frames: Vec::new(),
+            });
+        }
+        self.recovering.store(true, Ordering::Release);
+    }
+
+    /// Keeps a push of a room being recovered; false when the room is not. The kept pushes
+    /// count against the outbox's capacity like queued ones.
+    fn stash_during_recovery(&self, room: &RoomId, frame: &Frame) -> bool {
+        let mut recoveries = self.recoveries.lock();
+        let Some(stash) = recoveries.iter_mut().find(|stash| &stash.room == room) else {
+            return false;
+        };
+        if stash.frames.len() >= self.capacity {
+            drop(recoveries);
+            self.request_close(CloseCode::SlowConsumer);
+            return true;
+        }
+        stash.frames.push(frame.clone());
+        true
+    }
+
+    /// Ends the room's recovery: the pushes kept aside follow, in order, except those at or
+    /// before `replayed` in its epoch (the replay already carried them). `None`: all follow.
+    /// Done under the recoveries lock, so a push arriving meanwhile waits and comes after them
+    /// (they are only queued here: no socket write under the lock).
+    pub fn end_recovery(&self, room: &RoomId, replayed: Option<&Position>) {
+        let mut recoveries = self.recoveries.lock();
+        let Some(index) = recoveries.iter().position(|stash| &stash.room == room) else {
+            return;
+        };
+        let stash = recoveries.swap_remove(index);
+        for frame in stash.frames {
+            let newer = match (replayed, frame.history_position()) {
+                (Some(replayed), Some(position)) => {
+                    position.epoch != replayed.epoch || position.offset > replayed.offset
+                }
+                _ => true,
+            };
+            if newer {
+                self.push(&frame, &mut None, false);
+            }
+        }
+        self.recovering
+            .store(!recoveries.is_empty(), Ordering::Release);
     }
 
     /// Writes the socket's first frame through its lane, pushes held until now following it.
@@ -425,7 +508,15 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
 
     /// Hands the frame to every socket under `key`; returns how many. `yield_every`: see
     /// [`yields_after`].
-    fn fan_out(&self, key: &K, frame: &Frame, yield_every: usize) -> usize {
+    /// `room`: the room the frame is for (`None` for a user's frame), so that a socket
+    /// replaying the room's history keeps it aside.
+    fn fan_out(
+        &self,
+        key: &K,
+        room: Option<&RoomId>,
+        frame: &Frame,
+        yield_every: usize,
+    ) -> usize {
         // Copied out so the shard's lock is not held across the pushes, which may write to
         // sockets (a syscall each) while joins to the shard's rooms wait.
         let mut recipients = Vec::new();
@@ -436,7 +527,10 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
         let mut encoded = None;
         let write_now = recipients.len() <= DIRECT_FAN_OUT_MAX;
         for (index, socket) in recipients.iter().enumerate() {
-            socket.push(frame, &mut encoded, write_now);
+            match room {
+                Some(room) => socket.push_in_room(room, frame, &mut encoded, write_now),
+                None => socket.push(frame, &mut encoded, write_now),
+            }
             if write_now && yields_after(index, recipients.len(), yield_every) {
                 std::thread::yield_now();
             }
@@ -556,8 +650,13 @@ impl Hub {
     pub fn deliver(&self, topic: &Topic, frame: &Frame) -> usize {
         self.broker_deliveries.fetch_add(1, Ordering::Relaxed);
         match topic {
-            Topic::Room(room) => self.rooms.fan_out(room, frame, self.fanout_yield_every),
-            Topic::User(user) => self.users.fan_out(user, frame, self.fanout_yield_every),
+            Topic::Room(room) => {
+                self.rooms
+                    .fan_out(room, Some(room), frame, self.fanout_yield_every)
+            }
+            Topic::User(user) => self
+                .users
+                .fan_out(user, None, frame, self.fanout_yield_every),
             Topic::Control => {
                 self.apply_control(frame);
                 0

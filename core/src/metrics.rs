@@ -67,6 +67,14 @@ pub const MEMBERSHIPS_RESTORED: &str = "realtime_memberships_restored_total";
 /// Counter: lost memberships that could not be joined again because the room filled up.
 pub const MEMBERSHIPS_LOST: &str = "realtime_memberships_lost_total";
 
+/// Counter: joins into rooms with history by `outcome`: `recovered` (a `since` fully served),
+/// `not_recovered` (a `since` too old, of another epoch, or ahead), `unavailable` (the history
+/// store failed: the join went on without a position), `position` (no `since`: position only).
+pub const HISTORY_RECOVERIES: &str = "realtime_history_recoveries_total";
+/// Counter: events into rooms with history delivered without a position because the history
+/// store failed (the room's next stored event starts a new epoch).
+pub const HISTORY_APPEND_FAILURES: &str = "realtime_history_append_failures_total";
+
 /// Counter: notifications stored (first time, not idempotent repeats).
 pub const NOTIFICATIONS_CREATED: &str = "realtime_notifications_created_total";
 /// Counter: notifications moved to the dead-letter stream (never storable, or out of deliveries).

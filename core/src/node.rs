@@ -24,8 +24,8 @@ use crate::protocol::{
 use crate::room::RoomId;
 use crate::small_set::SmallSet;
 use crate::stores::{
-    Arrival, Broker, JoinOutcome, LeaveOutcome, Member, PresenceStore, RateLimiter, RoomStore,
-    SocketEntry, StoreError, Topic,
+    Arrival, Broker, HistoryPolicy, HistoryStore, JoinOutcome, LeaveOutcome, Member, Position,
+    PresenceStore, RateLimiter, Recovery, RoomStore, SocketEntry, StoreError, Topic,
 };
 
 /// Stripes of the interest lock; see [`Node::interest_lock`].
@@ -38,6 +38,9 @@ pub struct Backends {
     pub rooms: Arc<dyn RoomStore>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub notifications: Arc<NotificationService>,
+    /// Room history (JetStream or memory); `None` where it cannot be kept consistently (a
+    /// Redis-only cluster): rooms then carry no positions and recovery always says false.
+    pub history: Option<Arc<dyn HistoryStore>>,
     /// Checks of the backends this node was configured with, for `GET /ready`.
     pub readiness: crate::readiness::Readiness,
 }
@@ -132,6 +135,25 @@ pub type JoinedRooms = SmallSet<RoomId>;
 
 pub use crate::admission::{Applicant, ConnectionPermit};
 
+/// A successful join.
+pub struct Joined {
+    pub room: RoomId,
+    /// For a room with history (and a first join of it by this socket).
+    pub history: Option<JoinedHistory>,
+}
+
+/// The history part of a join. The socket's pushes of the room are kept aside until the
+/// session has written the reply and `replay`, then calls
+/// `SocketHandle::end_recovery(room, position)`.
+pub struct JoinedHistory {
+    /// Where the room is; `None` when the history store could not be read.
+    pub position: Option<Position>,
+    /// `Some` when the join carried `since`: whether every missed event is in `replay`.
+    pub recovered: Option<bool>,
+    /// The missed events, oldest first, to be written right after the reply.
+    pub replay: Vec<Frame>,
+}
+
 pub struct Node {
     settings: Arc<Settings>,
     node_id: Arc<str>,
@@ -149,6 +171,9 @@ pub struct Node {
     /// present. Held across the broker call on purpose; striped so unrelated topics do not wait.
     interest_locks: Box<[tokio::sync::Mutex<()>]>,
     interest_hasher: RandomState,
+    /// Serializes "store in history, then hand to the broker" per room on this node, so this
+    /// node's events of a room reach the broker in offset order. Striped like `interest_locks`.
+    publish_locks: Box<[tokio::sync::Mutex<()>]>,
     shutdown: CancellationToken,
     /// Shutdown has begun: not ready, no new sockets.
     draining: std::sync::atomic::AtomicBool,
@@ -189,6 +214,9 @@ impl Node {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             interest_hasher: RandomState::new(),
+            publish_locks: (0..INTEREST_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             shutdown: CancellationToken::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
@@ -330,6 +358,16 @@ impl Node {
     fn interest_lock(&self, topic: &Topic) -> &tokio::sync::Mutex<()> {
         let stripe = self.interest_hasher.hash_one(topic) as usize % INTEREST_LOCK_STRIPES;
         &self.interest_locks[stripe]
+    }
+
+    fn publish_lock(&self, room: &RoomId) -> &tokio::sync::Mutex<()> {
+        let stripe = self.interest_hasher.hash_one(room) as usize % INTEREST_LOCK_STRIPES;
+        &self.publish_locks[stripe]
+    }
+
+    /// The room type's history policy and the store keeping it, when the room has history.
+    fn history_of(&self, room_type: &RoomTypeSettings) -> Option<(HistoryPolicy, &Arc<dyn HistoryStore>)> {
+        Some((room_type.history()?, self.backends.history.as_ref()?))
     }
 
     /// Runs `add_local`; when it reports the topic's first local socket, subscribes the node.
@@ -515,22 +553,38 @@ impl Node {
         });
     }
 
-    /// `join`: checks id, type, claims, limits and capacity; then subscribes and announces.
-    pub async fn join(
-        &self,
-        session: &mut SocketSession,
-        room_text: &str,
-    ) -> Result<RoomId, WireError> {
-        let room = Self::parse_room(room_text)?;
-        let room_type = self.room_type(&room)?;
-        if room_type.join == JoinPolicy::Claims && !session.identity.may_join(&room) {
+    /// Checks the room type's join rule (`claims`) for the session.
+    fn check_join_rule(
+        session: &SocketSession,
+        room: &RoomId,
+        room_type: &RoomTypeSettings,
+    ) -> Result<(), WireError> {
+        if room_type.join == JoinPolicy::Claims && !session.identity.may_join(room) {
             return Err(WireError::new(
                 ErrorCode::RoomForbidden,
                 format!("the token's `rooms` claim does not grant {room}"),
             ));
         }
+        Ok(())
+    }
+
+    /// `join`: checks id, type, claims, limits and capacity; then subscribes and announces. In a
+    /// room with history the reply names the room's position, and with `since` the events
+    /// missed since then come back to be written after the reply (see [`Joined`]).
+    pub async fn join(
+        &self,
+        session: &mut SocketSession,
+        room_text: &str,
+        since: Option<&Position>,
+    ) -> Result<Joined, WireError> {
+        let room = Self::parse_room(room_text)?;
+        let room_type = self.room_type(&room)?;
+        Self::check_join_rule(session, &room, room_type)?;
         if session.rooms.contains(&room) {
-            return Ok(room);
+            return Ok(Joined {
+                room,
+                history: None,
+            });
         }
         if session.rooms.len() >= self.settings.limits.max_rooms_per_connection {
             return Err(WireError::new(
@@ -570,6 +624,12 @@ impl Node {
             JoinOutcome::AlreadyMember => false,
         };
         let handle = session.handle.clone();
+        let history = self.history_of(room_type);
+        if history.is_some() {
+            // Before the socket is in the room, so that none of the room's pushes can pass the
+            // replay: they wait until the session has written it.
+            handle.begin_recovery(&room);
+        }
         let subscribed = self
             .add_interest(
                 &Topic::Room(room.clone()),
@@ -580,6 +640,7 @@ impl Node {
             )
             .await;
         if let Err(error) = subscribed {
+            handle.end_recovery(&room, None);
             // Undo the membership so capacity is not held by a socket that gets nothing.
             let _ = self.backends.rooms.leave(&room, &member).await;
             return Err(unavailable(error));
@@ -596,7 +657,96 @@ impl Node {
             self.announce_membership(&room, "room.user_joined", &member.user_id)
                 .await;
         }
-        Ok(room)
+        let history = match history {
+            Some((policy, store)) => Some(self.recover(store, &room, &policy, since).await),
+            None => None,
+        };
+        Ok(Joined { room, history })
+    }
+
+    /// What a join into a room with history tells the client: where the room is, and with
+    /// `since`, the events missed. A failing store never fails the join: the client is told
+    /// `recovered: false` (it refetches) and live events flow.
+    async fn recover(
+        &self,
+        store: &Arc<dyn HistoryStore>,
+        room: &RoomId,
+        policy: &HistoryPolicy,
+        since: Option<&Position>,
+    ) -> JoinedHistory {
+        let started = std::time::Instant::now();
+        let answer = match since {
+            Some(since) => store.since(room, policy, since).await,
+            None => store
+                .position(room, policy)
+                .await
+                .map(|position| Recovery::NotRecovered { position }),
+        };
+        self.record_history_call(started, answer.is_err());
+        let (outcome, joined) = match answer {
+            Ok(Recovery::Recovered { position, events }) => (
+                "recovered",
+                JoinedHistory {
+                    position: Some(position),
+                    recovered: Some(true),
+                    replay: events,
+                },
+            ),
+            Ok(Recovery::NotRecovered { position }) => (
+                if since.is_some() { "not_recovered" } else { "position" },
+                JoinedHistory {
+                    position: Some(position),
+                    recovered: since.map(|_| false),
+                    replay: Vec::new(),
+                },
+            ),
+            Err(error) => {
+                tracing::warn!(%error, %room, "history unavailable; joined without a position");
+                (
+                    "unavailable",
+                    JoinedHistory {
+                        position: None,
+                        recovered: since.map(|_| false),
+                        replay: Vec::new(),
+                    },
+                )
+            }
+        };
+        metrics::counter!(names::HISTORY_RECOVERIES, "outcome" => outcome).increment(1);
+        joined
+    }
+
+    /// Records a history call in `realtime_backend_*` when history lives in JetStream (the
+    /// memory store is no backend call).
+    fn record_history_call(&self, started: std::time::Instant, failed: bool) {
+        if self.settings.nats.url.is_some() {
+            names::record_backend_call("nats", started, failed);
+        }
+    }
+
+    /// `history`: the room's last `limit` events (at most its `history_size`), under the room
+    /// type's join rule, as for `join`.
+    pub async fn history(
+        &self,
+        session: &SocketSession,
+        room_text: &str,
+        limit: Option<usize>,
+    ) -> Result<(RoomId, Position, Vec<Frame>), WireError> {
+        let room = Self::parse_room(room_text)?;
+        let room_type = self.room_type(&room)?;
+        Self::check_join_rule(session, &room, room_type)?;
+        let Some((policy, store)) = self.history_of(room_type) else {
+            return Err(WireError::new(
+                ErrorCode::HistoryDisabled,
+                format!("{} rooms keep no history here", room.room_type()),
+            ));
+        };
+        let limit = limit.unwrap_or(policy.size).min(policy.size);
+        let started = std::time::Instant::now();
+        let latest = store.latest(&room, &policy, limit).await;
+        self.record_history_call(started, latest.is_err());
+        let (position, events) = latest.map_err(unavailable)?;
+        Ok((room, position, events))
     }
 
     /// `leave`.
@@ -1053,9 +1203,51 @@ impl Node {
             .transpose()
             .map_err(|_| WireError::new(ErrorCode::InternalError, "plugin output was not JSON"))?;
         let data = replaced.as_deref().unwrap_or(data);
-        self.broadcast(Topic::Room(room.clone()), event, Some(room), from, data, ts)
-            .await?;
+        let push = |position: Option<&Position>| {
+            Frame::event(&EventPush {
+                kind: "event",
+                event,
+                room: Some(room.as_str()),
+                from,
+                data,
+                ts,
+                offset: position.map(|position| position.offset),
+                epoch: position.map(|position| position.epoch.as_ref()),
+            })
+        };
+        let topic = Topic::Room(room.clone());
+        let Some((policy, store)) = self.history_of(room_type) else {
+            self.hand_to_broker(&topic, push(None)).await?;
+            return Ok(Delivery::Delivered);
+        };
+        // Stored first (plugins have run: history holds what members receive), then handed to
+        // the broker, under the room's publish lock so this node's events leave in offset order.
+        let _in_order = self.publish_lock(room).lock().await;
+        let started = std::time::Instant::now();
+        let stored = store
+            .append(room, &policy, &|position| push(Some(position)))
+            .await;
+        self.record_history_call(started, stored.is_err());
+        let frame = match stored {
+            Ok((_, frame)) => frame,
+            Err(error) => {
+                // History never takes live delivery down with it: the event goes out without
+                // a position, and the store starts the room's next epoch.
+                tracing::warn!(%error, %room, "history store failed; delivering without a position");
+                metrics::counter!(names::HISTORY_APPEND_FAILURES).increment(1);
+                push(None)
+            }
+        };
+        self.hand_to_broker(&topic, frame).await?;
         Ok(Delivery::Delivered)
+    }
+
+    async fn hand_to_broker(&self, topic: &Topic, frame: Frame) -> Result<(), WireError> {
+        self.backends
+            .broker
+            .publish(topic, frame)
+            .await
+            .map_err(unavailable)
     }
 
     /// Publishes an event to every socket of a user on every node.
@@ -1100,12 +1292,10 @@ impl Node {
             from,
             data,
             ts,
+            offset: None,
+            epoch: None,
         });
-        self.backends
-            .broker
-            .publish(&topic, frame)
-            .await
-            .map_err(unavailable)
+        self.hand_to_broker(&topic, frame).await
     }
 
     /// One pass of the offline scheduler: emits `user.offline` for users taken as offline.

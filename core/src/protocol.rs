@@ -3,9 +3,22 @@
 //! Nothing here knows about WebSockets or HTTP; `transport` moves these bytes. Every reply and
 //! push is encoded here, once, into [`Frame`] bytes that are shared by all recipients.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+/// Where a client is in a room's history: the last offset it has, in the epoch it knows.
+/// Offset 0 means "before the first event" (the room had none yet). See `stores::history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+}
+
+/// The longest epoch a client may send back (the server's are 16 hex digits).
+pub const MAX_EPOCH_CHARS: usize = 64;
 
 /// Stable error codes: the `error.code` of replies and HTTP error bodies. Never renamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -50,6 +63,8 @@ pub enum ErrorCode {
     PublishForbidden,
     /// The room type has `presence = false`.
     PresenceDisabled,
+    /// `history`: the room type keeps no history (`history_size = 0`).
+    HistoryDisabled,
     /// The event name is not 1-64 characters of `[A-Za-z0-9._:-]` or uses a reserved prefix.
     InvalidEvent,
     /// `refresh` carried a valid token for another user.
@@ -88,6 +103,7 @@ impl ErrorCode {
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::PublishForbidden => "publish_forbidden",
             ErrorCode::PresenceDisabled => "presence_disabled",
+            ErrorCode::HistoryDisabled => "history_disabled",
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::SubjectMismatch => "subject_mismatch",
             ErrorCode::RateLimited => "rate_limited",
@@ -101,7 +117,7 @@ impl ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and for the client SDK's conformance test.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidToken,
         ErrorCode::NodeFull,
         ErrorCode::OriginForbidden,
@@ -121,6 +137,7 @@ impl ErrorCode {
         ErrorCode::NotInRoom,
         ErrorCode::PublishForbidden,
         ErrorCode::PresenceDisabled,
+        ErrorCode::HistoryDisabled,
         ErrorCode::InvalidEvent,
         ErrorCode::SubjectMismatch,
         ErrorCode::RateLimited,
@@ -300,6 +317,8 @@ pub enum RequestId {
 pub enum Request {
     Join {
         room: String,
+        /// The client's last position in the room: recover what it missed since.
+        since: Option<Position>,
     },
     Leave {
         room: String,
@@ -312,6 +331,11 @@ pub enum Request {
     },
     Presence {
         room: String,
+    },
+    /// The room's last `limit` events (at most the room type's `history_size`).
+    History {
+        room: String,
+        limit: Option<usize>,
     },
     Refresh {
         token: String,
@@ -329,6 +353,15 @@ struct RawRequest<'a> {
     event: Option<String>,
     data: Option<Box<RawValue>>,
     token: Option<String>,
+    since: Option<RawPosition>,
+    limit: Option<usize>,
+}
+
+/// `since` as sent: `{"offset": <u64>, "epoch": "<string>"}`.
+#[derive(Deserialize)]
+struct RawPosition {
+    offset: u64,
+    epoch: String,
 }
 
 /// A request that could not be understood, with whatever id could be recovered.
@@ -376,6 +409,23 @@ pub fn parse_request(text: &str) -> Result<(Option<RequestId>, Request), Rejecte
         None => return Err(missing("op")),
         Some("join") => Request::Join {
             room: raw.room.clone().ok_or_else(|| missing("room"))?,
+            since: match raw.since {
+                None => None,
+                Some(since) if since.epoch.chars().count() > MAX_EPOCH_CHARS => {
+                    return Err(reject(
+                        ErrorCode::InvalidRequest,
+                        format!("`since.epoch` is longer than {MAX_EPOCH_CHARS} characters"),
+                    ));
+                }
+                Some(since) => Some(Position {
+                    offset: since.offset,
+                    epoch: Arc::from(since.epoch),
+                }),
+            },
+        },
+        Some("history") => Request::History {
+            room: raw.room.clone().ok_or_else(|| missing("room"))?,
+            limit: raw.limit,
         },
         Some("leave") => Request::Leave {
             room: raw.room.clone().ok_or_else(|| missing("room"))?,
@@ -521,9 +571,32 @@ impl Frame {
         })
     }
 
-    /// `{"type":"event","event":..,"room"?:..,"from"?:..,"data":..,"ts":..}`
+    /// `{"type":"event","event":..,"room"?:..,"from"?:..,"data":..,"ts":..,"offset"?:..,
+    /// "epoch"?:..}`
     pub fn event(push: &EventPush<'_>) -> Frame {
         Frame::from_json(push)
+    }
+
+    /// The frame as a JSON value (frames are JSON objects by construction), for embedding
+    /// pushes in a reply (`history`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.bytes()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The history position an event push carries (`offset` and `epoch`), if any. Only the
+    /// top-level fields are read.
+    pub fn history_position(&self) -> Option<Position> {
+        #[derive(Deserialize)]
+        struct Positioned<'a> {
+            offset: Option<u64>,
+            #[serde(borrow)]
+            epoch: Option<&'a str>,
+        }
+        let positioned: Positioned = serde_json::from_slice(self.bytes()).ok()?;
+        Some(Position {
+            offset: positioned.offset?,
+            epoch: Arc::from(positioned.epoch?),
+        })
     }
 }
 
@@ -592,6 +665,11 @@ pub struct EventPush<'a> {
     pub data: &'a RawValue,
     /// Milliseconds since the Unix epoch when the server accepted the event.
     pub ts: u64,
+    /// The event's position in the room's history (rooms with history only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -617,7 +695,7 @@ mod tests {
     fn parses_each_op() {
         let (id, request) = parse_request(r#"{"id":1,"op":"join","room":"chat:a"}"#).unwrap();
         assert_eq!(id, Some(RequestId::Number(1)));
-        assert!(matches!(request, Request::Join { room } if room == "chat:a"));
+        assert!(matches!(request, Request::Join { room, since: None } if room == "chat:a"));
         let (_, request) = parse_request(
             r#"{"id":"x","op":"publish","room":"chat:a","event":"msg","data":{"t":1}}"#,
         )
@@ -669,6 +747,8 @@ mod tests {
             from: None,
             data: &data,
             ts: 5,
+            offset: None,
+            epoch: None,
         });
         assert_eq!(
             frame.bytes().as_ref(),

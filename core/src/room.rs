@@ -48,6 +48,11 @@ impl RoomId {
     pub fn room_type(&self) -> &str {
         &self.full[..self.type_len]
     }
+
+    /// The part after the colon.
+    pub fn name(&self) -> &str {
+        &self.full[self.type_len + 1..]
+    }
 }
 
 impl fmt::Display for RoomId {

@@ -23,12 +23,15 @@ use crate::notifications::NotificationService;
 use crate::notifications::sql::{self, DatabaseError, SqlNotificationStore};
 use crate::plugins::PluginHost;
 use crate::protocol::CloseCode;
-use crate::stores::memory::MemoryRateLimiter;
+use crate::stores::history_jetstream::JetStreamHistory;
+use crate::stores::memory::{MemoryHistory, MemoryRateLimiter};
 use crate::stores::memory::{MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRoomStore};
 use crate::stores::nats::{self as nats_store, NatsBroker};
 use crate::stores::redis::RedisRateLimiter;
 use crate::stores::redis::{RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore};
-use crate::stores::{Broker, DeliveryHandler, PresenceStore, RateLimiter, RoomStore, StoreError};
+use crate::stores::{
+    Broker, DeliveryHandler, HistoryStore, PresenceStore, RateLimiter, RoomStore, StoreError,
+};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,7 @@ impl Connections {
             // Validation guarantees the chosen broker's connection exists; memory otherwise.
             _ => Arc::new(MemoryBroker::new(MemoryBus::new(), deliver)),
         };
+        let history = history_store(settings, self.nats.as_ref());
         let readiness = crate::readiness::Readiness::new(
             self.redis.clone(),
             self.nats.clone(),
@@ -156,9 +160,42 @@ impl Connections {
             rooms,
             rate_limiter,
             notifications,
+            history,
             readiness,
         })
     }
+}
+
+/// Where room history lives: JetStream when NATS is configured (every node serves the same
+/// history); memory on a single node; nowhere in a Redis-only cluster, where per-node memory
+/// would give each node its own offsets (rooms then carry no positions and a reconnecting
+/// client is told `recovered: false`).
+fn history_store(
+    settings: &Settings,
+    nats: Option<&async_nats::Client>,
+) -> Option<Arc<dyn HistoryStore>> {
+    if let Some(nats) = nats {
+        return Some(Arc::new(JetStreamHistory::new(
+            nats.clone(),
+            &settings.nats.subject_prefix,
+        )));
+    }
+    if settings.effective_broker() == BrokerChoice::Memory {
+        return Some(Arc::new(MemoryHistory::new()));
+    }
+    let with_history: Vec<&str> = settings
+        .room_types
+        .iter()
+        .filter(|(_, room_type)| room_type.history_size > 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !with_history.is_empty() {
+        tracing::warn!(
+            room_types = ?with_history,
+            "room history needs NATS JetStream in a cluster (set nats.url); these rooms keep none"
+        );
+    }
+    None
 }
 
 /// Loads the configured plugins (compiling is CPU work: off the async workers).

@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use crate::auth::{Identity, unix_now_secs};
 use crate::hub::{PushLane, Signal, SocketHandle};
 use crate::metrics as names;
-use crate::node::{ConnectionPermit, Node, SocketSession};
+use crate::node::{ConnectionPermit, Joined, Node, SocketSession};
 use crate::protocol::{
-    CloseCode, Connected, ErrorCode, Frame, Request, RequestId, WireError, parse_request,
+    CloseCode, Connected, ErrorCode, Frame, Position, Request, RequestId, WireError, parse_request,
 };
 use crate::room::RoomId;
 
@@ -103,6 +103,55 @@ enum Ending {
 }
 
 /// The state one connection's loop carries.
+/// A request's answer: the reply's extra fields, and for a join that recovered history, the
+/// events to write right after the reply.
+#[derive(Default)]
+struct Answer {
+    fields: Option<serde_json::Value>,
+    replay: Option<Replay>,
+}
+
+/// A join's replay (see `node::JoinedHistory`).
+struct Replay {
+    room: RoomId,
+    position: Option<Position>,
+    frames: Vec<Frame>,
+}
+
+impl Answer {
+    fn fields(fields: serde_json::Value) -> Answer {
+        Answer {
+            fields: Some(fields),
+            replay: None,
+        }
+    }
+
+    /// `{"room":..}`, and in a room with history `"offset"`, `"epoch"` (when known) and
+    /// `"recovered"` (when the join carried `since`).
+    fn joined(joined: Joined) -> Answer {
+        let mut fields = serde_json::Map::new();
+        fields.insert("room".into(), json!(joined.room.as_str()));
+        let Some(history) = joined.history else {
+            return Answer::fields(serde_json::Value::Object(fields));
+        };
+        if let Some(position) = &history.position {
+            fields.insert("offset".into(), json!(position.offset));
+            fields.insert("epoch".into(), json!(position.epoch.as_ref()));
+        }
+        if let Some(recovered) = history.recovered {
+            fields.insert("recovered".into(), json!(recovered));
+        }
+        Answer {
+            fields: Some(serde_json::Value::Object(fields)),
+            replay: Some(Replay {
+                room: joined.room,
+                position: history.position,
+                frames: history.replay,
+            }),
+        }
+    }
+}
+
 struct Connection<K> {
     node: Arc<Node>,
     /// Holds the node's connection slot until the connection is dropped.
@@ -509,9 +558,14 @@ where
             Ok((id, request)) => {
                 let outcome = self.dispatch(request, now).await;
                 match outcome {
-                    Ok(extra) => {
-                        self.reply(Frame::reply_ok(id.as_ref(), extra.as_ref()))
-                            .await
+                    Ok(answer) => {
+                        let ending = self
+                            .reply(Frame::reply_ok(id.as_ref(), answer.fields.as_ref()))
+                            .await;
+                        match answer.replay {
+                            Some(replay) => self.write_replay(replay, ending).await,
+                            None => ending,
+                        }
                     }
                     Err(error) => self.reply_error(id.as_ref(), &error).await,
                 }
@@ -519,14 +573,31 @@ where
         }
     }
 
+    /// Writes a join's replayed events right after its reply (unless the reply could not be
+    /// written), then lets the room's pushes kept aside meanwhile follow, without those the
+    /// replay carried.
+    async fn write_replay(&mut self, replay: Replay, ending: Option<Ending>) -> Option<Ending> {
+        let mut ending = ending;
+        for frame in replay.frames {
+            if ending.is_some() {
+                break;
+            }
+            metrics::counter!(names::MESSAGES_OUT, "kind" => "event").increment(1);
+            if !self.write(Outbound::Text(frame)).await {
+                ending = Some(self.ending_after_failed_write());
+            }
+        }
+        self.session
+            .handle
+            .end_recovery(&replay.room, replay.position.as_ref());
+        ending
+    }
+
     /// Runs one request; `Ok` carries extra reply fields.
-    async fn dispatch(
-        &mut self,
-        request: Request,
-        now: Instant,
-    ) -> Result<Option<serde_json::Value>, WireError> {
+    async fn dispatch(&mut self, request: Request, now: Instant) -> Result<Answer, WireError> {
         let kind = match &request {
             Request::Join { .. } => "join",
+            Request::History { .. } => "history",
             Request::Leave { .. } => "leave",
             Request::Heartbeat => "heartbeat",
             Request::Publish { .. } => "publish",
@@ -551,37 +622,42 @@ where
     }
 
     /// The work of one request (see [`Connection::dispatch`]).
-    async fn run_request(
-        &mut self,
-        request: Request,
-        now: Instant,
-    ) -> Result<Option<serde_json::Value>, WireError> {
+    async fn run_request(&mut self, request: Request, now: Instant) -> Result<Answer, WireError> {
         let node = self.node.clone();
         match request {
-            Request::Join { room } => {
-                let room = node.join(&mut self.session, &room).await?;
-                Ok(Some(json!({ "room": room.as_str() })))
+            Request::Join { room, since } => {
+                let joined = node.join(&mut self.session, &room, since.as_ref()).await?;
+                Ok(Answer::joined(joined))
+            }
+            Request::History { room, limit } => {
+                let (room, position, events) = node.history(&self.session, &room, limit).await?;
+                Ok(Answer::fields(json!({
+                    "room": room.as_str(),
+                    "offset": position.offset,
+                    "epoch": position.epoch.as_ref(),
+                    "events": events.iter().map(Frame::to_json).collect::<Vec<_>>(),
+                })))
             }
             Request::Leave { room } => {
                 let room = node.leave(&mut self.session, &room).await?;
-                Ok(Some(json!({ "room": room.as_str() })))
+                Ok(Answer::fields(json!({ "room": room.as_str() })))
             }
             Request::Heartbeat => {
                 self.heartbeat_since_keepalive = true;
                 self.refresh_presence(now).await?;
-                Ok(None)
+                Ok(Answer::default())
             }
             Request::Publish { room, event, data } => {
                 let delivery = node
                     .publish_from_client(&self.session, &room, &event, &data)
                     .await?;
-                Ok(Some(delivery.reply_fields()))
+                Ok(Answer::fields(delivery.reply_fields()))
             }
             Request::Presence { room } => {
                 let (room, members) = node.room_presence(&self.session, &room).await?;
-                Ok(Some(json!({ "room": room.as_str(), "members": members })))
+                Ok(Answer::fields(json!({ "room": room.as_str(), "members": members })))
             }
-            Request::Refresh { token } => self.refresh(&token).await.map(Some),
+            Request::Refresh { token } => self.refresh(&token).await.map(Answer::fields),
         }
     }
 
@@ -631,6 +707,8 @@ where
                 from: None,
                 data: &data,
                 ts: crate::protocol::unix_now_millis(),
+                offset: None,
+                epoch: None,
             });
             if let Some(ending) = self.reply(push).await {
                 return Some(ending);

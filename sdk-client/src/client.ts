@@ -408,6 +408,8 @@ export class RealtimeClient {
     // A moderator removed the user (the server already took the socket out, and may refuse a
     // re-join for a while): forget the room before anyone hears of it, so `joined` reads false.
     if (push.event === "room.removed") room?.revoke("a moderator removed the user from");
+    // Seen already (a replay overlapping live events): the app got it once, not again.
+    if (room?.seen(push)) return;
     this.emitter.emit("event", push);
     room?.dispatch(push);
   }

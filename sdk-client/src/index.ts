@@ -16,7 +16,7 @@ export {
   type WebSocketConstructorLike,
   type WebSocketLike,
 } from "./client.js";
-export { Room, type JoinedInfo, type PublishResult, type ResubscribedInfo } from "./room.js";
+export { Room, type JoinOptions, type JoinedInfo, type PublishResult, type ResubscribedInfo } from "./room.js";
 export {
   Notifications,
   type FetchLike,
@@ -46,8 +46,10 @@ export {
   type EventData,
   type EventMap,
   type EventPush,
+  type HistoryReply,
   type JsonRecord,
   type JsonValue,
+  type JoinReply,
   type MatchUpdateData,
   type NotificationNewData,
   type OkReply,
@@ -55,6 +57,7 @@ export {
   type OpMap,
   type ProgressUpdatedData,
   type Reply,
+  type RoomPosition,
   type RoomRemovedData,
   type RoomUserData,
   type TournamentStartData,

@@ -9,8 +9,8 @@ export const ERROR_CODES = [
   "invalid_token", "node_full", "origin_forbidden", "too_many_connections", "unauthorized", "api_disabled", "malformed_frame", "frame_too_large",
   "payload_too_large", "unknown_op", "invalid_request", "invalid_room_id", "unknown_room_type",
   "room_forbidden", "room_full", "too_many_rooms", "not_in_room", "publish_forbidden",
-  "presence_disabled", "invalid_event", "subject_mismatch", "rate_limited", "plugin_rejected",
-  "plugin_failed", "unavailable", "internal_error",
+  "presence_disabled", "history_disabled", "invalid_event", "subject_mismatch", "rate_limited",
+  "plugin_rejected", "plugin_failed", "unavailable", "internal_error",
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
@@ -126,11 +126,41 @@ export interface EventPush<Name extends string = string> {
   data: EventData<Name>;
   /** When the server accepted the event, Unix milliseconds. */
   ts: number;
+  /** Position in the room's history (room types with history; not on announcements). */
+  offset?: number;
+  /** The room's history epoch: changes when that history was lost, and offsets restart at 1. */
+  epoch?: string;
+}
+
+/** A place in a room's history: the last event seen (`offset`) in history `epoch`. */
+export interface RoomPosition {
+  offset: number;
+  epoch: string;
+}
+
+/**
+ * Reply to `join`. `offset`/`epoch`: the room's current position (room types with history, when the
+ * server could read it). `recovered`, only when the join carried `since` to a room type with history:
+ * true = the missed events follow the reply as ordinary pushes, in order; false = they cannot be
+ * served (too old, another epoch, history unavailable). Absent counts as false.
+ */
+export interface JoinReply {
+  room: string;
+  offset?: number;
+  epoch?: string;
+  recovered?: boolean;
+}
+
+/** Reply to `history`: the room's current position and its last events, oldest first. */
+export interface HistoryReply extends RoomPosition {
+  room: string;
+  events: EventPush[];
 }
 
 /** Request fields and reply fields (without `id`/`ok`) of each op. */
 export interface OpMap {
-  join: { request: { room: string }; reply: { room: string } };
+  /** `since`: the last position seen; the server then replays what came after it, if it can. */
+  join: { request: { room: string; since?: RoomPosition }; reply: JoinReply };
   leave: { request: { room: string }; reply: { room: string } };
   heartbeat: { request: Record<string, never>; reply: Record<string, never> };
   publish: {
@@ -139,6 +169,8 @@ export interface OpMap {
     reply: { delivered: boolean; reason?: string };
   };
   presence: { request: { room: string }; reply: { room: string; members: string[] } };
+  /** The room's last events, oldest first (`limit` capped by the room type's history_size). */
+  history: { request: { room: string; limit?: number }; reply: HistoryReply };
   /** `left`: rooms the new token's `rooms` claim no longer grants, already left (absent on older servers). */
   refresh: { request: { token: string }; reply: { expires_at: number; left?: string[] } };
 }

@@ -1,11 +1,11 @@
-// A room as the app sees it: join/leave/publish/presence, typed event
+// A room as the app sees it: join/leave/publish/presence/history, typed event
 // listeners, and the bookkeeping that lets the client re-join it after every
-// reconnect. The client owns the socket and the join pacing; a room only asks
+// reconnect and recover what it missed (its position in the room's history). The client owns the socket and the join pacing; a room only asks
 // it, through the small RoomHost interface, to send requests.
 
 import { Emitter, type Unsubscribe } from "./emitter.js";
 import { RealtimeError } from "./errors.js";
-import type { EventData, EventMap, EventPush, JsonValue, Op, OpMap } from "./protocol.js";
+import type { EventData, EventMap, EventPush, HistoryReply, JoinReply, JsonValue, Op, OpMap, RoomPosition } from "./protocol.js";
 
 /** What a room needs from its client. */
 export interface RoomHost {
@@ -23,8 +23,20 @@ export interface JoinedInfo {
 }
 
 export interface ResubscribedInfo {
-  /** Whether missed events were replayed. The server has no recovery yet: always false, so refetch. */
-  recovered: false;
+  /**
+   * True: the server replays what the room missed while disconnected; those events arrive as
+   * ordinary events, in order, none twice. False: events may have been missed (a room type without
+   * history, a position too old or from a lost history, the history store unavailable): refetch.
+   */
+  recovered: boolean;
+}
+
+export interface JoinOptions {
+  /**
+   * Recover from this position (e.g. a `room.position` saved earlier): the reply's `recovered` tells
+   * whether the missed events follow. Ignored while a join is already under way.
+   */
+  since?: RoomPosition;
 }
 
 export interface PublishResult {
@@ -33,8 +45,11 @@ export interface PublishResult {
   reason?: string;
 }
 
+/** Offsets seen beyond the contiguous position are remembered up to this many. */
+const AHEAD_LIMIT = 1000;
+
 interface JoinWaiter {
-  resolve: (reply: { room: string }) => void;
+  resolve: (reply: JoinReply) => void;
   reject: (error: RealtimeError) => void;
   timer: ReturnType<typeof setTimeout>;
 }
@@ -58,6 +73,10 @@ export class Room {
   private joinedBefore = false;
   private failuresSinceJoin = 0;
   private waiters: JoinWaiter[] = [];
+  /** Last offset seen with every earlier one seen too, in `epoch`; sent as `since` on a re-join. */
+  private pos: RoomPosition | undefined;
+  /** Offsets seen beyond `pos` (events from two publishing nodes may cross). */
+  private readonly ahead = new Set<number>();
 
   constructor(id: string, host: RoomHost) {
     this.id = id;
@@ -69,6 +88,14 @@ export class Room {
     return this.joinedNow;
   }
 
+  /**
+   * Where this socket is in the room's history (room types with history): the last event delivered
+   * with every earlier one delivered too. Kept after leave(), e.g. to pass as `join({ since })`.
+   */
+  get position(): Readonly<RoomPosition> | undefined {
+    return this.pos;
+  }
+
   /** @internal The client re-joins wanted rooms after each `connected` frame. */
   get isWanted(): boolean {
     return this.wanted;
@@ -77,9 +104,10 @@ export class Room {
   /**
    * Joins and remembers the room. Resolves once the server accepts (waiting for a connection if
    * there is none yet); rejects with the server's refusal (room_forbidden, room_full, ...) or with
-   * `timeout` after requestTimeoutMs. A rejected join forgets the room.
+   * `timeout` after requestTimeoutMs. A rejected join forgets the room. Resolves with the reply:
+   * the room's position and, with `since`, whether the missed events follow (`recovered`).
    */
-  join(): Promise<{ room: string }> {
+  join(options?: JoinOptions): Promise<JoinReply> {
     if (this.joinedNow) return Promise.resolve({ room: this.id });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -89,6 +117,9 @@ export class Room {
       // Already wanted means a join is queued or in flight (or waits for the connection).
       if (!this.wanted) {
         this.wanted = true;
+        // A first join counts from the reply's position, unless the app asks to recover.
+        this.pos = options?.since;
+        this.ahead.clear();
         this.host.enqueueJoin(this);
       }
     });
@@ -121,6 +152,15 @@ export class Room {
     return reply.reason === undefined ? { delivered: reply.delivered } : { delivered: reply.delivered, reason: reply.reason };
   }
 
+  /**
+   * The room's last events (at most `limit`, capped by the room type's history_size), oldest first,
+   * and its current position. Room types with history only (else `history_disabled`); the token
+   * must grant the room as for a join, but this socket need not be in it.
+   */
+  history(limit?: number): Promise<HistoryReply> {
+    return this.host.request("history", { room: this.id, limit });
+  }
+
   on(name: "joined", handler: (info: JoinedInfo) => void): Unsubscribe;
   on(name: "resubscribed", handler: (info: ResubscribedInfo) => void): Unsubscribe;
   on(name: "error", handler: (error: RealtimeError) => void): Unsubscribe;
@@ -137,10 +177,19 @@ export class Room {
   /** @internal Called by the client's pacer when this room's join may go out. */
   sendJoin(): void {
     if (!this.wanted || this.joinedNow) return;
-    this.host.request("join", { room: this.id }).then(
-      () => this.onJoinAccepted(),
+    // With a position (a re-join, or join({ since })), ask for what was missed since.
+    this.host.request("join", { room: this.id, since: this.pos }).then(
+      (reply) => this.onJoinAccepted(reply),
       (error: unknown) => this.onJoinFailed(error),
     );
+  }
+
+  /**
+   * @internal Records a push's position; true when it was seen already (the client drops it).
+   * Pushes without a position (rooms without history, announcements) are never duplicates.
+   */
+  seen(push: EventPush): boolean {
+    return this.wanted && push.epoch !== undefined && !this.track(Number(push.offset), push.epoch);
   }
 
   /** @internal A push for this room. */
@@ -169,21 +218,44 @@ export class Room {
     this.rejectWaiters(error);
   }
 
-  private onJoinAccepted(): void {
+  private onJoinAccepted(reply: JoinReply): void {
     if (!this.wanted) {
       // leave() or a timeout came first: undo the join the server just made.
       this.host.request("leave", { room: this.id }).catch(() => undefined);
       return;
     }
     const reconnected = this.joinedBefore;
+    const recovered = reply.recovered === true;
     this.joinedNow = true;
     this.failuresSinceJoin = 0;
+    // Not recovered: whatever was missed will not come, so count from the room's position now
+    // (none when the server could not read it: the next event sets it).
+    if (!recovered) reply.epoch === undefined ? (this.pos = undefined) : this.track(Number(reply.offset), reply.epoch, true);
     for (const waiter of this.waiters.splice(0)) {
       clearTimeout(waiter.timer);
-      waiter.resolve({ room: this.id });
+      waiter.resolve(reply);
     }
     this.emitter.emit("joined", { reconnected });
-    if (reconnected) this.emitter.emit("resubscribed", { recovered: false });
+    if (reconnected) this.emitter.emit("resubscribed", { recovered });
+  }
+
+  /**
+   * Records offset `offset` of `epoch`; false when it was seen already. `jump`: everything up to
+   * `offset` counts as seen (a join reply's position). Another epoch starts over from `offset`.
+   */
+  private track(offset: number, epoch: string, jump?: boolean): boolean {
+    const { pos, ahead } = this;
+    let top = offset;
+    if (pos?.epoch === epoch) {
+      if (offset <= pos.offset || (ahead.has(offset) && !jump)) return false;
+      ahead.add(offset);
+      // Too many gaps (offsets that will never come): give up on them and count from the highest.
+      top = pos.offset;
+      if (jump || ahead.size > AHEAD_LIMIT) (top = Math.max(...ahead)), ahead.clear();
+      while (ahead.delete(top + 1)) top++;
+    } else ahead.clear();
+    this.pos = { offset: top, epoch };
+    return true;
   }
 
   private onJoinFailed(error: unknown): void {

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic};
+use super::history::{EncodeAt, HistoryPolicy, HistoryStore, Position, Recovery};
 use super::presence::{Arrival, NodeStatus, PresenceStore, SocketEntry};
 use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
@@ -452,5 +453,189 @@ impl RateLimiter for MemoryRateLimiter {
                 retry_after: entry.1 - now,
             }
         })
+    }
+}
+
+/// Room history in this process (the embedded default, one node). Appends to a room are
+/// serialised by one lock, so offsets are contiguous by construction. Rooms whose events have
+/// all expired are forgotten by a sweep every [`SWEEP_EVERY_ACCESSES`] calls (their next event
+/// starts a new epoch), so memory holds at most `size` frames per room that published recently.
+#[derive(Default)]
+pub struct MemoryHistory {
+    rooms: Mutex<HashMap<RoomId, RoomLog>>,
+    accesses: AtomicU64,
+}
+
+const SWEEP_EVERY_ACCESSES: u64 = 4096;
+
+/// How long a room with no event kept stays known (its epoch with it) after its last use.
+const EMPTY_ROOM_KEPT_FOR: Duration = Duration::from_secs(600);
+
+struct RoomLog {
+    epoch: Arc<str>,
+    last_offset: u64,
+    /// (offset, stored at, frame), oldest first.
+    events: std::collections::VecDeque<(u64, Instant, Frame)>,
+    /// The policy of the last access, for the sweep.
+    policy: HistoryPolicy,
+    touched: Instant,
+}
+
+impl RoomLog {
+    fn new(policy: &HistoryPolicy) -> RoomLog {
+        RoomLog {
+            epoch: super::history::new_epoch(),
+            last_offset: 0,
+            events: std::collections::VecDeque::new(),
+            policy: *policy,
+            touched: Instant::now(),
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            offset: self.last_offset,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    /// Drops events beyond the policy's size or age.
+    fn trim(&mut self, policy: &HistoryPolicy, now: Instant) {
+        while self.events.len() > policy.size {
+            self.events.pop_front();
+        }
+        if let Some(ttl) = policy.ttl {
+            let had_events = !self.events.is_empty();
+            while self
+                .events
+                .front()
+                .is_some_and(|(_, stored, _)| now.duration_since(*stored) > ttl)
+            {
+                self.events.pop_front();
+            }
+            // Every event expired: the room's history is lost, as it is on JetStream (where the
+            // position is read from the last record), so the sequence starts again.
+            if had_events && self.events.is_empty() {
+                *self = RoomLog::new(policy);
+            }
+        }
+    }
+
+    /// The frames after `offset`, or `None` when one of them is no longer kept.
+    fn after(&self, offset: u64) -> Option<Vec<Frame>> {
+        let missed = self.last_offset - offset;
+        if missed as usize > self.events.len() {
+            return None;
+        }
+        let skip = self.events.len() - missed as usize;
+        Some(
+            self.events
+                .iter()
+                .skip(skip)
+                .map(|(_, _, frame)| frame.clone())
+                .collect(),
+        )
+    }
+}
+
+impl MemoryHistory {
+    pub fn new() -> MemoryHistory {
+        MemoryHistory::default()
+    }
+
+    /// The room's log, trimmed to the policy; created (with a new epoch) when missing.
+    fn with_log<T>(
+        &self,
+        room: &RoomId,
+        policy: &HistoryPolicy,
+        work: impl FnOnce(&mut RoomLog) -> T,
+    ) -> T {
+        if self.accesses.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY_ACCESSES == 0 {
+            self.sweep();
+        }
+        let now = Instant::now();
+        let mut rooms = self.rooms.lock();
+        let log = rooms
+            .entry(room.clone())
+            .or_insert_with(|| RoomLog::new(policy));
+        log.policy = *policy;
+        log.touched = now;
+        log.trim(policy, now);
+        work(log)
+    }
+
+    /// Trims every room by its policy and forgets rooms that hold no event and have not been
+    /// used for [`EMPTY_ROOM_KEPT_FOR`] (their next event starts a new epoch).
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.rooms.lock().retain(|_, log| {
+            let policy = log.policy;
+            log.trim(&policy, now);
+            !log.events.is_empty() || now.duration_since(log.touched) < EMPTY_ROOM_KEPT_FOR
+        });
+    }
+}
+
+#[async_trait]
+impl HistoryStore for MemoryHistory {
+    async fn append(
+        &self,
+        room: &RoomId,
+        policy: &HistoryPolicy,
+        encode: EncodeAt<'_>,
+    ) -> Result<(Position, Frame), StoreError> {
+        Ok(self.with_log(room, policy, |log| {
+            log.last_offset += 1;
+            let position = log.position();
+            let frame = encode(&position);
+            log.events
+                .push_back((position.offset, Instant::now(), frame.clone()));
+            log.trim(policy, Instant::now());
+            (position, frame)
+        }))
+    }
+
+    async fn position(
+        &self,
+        room: &RoomId,
+        policy: &HistoryPolicy,
+    ) -> Result<Position, StoreError> {
+        Ok(self.with_log(room, policy, |log| log.position()))
+    }
+
+    async fn since(
+        &self,
+        room: &RoomId,
+        policy: &HistoryPolicy,
+        since: &Position,
+    ) -> Result<Recovery, StoreError> {
+        Ok(self.with_log(room, policy, |log| {
+            let position = log.position();
+            if since.epoch != log.epoch || since.offset > log.last_offset {
+                return Recovery::NotRecovered { position };
+            }
+            match log.after(since.offset) {
+                Some(events) => Recovery::Recovered { position, events },
+                None => Recovery::NotRecovered { position },
+            }
+        }))
+    }
+
+    async fn latest(
+        &self,
+        room: &RoomId,
+        policy: &HistoryPolicy,
+        limit: usize,
+    ) -> Result<(Position, Vec<Frame>), StoreError> {
+        Ok(self.with_log(room, policy, |log| {
+            let skip = log.events.len().saturating_sub(limit);
+            let events = log
+                .events
+                .iter()
+                .skip(skip)
+                .map(|(_, _, frame)| frame.clone())
+                .collect();
+            (log.position(), events)
+        }))
     }
 }

@@ -1,6 +1,7 @@
 //! Backend interfaces shared by every node: the [`Broker`] (fan-out between nodes), the
 //! [`PresenceStore`] (who is online), the [`RoomStore`] (who is in which room) and the
-//! [`RateLimiter`] (per-user request budgets).
+//! [`RateLimiter`] (per-user request budgets) and the [`HistoryStore`] (each room's recent
+//! events, for recovery after a reconnect; in memory or on JetStream, `history_jetstream`).
 //!
 //! Each is a narrow trait with stated guarantees, held as `Arc<dyn ...>`. The in-memory
 //! implementations in [`memory`] are the embedded default for a single node; every backend runs
@@ -9,6 +10,8 @@
 
 pub mod broker;
 mod coalesce;
+pub mod history;
+pub mod history_jetstream;
 pub mod memory;
 pub mod nats;
 pub mod presence;
@@ -17,6 +20,7 @@ pub mod redis;
 pub mod rooms;
 
 pub use broker::{Broker, DeliveryHandler, Topic};
+pub use history::{HistoryPolicy, HistoryStore, Position, Recovery};
 pub use presence::{Arrival, NodeStatus, PresenceStore, SocketEntry};
 pub use rate_limit::{RateDecision, RateLimiter};
 pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};

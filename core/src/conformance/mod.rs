@@ -4,6 +4,8 @@
 //! cross-node guarantees are tested too. Names are random per run, so suites can share a real
 //! Redis or NATS with other tests. A failed guarantee panics with the guarantee's name.
 
+pub mod history;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
