@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use realtime_core::config::{RedisSettings, Settings};
 use realtime_core::conformance::{broker_suite, presence_suite, room_suite};
+use realtime_core::stores::history_jetstream::JetStreamHistory;
 use realtime_core::stores::nats::{NatsBroker, connect};
 use realtime_core::stores::redis::{
     RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore,
 };
-use realtime_core::stores::history_jetstream::JetStreamHistory;
 use realtime_core::stores::{Broker, HistoryStore, PresenceStore, RoomStore};
 use realtime_tests::{NATS_URL, REDIS_URL, unique};
 
@@ -123,8 +123,7 @@ async fn postgres_notification_store_conforms() {
 
 /// Every call is one more node: its own NATS connection, the same JetStream streams.
 fn jetstream_history_nodes()
--> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn HistoryStore>> + Send>>
-{
+-> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn HistoryStore>> + Send>> {
     || {
         Box::pin(async {
             let client = connect(NATS_URL, &unique("history-node"))

@@ -5,6 +5,7 @@ mod browser_path;
 mod cluster;
 mod faults;
 mod handshake;
+mod history;
 mod jwks;
 mod lifecycle;
 mod malformed;

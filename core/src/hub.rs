@@ -510,13 +510,7 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
     /// [`yields_after`].
     /// `room`: the room the frame is for (`None` for a user's frame), so that a socket
     /// replaying the room's history keeps it aside.
-    fn fan_out(
-        &self,
-        key: &K,
-        room: Option<&RoomId>,
-        frame: &Frame,
-        yield_every: usize,
-    ) -> usize {
+    fn fan_out(&self, key: &K, room: Option<&RoomId>, frame: &Frame, yield_every: usize) -> usize {
         // Copied out so the shard's lock is not held across the pushes, which may write to
         // sockets (a syscall each) while joins to the shard's rooms wait.
         let mut recipients = Vec::new();
@@ -776,6 +770,75 @@ mod tests {
         assert!(outsider.next_frame().is_none());
         assert!(!hub.remove_from_room(&room, "s1"));
         assert!(hub.remove_from_room(&room, "s2"));
+    }
+
+    fn positioned(room: &str, offset: u64, epoch: &str) -> Frame {
+        Frame::from_encoded(Bytes::from(format!(
+            r#"{{"type":"event","event":"e","room":"{room}","data":{{"offset":999}},"offset":{offset},"epoch":"{epoch}"}}"#
+        )))
+        .unwrap()
+    }
+
+    fn offset_of(frame: &Frame) -> Option<u64> {
+        frame.history_position().map(|position| position.offset)
+    }
+
+    /// A join that replays history: the room's pushes that arrive meanwhile wait, and those the
+    /// replay already carried (at or before its position, same epoch) are dropped; the rest,
+    /// announcements and events of another epoch included, follow in order, and pushes after
+    /// the recovery ends come after them. Other rooms are not held.
+    #[tokio::test]
+    async fn pushes_during_a_replay_wait_and_skip_what_the_replay_carried() {
+        let hub = Hub::new(64);
+        let room = RoomId::parse("competition:a").unwrap();
+        let other_room = RoomId::parse("competition:b").unwrap();
+        let phone = socket("s1", "u1", 16);
+        phone.begin_recovery(&room);
+        hub.add_to_room(&room, &phone);
+        hub.add_to_room(&other_room, &phone);
+        let room_topic = Topic::Room(room.clone());
+        for offset in [5, 6, 7] {
+            hub.deliver(&room_topic, &positioned("competition:a", offset, "E"));
+        }
+        let announcement = Frame::from_encoded(Bytes::from_static(
+            br#"{"type":"event","event":"room.user_joined","room":"competition:a","data":{}}"#,
+        ))
+        .unwrap();
+        hub.deliver(&room_topic, &announcement);
+        hub.deliver(&room_topic, &positioned("competition:a", 1, "NEW"));
+        hub.deliver(
+            &Topic::Room(other_room.clone()),
+            &positioned("competition:b", 40, "E"),
+        );
+        assert_eq!(
+            offset_of(&next(&phone).await),
+            Some(40),
+            "another room's push is not held"
+        );
+        assert!(phone.next_frame().is_none(), "the room's pushes wait");
+
+        let replayed = Position {
+            offset: 6,
+            epoch: Arc::from("E"),
+        };
+        phone.end_recovery(&room, Some(&replayed));
+        hub.deliver(&room_topic, &positioned("competition:a", 8, "E"));
+        assert_eq!(
+            offset_of(&next(&phone).await),
+            Some(7),
+            "newer than the replay"
+        );
+        assert_eq!(next(&phone).await.bytes(), announcement.bytes());
+        assert_eq!(
+            offset_of(&next(&phone).await),
+            Some(1),
+            "another epoch follows"
+        );
+        assert_eq!(offset_of(&next(&phone).await), Some(8), "then live pushes");
+        assert!(
+            phone.next_frame().is_none(),
+            "5 and 6 were dropped as replayed"
+        );
     }
 
     /// A lane that records what the hub hands it and answers every push the same way.

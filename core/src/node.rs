@@ -366,7 +366,10 @@ impl Node {
     }
 
     /// The room type's history policy and the store keeping it, when the room has history.
-    fn history_of(&self, room_type: &RoomTypeSettings) -> Option<(HistoryPolicy, &Arc<dyn HistoryStore>)> {
+    fn history_of(
+        &self,
+        room_type: &RoomTypeSettings,
+    ) -> Option<(HistoryPolicy, &Arc<dyn HistoryStore>)> {
         Some((room_type.history()?, self.backends.history.as_ref()?))
     }
 
@@ -693,7 +696,11 @@ impl Node {
                 },
             ),
             Ok(Recovery::NotRecovered { position }) => (
-                if since.is_some() { "not_recovered" } else { "position" },
+                if since.is_some() {
+                    "not_recovered"
+                } else {
+                    "position"
+                },
                 JoinedHistory {
                     position: Some(position),
                     recovered: since.map(|_| false),

@@ -126,12 +126,16 @@ impl Answer {
         }
     }
 
-    /// `{"room":..}`, and in a room with history `"offset"`, `"epoch"` (when known) and
-    /// `"recovered"` (when the join carried `since`).
-    fn joined(joined: Joined) -> Answer {
+    /// `{"room":..}`, and in a room with history `"offset"`, `"epoch"` (when known);
+    /// `"recovered"` whenever the join carried `since` (false where nothing could be replayed:
+    /// a room without history, or one the socket was already in).
+    fn joined(joined: Joined, with_since: bool) -> Answer {
         let mut fields = serde_json::Map::new();
         fields.insert("room".into(), json!(joined.room.as_str()));
         let Some(history) = joined.history else {
+            if with_since {
+                fields.insert("recovered".into(), json!(false));
+            }
             return Answer::fields(serde_json::Value::Object(fields));
         };
         if let Some(position) = &history.position {
@@ -627,7 +631,7 @@ where
         match request {
             Request::Join { room, since } => {
                 let joined = node.join(&mut self.session, &room, since.as_ref()).await?;
-                Ok(Answer::joined(joined))
+                Ok(Answer::joined(joined, since.is_some()))
             }
             Request::History { room, limit } => {
                 let (room, position, events) = node.history(&self.session, &room, limit).await?;
@@ -655,7 +659,9 @@ where
             }
             Request::Presence { room } => {
                 let (room, members) = node.room_presence(&self.session, &room).await?;
-                Ok(Answer::fields(json!({ "room": room.as_str(), "members": members })))
+                Ok(Answer::fields(
+                    json!({ "room": room.as_str(), "members": members }),
+                ))
             }
             Request::Refresh { token } => self.refresh(&token).await.map(Answer::fields),
         }

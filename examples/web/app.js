@@ -1,6 +1,6 @@
 // A live match page on the realtime client SDK, no framework: the connection state, a room's
-// score (`match.update` with `{ score: [a, b] }`), who is in the room, and the user's
-// notifications with mark-as-read buttons.
+// score (`match.update` with `{ score: [a, b] }`; the last one read from the room's history on
+// join), who is in the room, and the user's notifications with mark-as-read buttons.
 //
 // Query string: ?server=http://127.0.0.1:8080&token=<JWT>&room=competition:42
 //   server  the realtime server's base URL (http(s)://host:port; a ws(s)://.../ws URL works too)
@@ -105,12 +105,34 @@ function main() {
     $("score-updated").textContent = new Date().toLocaleTimeString();
   }
 
-  room.on("match.update", (data) => {
-    if (Array.isArray(data?.score) && data.score.length === 2) {
-      renderScore(data.score);
-      log(`match.update ${JSON.stringify(data.score)}`);
+  // The room position of the score on screen, so that a history read crossing a live event never
+  // puts an older score over a newer one (offsets grow within an epoch; a new epoch is newer).
+  let shown = { offset: 0, epoch: "" };
+  function showScore(data, push) {
+    if (!Array.isArray(data?.score) || data.score.length !== 2) return false;
+    if (push.epoch !== undefined) {
+      if (push.epoch === shown.epoch && push.offset <= shown.offset) return false;
+      shown = { offset: push.offset, epoch: push.epoch };
     }
+    renderScore(data.score);
+    return true;
+  }
+
+  room.on("match.update", (data, push) => {
+    if (showScore(data, push)) log(`match.update ${JSON.stringify(data.score)}`);
   });
+
+  // The last score from the room's history (competition rooms keep one): after the first join,
+  // and after a re-join that could not replay what was missed while away.
+  async function loadLastScore() {
+    try {
+      const { events } = await room.history(1);
+      const last = events[events.length - 1];
+      if (last?.event === "match.update") showScore(last.data, last);
+    } catch (error) {
+      log(`history: ${error.code ?? error.message}`);
+    }
+  }
 
   function renderPresence(members) {
     const list = $("presence");
@@ -138,7 +160,9 @@ function main() {
   room.on("room.user_joined", () => refreshPresence());
   room.on("room.user_left", () => refreshPresence());
   room.on("resubscribed", ({ recovered }) => {
-    log(`room ${roomId} re-joined${recovered ? "" : " (events while away may be missed)"}`);
+    // recovered: the events missed while away follow, in order; otherwise read the last score.
+    log(`room ${roomId} re-joined${recovered ? ", missed events replayed" : ", missed events lost: reading the last score"}`);
+    if (!recovered) loadLastScore();
     refreshPresence();
   });
 
@@ -246,6 +270,7 @@ function main() {
       .join()
       .then(() => {
         log(`joined ${roomId}`);
+        loadLastScore();
         return refreshPresence();
       })
       .catch((error) => {

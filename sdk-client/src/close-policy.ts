@@ -3,7 +3,16 @@
 // so the whole table is unit-testable apart from sockets and timers.
 
 import type { RealtimeErrorCode } from "./errors.js";
-import { CLOSE_CODES } from "./protocol.js";
+
+// The codes this table reads, as in CLOSE_CODES (src/protocol.ts). Plain numbers rather than
+// CLOSE_CODES.x, so that bundles (RealtimeClient) need not carry the whole CLOSE_CODES map.
+const PROTOCOL_ERROR = 1002;
+const INVALID_PAYLOAD = 1007;
+const MESSAGE_TOO_BIG = 1009;
+const SERVER_RESTART = 1012;
+const RATE_LIMITED = 4003;
+const INVALID_TOKEN = 4501;
+const ORIGIN_FORBIDDEN = 4502;
 
 export type CloseDecision =
   /** Final: state "closed", emit an error with this code. */
@@ -20,17 +29,17 @@ export type CloseDecision =
 /** Close codes after which retrying cannot help until the client (or its config) changes. */
 function isStopCode(code: number): boolean {
   return (
-    code === CLOSE_CODES.protocol_error ||
-    code === CLOSE_CODES.invalid_payload ||
-    code === CLOSE_CODES.message_too_big ||
+    code === PROTOCOL_ERROR ||
+    code === INVALID_PAYLOAD ||
+    code === MESSAGE_TOO_BIG ||
     (code >= 4500 && code <= 4999)
   );
 }
 
 function stopErrorCode(code: number): RealtimeErrorCode {
-  if (code === CLOSE_CODES.invalid_token) return "invalid_token";
-  if (code === CLOSE_CODES.origin_forbidden) return "origin_forbidden";
-  if (code === CLOSE_CODES.message_too_big) return "frame_too_large";
+  if (code === INVALID_TOKEN) return "invalid_token";
+  if (code === ORIGIN_FORBIDDEN) return "origin_forbidden";
+  if (code === MESSAGE_TOO_BIG) return "frame_too_large";
   return "closed";
 }
 
@@ -39,10 +48,10 @@ function stopErrorCode(code: number): RealtimeErrorCode {
  * A token provider that keeps handing out a bad token must end in an auth error, not a loop.
  */
 export function decideAfterClose(code: number, invalidTokenRetryUsed: boolean): CloseDecision {
-  if (code === CLOSE_CODES.invalid_token && !invalidTokenRetryUsed) return { action: "retry_now" };
+  if (code === INVALID_TOKEN && !invalidTokenRetryUsed) return { action: "retry_now" };
   if (isStopCode(code)) return { action: "stop", errorCode: stopErrorCode(code) };
-  if (code === CLOSE_CODES.server_restart) return { action: "restart_jitter" };
-  if (code === CLOSE_CODES.rate_limited) return { action: "rate_limited_backoff" };
+  if (code === SERVER_RESTART) return { action: "restart_jitter" };
+  if (code === RATE_LIMITED) return { action: "rate_limited_backoff" };
   // 1000, 4000-4499 (4001 gets its fresh token because every attempt calls getToken()),
   // 1006, 1011 and anything unknown.
   return { action: "backoff" };

@@ -1,7 +1,9 @@
 // A room as the app sees it: join/leave/publish/presence/history, typed event
 // listeners, and the bookkeeping that lets the client re-join it after every
-// reconnect and recover what it missed (its position in the room's history). The client owns the socket and the join pacing; a room only asks
-// it, through the small RoomHost interface, to send requests.
+// reconnect and recover what it missed (its position in the room's history,
+// which also drops duplicate events). The client owns the socket and the join
+// pacing; a room only asks it, through the small RoomHost interface, to send
+// requests.
 
 import { Emitter, type Unsubscribe } from "./emitter.js";
 import { RealtimeError } from "./errors.js";
@@ -189,7 +191,7 @@ export class Room {
    * Pushes without a position (rooms without history, announcements) are never duplicates.
    */
   seen(push: EventPush): boolean {
-    return this.wanted && push.epoch !== undefined && !this.track(Number(push.offset), push.epoch);
+    return this.wanted && !this.track(push);
   }
 
   /** @internal A push for this room. */
@@ -230,7 +232,7 @@ export class Room {
     this.failuresSinceJoin = 0;
     // Not recovered: whatever was missed will not come, so count from the room's position now
     // (none when the server could not read it: the next event sets it).
-    if (!recovered) reply.epoch === undefined ? (this.pos = undefined) : this.track(Number(reply.offset), reply.epoch, true);
+    if (!recovered) this.track(reply, true);
     for (const waiter of this.waiters.splice(0)) {
       clearTimeout(waiter.timer);
       waiter.resolve(reply);
@@ -240,20 +242,26 @@ export class Room {
   }
 
   /**
-   * Records offset `offset` of `epoch`; false when it was seen already. `jump`: everything up to
-   * `offset` counts as seen (a join reply's position). Another epoch starts over from `offset`.
+   * Records a position; false when it was seen already. `jump` (a join reply that recovered
+   * nothing): everything up to `offset` counts as seen, and no epoch means no position. A push
+   * without an epoch is never a duplicate; another epoch starts over from `offset`.
    */
-  private track(offset: number, epoch: string, jump?: boolean): boolean {
+  private track({ offset = 0, epoch }: Partial<RoomPosition>, jump?: boolean): boolean {
     const { pos, ahead } = this;
+    if (epoch === undefined) {
+      if (jump) this.pos = undefined;
+      return true;
+    }
     let top = offset;
-    if (pos?.epoch === epoch) {
-      if (offset <= pos.offset || (ahead.has(offset) && !jump)) return false;
+    if (pos?.epoch !== epoch) ahead.clear();
+    else if (offset <= pos.offset || (ahead.has(offset) && !jump)) return false;
+    else {
       ahead.add(offset);
       // Too many gaps (offsets that will never come): give up on them and count from the highest.
-      top = pos.offset;
-      if (jump || ahead.size > AHEAD_LIMIT) (top = Math.max(...ahead)), ahead.clear();
+      top = jump ? offset : ahead.size > AHEAD_LIMIT ? Math.max(...ahead) : pos.offset;
+      for (const seen of ahead) if (seen <= top) ahead.delete(seen);
       while (ahead.delete(top + 1)) top++;
-    } else ahead.clear();
+    }
     this.pos = { offset: top, epoch };
     return true;
   }

@@ -562,7 +562,11 @@ impl ServiceProcess {
 
     /// A nats-server without JetStream on a free port (what a default nats-server runs).
     pub async fn nats_without_jetstream() -> Result<ServiceProcess> {
-        let port = free_port()?;
+        Self::nats_without_jetstream_on(free_port()?).await
+    }
+
+    /// A nats-server without JetStream on `port` (a JetStream server restarted without it).
+    pub async fn nats_without_jetstream_on(port: u16) -> Result<ServiceProcess> {
         let workdir = TempDir::new("nats-plain")?;
         let args = ["-a", "127.0.0.1", "-p", &port.to_string()]
             .map(String::from)

@@ -15,13 +15,7 @@ use crate::room::RoomId;
 use crate::stores::{HistoryPolicy, HistoryStore, Position, Recovery};
 
 /// `history_small`: five events per room, no age limit.
-pub const SMALL: (&str, HistoryPolicy) = (
-    "history_small",
-    HistoryPolicy {
-        size: 5,
-        ttl: None,
-    },
-);
+pub const SMALL: (&str, HistoryPolicy) = ("history_small", HistoryPolicy { size: 5, ttl: None });
 /// `history_big`: a thousand events per room, no age limit.
 pub const BIG: (&str, HistoryPolicy) = (
     "history_big",
@@ -151,11 +145,19 @@ where
     let stored_frames: Vec<Frame> = stored.iter().map(|(_, frame)| frame.clone()).collect();
     assert_eq!(bytes(&latest), bytes(&stored_frames), "{guarantee}: latest");
     let (_, last_two) = reader.latest(&room, &policy, 2).await.unwrap();
-    assert_eq!(bytes(&last_two), bytes(&stored_frames[2..]), "{guarantee}: latest(2)");
+    assert_eq!(
+        bytes(&last_two),
+        bytes(&stored_frames[2..]),
+        "{guarantee}: latest(2)"
+    );
     let since = reader.since(&room, &policy, &stored[0].0).await.unwrap();
     let (position, events) = recovered(since, guarantee);
     assert_eq!(position, stored[3].0, "{guarantee}: since position");
-    assert_eq!(bytes(&events), bytes(&stored_frames[1..]), "{guarantee}: since");
+    assert_eq!(
+        bytes(&events),
+        bytes(&stored_frames[1..]),
+        "{guarantee}: since"
+    );
 }
 
 /// Exact recovery, including from an empty room: the position given for a room with no event
@@ -287,7 +289,10 @@ where
         fresh.epoch, old.epoch,
         "{guarantee}: a room whose history was lost starts a new epoch"
     );
-    assert_eq!(fresh.offset, 1, "{guarantee}: a new epoch starts at offset 1");
+    assert_eq!(
+        fresh.offset, 1,
+        "{guarantee}: a new epoch starts at offset 1"
+    );
 }
 
 /// Declares module `$module` with one `#[tokio::test]` per history guarantee, each named after

@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::StoreError;
-pub use crate::protocol::{MAX_EPOCH_CHARS, Position};
 use crate::protocol::Frame;
+pub use crate::protocol::{MAX_EPOCH_CHARS, Position};
 use crate::room::RoomId;
 
 /// A new epoch name: 64 random bits in hex. Random rather than a counter so that two nodes

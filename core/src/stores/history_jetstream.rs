@@ -55,9 +55,15 @@ const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequenc
 const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 /// After a failure, calls fail at once for this long instead of waiting again.
 const BACKOFF_AFTER_FAILURE: Duration = Duration::from_secs(1);
-/// Rereads after "wrong last sequence" before an append gives up; each one means another node
-/// stored an event meanwhile, so reaching it takes a room written by many nodes at once.
-const MAX_APPEND_ATTEMPTS: usize = 16;
+/// How long an append may keep losing races before it gives up: each lost race means another
+/// node stored an event of the room meanwhile. A node whose cached tail is current needs one
+/// round trip and a node that lost needs two (reread, publish), so a node that writes a room
+/// back to back can win many times in a row; a time budget rather than a count keeps the loser
+/// trying for as long as one slow call would have taken.
+const APPEND_RACE_BUDGET: Duration = CALL_TIMEOUT;
+/// Conflicts an append retries at once before it pauses a random moment between attempts
+/// (nodes racing symmetrically then take turns instead of colliding again).
+const CONFLICTS_BEFORE_PAUSING: u32 = 3;
 /// Rooms whose last record this node remembers; beyond it the memory is cleared (a cleared room
 /// costs one extra read on its next append).
 const MAX_CACHED_TAILS: usize = 100_000;
@@ -330,7 +336,9 @@ impl JetStreamHistory {
                 .await
                 .map_err(|error| self.note_failure(error))?,
         };
-        for attempt_number in 0..MAX_APPEND_ATTEMPTS {
+        let racing_since = Instant::now();
+        let mut conflicts = 0u32;
+        while racing_since.elapsed() < APPEND_RACE_BUDGET {
             let attempt = self.next_attempt(room, tail.as_ref(), first_offset);
             let frame = encode.map(|encode| encode(&attempt.position));
             let mut headers = HeaderMap::new();
@@ -362,11 +370,10 @@ impl JetStreamHistory {
                     return Ok((attempt.position, frame));
                 }
                 Err(Stored::Conflict) => {
-                    // Another node stored a record first: continue after it. From the second
-                    // conflict on, wait a random moment so that nodes racing on one room take
-                    // turns instead of colliding again.
-                    if attempt_number > 0 {
-                        let pause = rand::random::<u64>() % (500 * attempt_number as u64);
+                    // Another node stored a record first: continue after it.
+                    conflicts += 1;
+                    if conflicts > CONFLICTS_BEFORE_PAUSING {
+                        let pause = rand::random::<u64>() % (100 * u64::from(conflicts).min(20));
                         tokio::time::sleep(Duration::from_micros(pause)).await;
                     }
                     tail = self
@@ -391,7 +398,7 @@ impl JetStreamHistory {
         }
         self.forget_tail(room);
         Err(StoreError::Unavailable(format!(
-            "jetstream history: {room} changed {MAX_APPEND_ATTEMPTS} times during one append"
+            "jetstream history: {room} changed {conflicts} times during one append"
         )))
     }
 

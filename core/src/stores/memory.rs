@@ -550,7 +550,11 @@ impl MemoryHistory {
         policy: &HistoryPolicy,
         work: impl FnOnce(&mut RoomLog) -> T,
     ) -> T {
-        if self.accesses.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY_ACCESSES == 0 {
+        if self
+            .accesses
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY_ACCESSES)
+        {
             self.sweep();
         }
         let now = Instant::now();

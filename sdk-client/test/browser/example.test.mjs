@@ -1,6 +1,6 @@
-// Real-browser test of the example page (examples/web/): it connects, shows presence, survives a
-// killed and restarted server, shows a published score and a live notification, marks it read,
-// and renders (screenshot).
+// Real-browser test of the example page (examples/web/): it connects, shows presence and the last
+// score (from the room's history), survives a killed and restarted server, shows a published
+// score and a live notification, marks it read, and renders (screenshot).
 
 import assert from "node:assert/strict";
 import fs from "node:fs/promises";
@@ -61,6 +61,8 @@ test("the example page shows state, score, presence and notifications, across a 
   page.problems = [];
   page.on("pageerror", (error) => page.problems.push(`pageerror: ${error.message}`));
 
+  // A score from before the page opened: the page reads it from the room's history on join.
+  await publish(server, ROOM, "match.update", { score: [0, 1] });
   const token = mintToken({ sub: "alice", rooms: ["competition:*"] });
   const query = new URLSearchParams({ server: server.httpUrl, token, room: ROOM });
   await page.goto(`${statics.origin}/examples/web/index.html?${query}`, { timeout: 15_000 });
@@ -71,6 +73,7 @@ test("the example page shows state, score, presence and notifications, across a 
   assert.equal(await text(page, "#user"), "alice");
   assert.equal(await text(page, "#room-id"), ROOM);
   await page.waitForSelector('#presence li[data-user="alice"]', { timeout: 10_000 });
+  await waitText(page, "#score", "0 : 1");
   await publish(server, ROOM, "match.update", { score: [1, 0] });
   await waitText(page, "#score", "1 : 0");
 

@@ -46,6 +46,15 @@ describe("close policy", () => {
     expect(decideAfterClose(CLOSE_CODES.access_revoked, true)).toEqual({ action: "stop", errorCode: "closed" });
   });
 
+  it("the codes the table names are CLOSE_CODES' (close-policy.ts keeps them as plain numbers)", () => {
+    expect(decideAfterClose(CLOSE_CODES.protocol_error, false)).toEqual({ action: "stop", errorCode: "closed" });
+    expect(decideAfterClose(CLOSE_CODES.invalid_payload, false)).toEqual({ action: "stop", errorCode: "closed" });
+    expect(decideAfterClose(CLOSE_CODES.message_too_big, false)).toEqual({ action: "stop", errorCode: "frame_too_large" });
+    expect(decideAfterClose(CLOSE_CODES.origin_forbidden, false)).toEqual({ action: "stop", errorCode: "origin_forbidden" });
+    expect(decideAfterClose(CLOSE_CODES.server_restart, false)).toEqual({ action: "restart_jitter" });
+    expect(decideAfterClose(CLOSE_CODES.rate_limited, false)).toEqual({ action: "rate_limited_backoff" });
+  });
+
   it("4501 retries once at once, then stops with invalid_token", () => {
     expect(decideAfterClose(CLOSE_CODES.invalid_token, false)).toEqual({ action: "retry_now" });
     expect(decideAfterClose(CLOSE_CODES.invalid_token, true)).toEqual({ action: "stop", errorCode: "invalid_token" });

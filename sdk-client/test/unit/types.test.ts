@@ -9,9 +9,12 @@ import { WebSocket as NodeWebSocket } from "ws";
 import {
   RealtimeClient,
   type EventPush,
+  type HistoryReply,
+  type JoinReply,
   type JsonValue,
   type NotificationNewData,
   type RealtimeErrorCode,
+  type RoomPosition,
   type WebSocketConstructorLike,
 } from "@realtime/client";
 
@@ -46,7 +49,11 @@ describe("types", () => {
     room.on("room.removed", (data) => expectTypeOf(data.reason).toEqualTypeOf<string>());
     room.on("something.else", (data) => expectTypeOf(data).toEqualTypeOf<JsonValue>());
     room.on("joined", (info) => expectTypeOf(info.reconnected).toEqualTypeOf<boolean>());
-    room.on("resubscribed", (info) => expectTypeOf(info.recovered).toEqualTypeOf<false>());
+    room.on("resubscribed", (info) => expectTypeOf(info.recovered).toEqualTypeOf<boolean>());
+    expectTypeOf(room.position).toEqualTypeOf<Readonly<RoomPosition> | undefined>();
+    expectTypeOf(room.history).returns.resolves.toEqualTypeOf<HistoryReply>();
+    expectTypeOf<HistoryReply["events"]>().toEqualTypeOf<EventPush[]>();
+    expectTypeOf(room.join).returns.resolves.toEqualTypeOf<JoinReply>();
     room.on("error", (error) => expectTypeOf(error.code).toEqualTypeOf<RealtimeErrorCode>());
     client.notifications.onNew((notification) => expectTypeOf(notification).toEqualTypeOf<NotificationNewData>());
     client.on("event", (push) => expectTypeOf(push).toEqualTypeOf<EventPush>());
