@@ -16,12 +16,13 @@
 //! - [`hub`]: this node's sockets by room and by user; local fan-out, encoded once, through each
 //!   socket's write lane (or a bounded queue where there is none).
 //! - [`stores`]: the backend traits [`stores::Broker`], [`stores::PresenceStore`],
-//!   [`stores::RoomStore`] and their implementations: in memory (embedded default), Redis
-//!   (presence, rooms, Pub/Sub broker, Sentinel; per-socket writes batched by a coalescer) and
-//!   NATS (broker).
+//!   [`stores::RoomStore`], [`stores::HistoryStore`] and their implementations: in memory
+//!   (embedded default), Redis (presence, rooms, Pub/Sub broker, Sentinel; per-socket writes
+//!   batched by a coalescer) and NATS (broker; room history in JetStream).
 //! - [`nats_bridge`]: inbound publishes from internal services on `realtime.room.*` /
 //!   `realtime.user.*`, outbound platform events on `realtime.events.*`.
-//! - [`conformance`]: one test suite per backend trait (feature `conformance`).
+//! - [`conformance`]: the guarantees of each backend trait as test suites (feature
+//!   `conformance`); `conformance::history` has one function per guarantee.
 //! - [`notifications`]: notifications stored with sqlx (SQLite or PostgreSQL); created over HTTP
 //!   or NATS JetStream ([`notification_ingest`]) and pushed live by the node
 //!   (`Node::create_notification`); [`graphql`]: the schema serving them (no HTTP here).

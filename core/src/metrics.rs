@@ -169,6 +169,7 @@ pub fn register_node(max_connections: usize) {
         NOTIFICATIONS_DEAD_LETTERED,
         MEMBERSHIPS_RESTORED,
         MEMBERSHIPS_LOST,
+        HISTORY_APPEND_FAILURES,
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -243,12 +243,12 @@ export class Room {
 
   /**
    * Records a position; false when it was seen already. `jump` (a join reply that recovered
-   * nothing): everything up to `offset` counts as seen, and no epoch means no position. A push
-   * without an epoch is never a duplicate; another epoch starts over from `offset`.
+   * nothing): everything up to `offset` counts as seen, and a reply without a position leaves
+   * none. A push without a position is never a duplicate; another epoch starts over from `offset`.
    */
-  private track({ offset = 0, epoch }: Partial<RoomPosition>, jump?: boolean): boolean {
+  private track({ offset, epoch }: Partial<RoomPosition>, jump?: boolean): boolean {
     const { pos, ahead } = this;
-    if (epoch === undefined) {
+    if (offset === undefined || epoch === undefined) {
       if (jump) this.pos = undefined;
       return true;
     }

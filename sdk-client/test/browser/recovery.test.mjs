@@ -124,7 +124,7 @@ test("a network hiccup: the re-join recovers every missed score, once and in ord
   assert.deepEqual(history, { offset: 10, epoch, scores: [7, 8, 9, 10] });
   // (The browser logs each refused connection attempt as a console error: expected here.)
   assert.deepEqual(
-    page.problems.filter((problem) => !problem.includes("Error during WebSocket handshake")),
+    page.problems.filter((problem) => !problem.startsWith("console: WebSocket connection to")),
     [],
     "no page errors",
   );
