@@ -19,6 +19,10 @@
 #!   heartbeats   2 nodes on Redis + NATS, 10,000 connections in 20 rooms that only hold for
 #!                30 s with a heartbeat interval of 2 s instead of 20 (ten times the presence
 #!                writes of the default): the server CPU presence costs
+#!   publish-rate 1 node (memory backends), 50,000 HTTP publishes into 100 rooms, 64 in flight:
+#!                events per second one node accepts, its CPU and memory afterwards
+#!   publish-rate-nats  1 node on Redis + NATS, 50,000 publishes on NATS (request-reply, 64 in
+#!                flight) into 100 rooms; with history the JetStream stream's size is reported
 #!   floor        no server: the loopback floor for big-room (1,000 sockets written by two
 #!                threads with one plain write each, read by two epoll threads, each reader
 #!                hearing from both writers as the load tool's workers hear from both nodes)
@@ -31,6 +35,8 @@
 #! The floors take `--reader-processes` to run each reader in a process of its own, as the load
 #! tool's workers are, and `--yield-every 64` to give up the CPU after every 64 writes, as the
 #! server's fan-out does (`bash examples/bench.sh floor-relay --yield-every 64`).
+#! BENCH_HISTORY_SIZE=N keeps N events per room of the `load` type (history_ttl_secs 600; kept in
+#! memory on one node without NATS, in JetStream with NATS): every scenario runs with history on.
 #! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios, and NATS for the NATS floors
 #! (`bash tests/run` starts them).
 set -euo pipefail
@@ -95,6 +101,8 @@ presence = $presence
 announce = $announce
 join = "open"
 plugins = $plugins
+history_size = ${BENCH_HISTORY_SIZE:-0}
+history_ttl_secs = 600
 EOF
 if [ "$scenario" = plugins ]; then
     cat >>"$workdir/bench.toml" <<EOF
@@ -166,6 +174,17 @@ case "$scenario" in
         two_nodes
         loadgen --connections 10000 --workers 2 --rate 1000 --rooms 20 --messages 0 \
             --drain-seconds 30 "$@"
+        ;;
+    publish-rate)
+        one_node
+        target/release/publish-rate --node "127.0.0.1:$base_port" --rooms 100 --events 50000 \
+            --concurrency 64 --server-pid "$(pids)" "$@"
+        ;;
+    publish-rate-nats)
+        start_node "$base_port" "${cluster_env[@]}"
+        target/release/publish-rate --node "127.0.0.1:$base_port" --rooms 100 --events 50000 \
+            --concurrency 64 --via nats --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" \
+            --history-stream "bench$$_history_load" --server-pid "$(pids)" "$@"
         ;;
     idle)
         one_node

@@ -1,16 +1,26 @@
-//! The backend conformance suites against the real Redis and NATS of this machine.
+//! The backend conformance tests against the real Redis, NATS, SQLite and PostgreSQL of this
+//! machine: one module per backend and trait, one test per guarantee (see
+//! `realtime_core::conformance`). Every factory below is evaluated once per test, so each test
+//! gets its own key prefix, subject prefix or database connection.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use realtime_core::config::{RedisSettings, Settings};
-use realtime_core::conformance::{broker_suite, presence_suite, room_suite};
+use realtime_core::notifications::NotificationStore;
 use realtime_core::stores::history_jetstream::JetStreamHistory;
 use realtime_core::stores::nats::{NatsBroker, connect};
 use realtime_core::stores::redis::{
-    RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore,
+    RedisBroker, RedisConnector, RedisPresenceStore, RedisRateLimiter, RedisRoomStore,
 };
-use realtime_core::stores::{Broker, HistoryStore, PresenceStore, RoomStore};
+use realtime_core::stores::{
+    Broker, DeliveryHandler, HistoryStore, PresenceStore, RateLimiter, RoomStore,
+};
 use realtime_tests::{NATS_URL, REDIS_URL, unique};
+
+/// What a node factory returns: the future of one more node.
+type Node<T> = Pin<Box<dyn Future<Output = T>>>;
 
 fn redis_settings() -> RedisSettings {
     let mut settings = Settings::defaults().redis;
@@ -19,42 +29,44 @@ fn redis_settings() -> RedisSettings {
     settings
 }
 
-#[tokio::test]
-async fn redis_presence_conforms() {
+/// Every call is one more node: its own Redis connection, the same key prefix.
+fn redis_presence_nodes() -> impl Fn() -> Node<Arc<dyn PresenceStore>> {
     let settings = redis_settings();
-    presence_suite(|| {
+    move || {
         let settings = settings.clone();
-        async move {
+        Box::pin(async move {
             let redis = RedisConnector::connect(&settings)
                 .await
                 .expect("redis at 127.0.0.1:6379");
             Arc::new(RedisPresenceStore::new(redis)) as Arc<dyn PresenceStore>
-        }
-    })
-    .await;
+        })
+    }
 }
 
-#[tokio::test]
-async fn redis_rooms_conform() {
+realtime_core::presence_conformance_tests!(redis_presence, super::redis_presence_nodes());
+
+/// Every call is one more node: its own Redis connection, the same key prefix.
+fn redis_room_nodes() -> impl Fn() -> Node<Arc<dyn RoomStore>> {
     let settings = redis_settings();
-    room_suite(|| {
+    move || {
         let settings = settings.clone();
-        async move {
+        Box::pin(async move {
             let redis = RedisConnector::connect(&settings)
                 .await
                 .expect("redis at 127.0.0.1:6379");
             Arc::new(RedisRoomStore::new(redis)) as Arc<dyn RoomStore>
-        }
-    })
-    .await;
+        })
+    }
 }
 
-#[tokio::test]
-async fn redis_broker_conforms() {
+realtime_core::room_conformance_tests!(redis_rooms, super::redis_room_nodes());
+
+/// Every call is one more node: its own Redis connection and Pub/Sub, the same key prefix.
+fn redis_broker_nodes() -> impl Fn(DeliveryHandler) -> Node<Arc<dyn Broker>> {
     let settings = redis_settings();
-    broker_suite(|deliver| {
+    move |deliver| {
         let settings = settings.clone();
-        async move {
+        Box::pin(async move {
             let redis = RedisConnector::connect(&settings)
                 .await
                 .expect("redis at 127.0.0.1:6379");
@@ -63,43 +75,45 @@ async fn redis_broker_conforms() {
                     .await
                     .expect("redis pub/sub"),
             ) as Arc<dyn Broker>
-        }
-    })
-    .await;
+        })
+    }
 }
 
-#[tokio::test]
-async fn nats_broker_conforms() {
+realtime_core::broker_conformance_tests!(redis_broker, super::redis_broker_nodes());
+
+/// Every call is one more node: its own NATS connection, the same subject prefix.
+fn nats_broker_nodes() -> impl Fn(DeliveryHandler) -> Node<Arc<dyn Broker>> {
     let prefix = unique("conformance");
-    broker_suite(|deliver| {
+    move |deliver| {
         let prefix = prefix.clone();
-        async move {
+        Box::pin(async move {
             let client = connect(NATS_URL, "conformance")
                 .await
                 .expect("nats at 127.0.0.1:4222");
             Arc::new(NatsBroker::new(client, &prefix, deliver)) as Arc<dyn Broker>
-        }
-    })
-    .await;
+        })
+    }
 }
 
-#[tokio::test]
-async fn redis_rate_limiter_conforms() {
+realtime_core::broker_conformance_tests!(nats_broker, super::nats_broker_nodes());
+
+/// Every call is one more node: its own Redis connection, the same key prefix.
+fn redis_rate_limiter_nodes() -> impl Fn() -> Node<Arc<dyn RateLimiter>> {
     let settings = redis_settings();
-    realtime_core::conformance::rate_limit_suite(|| {
+    move || {
         let settings = settings.clone();
-        async move {
+        Box::pin(async move {
             let redis = RedisConnector::connect(&settings)
                 .await
                 .expect("redis at 127.0.0.1:6379");
-            Arc::new(realtime_core::stores::redis::RedisRateLimiter::new(redis))
-                as Arc<dyn realtime_core::stores::RateLimiter>
-        }
-    })
-    .await;
+            Arc::new(RedisRateLimiter::new(redis)) as Arc<dyn RateLimiter>
+        })
+    }
 }
 
-async fn sql_store(url: &str) -> Arc<dyn realtime_core::notifications::NotificationStore> {
+realtime_core::rate_limit_conformance_tests!(redis_rate_limiter, super::redis_rate_limiter_nodes());
+
+async fn sql_store(url: &str) -> Arc<dyn NotificationStore> {
     use realtime_core::notifications::sql;
     let mut settings = Settings::defaults().database;
     settings.url = url.to_owned();
@@ -110,16 +124,19 @@ async fn sql_store(url: &str) -> Arc<dyn realtime_core::notifications::Notificat
     Arc::new(sql::SqlNotificationStore::new(pool))
 }
 
-#[tokio::test]
-async fn sqlite_notification_store_conforms() {
-    realtime_core::conformance::notification_suite(sql_store("sqlite::memory:").await).await;
+/// Every call is a new, empty in-memory SQLite database.
+fn sqlite_stores() -> impl Fn() -> Node<Arc<dyn NotificationStore>> {
+    || Box::pin(sql_store("sqlite::memory:"))
 }
 
-#[tokio::test]
-async fn postgres_notification_store_conforms() {
-    realtime_core::conformance::notification_suite(sql_store(realtime_tests::POSTGRES_URL).await)
-        .await;
+realtime_core::notification_conformance_tests!(sqlite_notifications, super::sqlite_stores());
+
+/// Every call is a new pool on the test PostgreSQL database (users are random per test).
+fn postgres_stores() -> impl Fn() -> Node<Arc<dyn NotificationStore>> {
+    || Box::pin(sql_store(realtime_tests::POSTGRES_URL))
 }
+
+realtime_core::notification_conformance_tests!(postgres_notifications, super::postgres_stores());
 
 /// Every call is one more node: its own NATS connection, the same JetStream streams.
 fn jetstream_history_nodes()

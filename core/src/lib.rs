@@ -21,8 +21,8 @@
 //!   batched by a coalescer) and NATS (broker; room history in JetStream).
 //! - [`nats_bridge`]: inbound publishes from internal services on `realtime.room.*` /
 //!   `realtime.user.*`, outbound platform events on `realtime.events.*`.
-//! - [`conformance`]: the guarantees of each backend trait as test suites (feature
-//!   `conformance`); `conformance::history` has one function per guarantee.
+//! - [`conformance`]: the guarantees of each backend trait as tests (feature `conformance`): one
+//!   module per trait, one function (and one named test per backend) per guarantee.
 //! - [`notifications`]: notifications stored with sqlx (SQLite or PostgreSQL); created over HTTP
 //!   or NATS JetStream ([`notification_ingest`]) and pushed live by the node
 //!   (`Node::create_notification`); [`graphql`]: the schema serving them (no HTTP here).

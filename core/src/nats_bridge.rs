@@ -14,6 +14,7 @@
 //! Outbound: every platform event on `realtime.events.<name>` (for example
 //! `realtime.events.user.offline`) with its JSON body.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -151,7 +152,8 @@ pub async fn spawn_ingest(
         .await
         .map_err(|error| StoreError::Unavailable(format!("nats: {error}")))?;
     let mut inbound = futures_util::stream::select(futures_util::stream::select(rooms, users), api);
-    let api_prefix = api_subjects(&nats.subject_prefix);
+    let lanes = spawn_ingest_lanes(&node, &client);
+    let hasher = std::hash::RandomState::new();
     Ok(tokio::spawn(async move {
         loop {
             let message = tokio::select! {
@@ -161,46 +163,86 @@ pub async fn spawn_ingest(
                     None => return,
                 },
             };
-            if let Some(operation) = message.subject.strip_prefix(&api_prefix) {
-                let answer = handle_api_request(&node, operation, &message.payload).await;
-                if let Some(reply) = message.reply
-                    && let Err(error) = client.publish(reply, answer).await
-                {
-                    tracing::debug!(%error, "could not answer an API request");
-                }
-                continue;
-            }
-            // A trace id the publishing service gave (header `Trace-Id`, or W3C `traceparent`)
-            // follows the message through this node's logs.
-            let trace_id = message.headers.as_ref().and_then(|headers| {
-                headers
-                    .get("Trace-Id")
-                    .or_else(|| headers.get("traceparent"))
-                    .map(|value| value.as_str().to_owned())
-            });
-            let span = tracing::debug_span!(
-                "nats_inbound",
-                subject = %message.subject,
-                trace_id = trace_id.as_deref().unwrap_or("")
-            );
-            let result = tracing::Instrument::instrument(
-                handle_inbound(&node, &message.subject, &message.payload),
-                span.clone(),
-            )
-            .await;
-            span.in_scope(|| tracing::debug!(ok = result.is_ok(), "inbound publish handled"));
-            if let Err(error) = &result {
-                metrics::counter!(crate::metrics::ERRORS, "code" => error.code.as_str())
-                    .increment(1);
-                tracing::warn!(subject = %message.subject, code = error.code.as_str(), message = %error.message, "inbound publish refused");
-            }
-            if let Some(reply) = message.reply
-                && let Err(error) = client.publish(reply, reply_body(&result)).await
-            {
-                tracing::debug!(%error, "could not answer an inbound publish");
+            let lane = hasher.hash_one(message.subject.as_str()) as usize % INGEST_LANES;
+            // A full lane waits here, so NATS holds the rest (backpressure, not a growing queue).
+            if lanes[lane].send(message).await.is_err() {
+                return;
             }
         }
     }))
+}
+
+/// Inbound messages are handled by this many tasks; each takes the messages of the subjects that
+/// hash to it, in order. One subject's messages (one room's events) keep the order NATS gave
+/// them, while a room whose event waits for its history write does not hold up other rooms.
+const INGEST_LANES: usize = 16;
+/// Messages one lane may have waiting.
+const INGEST_LANE_DEPTH: usize = 256;
+
+fn spawn_ingest_lanes(
+    node: &Arc<Node>,
+    client: &async_nats::Client,
+) -> Vec<tokio::sync::mpsc::Sender<async_nats::Message>> {
+    let api_prefix = api_subjects(&node.settings().nats.subject_prefix);
+    (0..INGEST_LANES)
+        .map(|_| {
+            let (sender, mut messages) = tokio::sync::mpsc::channel(INGEST_LANE_DEPTH);
+            let (node, client, api_prefix) = (node.clone(), client.clone(), api_prefix.clone());
+            tokio::spawn(async move {
+                while let Some(message) = messages.recv().await {
+                    handle_message(&node, &client, &api_prefix, message).await;
+                }
+            });
+            sender
+        })
+        .collect()
+}
+
+/// Handles one inbound message: a moderation request, or a publish into a room or to a user;
+/// answers it when it has a reply subject.
+async fn handle_message(
+    node: &Node,
+    client: &async_nats::Client,
+    api_prefix: &str,
+    message: async_nats::Message,
+) {
+    if let Some(operation) = message.subject.strip_prefix(api_prefix) {
+        let answer = handle_api_request(node, operation, &message.payload).await;
+        if let Some(reply) = message.reply
+            && let Err(error) = client.publish(reply, answer).await
+        {
+            tracing::debug!(%error, "could not answer an API request");
+        }
+        return;
+    }
+    // A trace id the publishing service gave (header `Trace-Id`, or W3C `traceparent`)
+    // follows the message through this node's logs.
+    let trace_id = message.headers.as_ref().and_then(|headers| {
+        headers
+            .get("Trace-Id")
+            .or_else(|| headers.get("traceparent"))
+            .map(|value| value.as_str().to_owned())
+    });
+    let span = tracing::debug_span!(
+        "nats_inbound",
+        subject = %message.subject,
+        trace_id = trace_id.as_deref().unwrap_or("")
+    );
+    let result = tracing::Instrument::instrument(
+        handle_inbound(node, &message.subject, &message.payload),
+        span.clone(),
+    )
+    .await;
+    span.in_scope(|| tracing::debug!(ok = result.is_ok(), "inbound publish handled"));
+    if let Err(error) = &result {
+        metrics::counter!(crate::metrics::ERRORS, "code" => error.code.as_str()).increment(1);
+        tracing::warn!(subject = %message.subject, code = error.code.as_str(), message = %error.message, "inbound publish refused");
+    }
+    if let Some(reply) = message.reply
+        && let Err(error) = client.publish(reply, reply_body(&result)).await
+    {
+        tracing::debug!(%error, "could not answer an inbound publish");
+    }
 }
 
 /// Publishes every platform event to `realtime.events.<name>` until `stop` is cancelled, then

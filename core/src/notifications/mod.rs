@@ -190,7 +190,7 @@ pub struct StoreFailure {
     pub refused_the_data: bool,
 }
 
-/// Where notifications live. Guarantees (checked by `conformance::notification_suite`):
+/// Where notifications live. Guarantees (checked by `conformance::notifications`):
 /// - `insert` is idempotent on `(user_id, id)`: a second insert with the same pair changes
 ///   nothing and returns the stored row with `created = false`. Ids are scoped to their user.
 /// - Every read and change is scoped to `user_id`: another user's id behaves like an unknown id.

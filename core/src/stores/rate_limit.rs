@@ -17,7 +17,7 @@ pub enum RateDecision {
     },
 }
 
-/// Counts requests per key. Guarantees (checked by `conformance::rate_limit_suite`):
+/// Counts requests per key. Guarantees (checked by `conformance::rate_limit`):
 /// - In each window (starting with the first request for the key), at most `limit` calls to
 ///   `hit` return `Allowed`, across all nodes sharing the backend.
 /// - A `Limited` answer says how long until the window ends; after that, requests are allowed.

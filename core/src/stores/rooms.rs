@@ -45,7 +45,7 @@ pub enum LeaveOutcome {
 }
 
 /// Room membership across all nodes. Capacity counts distinct users: a user's second socket
-/// joins a full room it is already in. Guarantees (checked by `conformance::room_suite`):
+/// joins a full room it is already in. Guarantees (checked by `conformance::rooms`):
 /// - `join` checks capacity and adds in one atomic step: concurrent joins from any number of
 ///   nodes never leave more than `capacity` users in a room.
 /// - `join`/`leave` report first/last socket of a user exactly as described on the outcomes.
