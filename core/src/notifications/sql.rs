@@ -75,8 +75,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<AnyPool, DatabaseErr
         .map_err(|error| DatabaseError::Connect(error.to_string()))
 }
 
-/// Applies pending migrations; returns how many were applied.
+/// Applies pending migrations; returns how many were applied. Nodes sharing one SQLite file
+/// take turns (see [`SqliteMigrationLock`]); PostgreSQL's migrations lock by themselves.
 pub async fn migrate(pool: &AnyPool) -> Result<usize, DatabaseError> {
+    let database_url = pool.connect_options().database_url.to_string();
+    let _turn = SqliteMigrationLock::acquire(&database_url).await?;
     let mut connection = pool
         .acquire()
         .await
@@ -89,6 +92,59 @@ pub async fn migrate(pool: &AnyPool) -> Result<usize, DatabaseError> {
         .map_err(|error| DatabaseError::Migrate(error.to_string()))?;
     let applied_after = applied(&mut connection).await;
     Ok(applied_after.saturating_sub(applied_before))
+}
+
+/// An exclusive `flock` on `<database file>.migrate-lock`, held while one process migrates a
+/// SQLite file. sqlx's migrator takes no lock on SQLite (it does on PostgreSQL), so several
+/// nodes started at once on one machine with the default database would each see no migration
+/// applied and all but one fail with "table notifications already exists". Released when
+/// dropped (the file is closed), also when the process dies.
+struct SqliteMigrationLock {
+    _file: std::fs::File,
+}
+
+impl SqliteMigrationLock {
+    /// `None` for anything but a SQLite file (PostgreSQL, in-memory SQLite).
+    async fn acquire(url: &str) -> Result<Option<Self>, DatabaseError> {
+        let Some(path) = sqlite_file(url) else {
+            return Ok(None);
+        };
+        let lock_path = format!("{}.migrate-lock", path.display());
+        let failed = |error: std::io::Error| {
+            DatabaseError::Migrate(format!("cannot lock {lock_path} for migrating: {error}"))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(failed)?;
+        // flock blocks until the process ahead of us is done: off the async workers.
+        let locked = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor this closure owns for the duration of the call.
+            let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if status == 0 {
+                Ok(file)
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await
+        .map_err(|error| DatabaseError::Migrate(error.to_string()))?
+        .map_err(failed)?;
+        Ok(Some(SqliteMigrationLock { _file: locked }))
+    }
+}
+
+/// The file of a `sqlite:` URL (`sqlite://realtime.db?mode=rwc`, `sqlite:data/x.db`); `None`
+/// for other databases and in-memory SQLite.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let (file, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let file = file.strip_prefix("//").unwrap_or(file);
+    let in_memory = file.is_empty() || file.contains(":memory:") || query.contains("mode=memory");
+    (!in_memory).then(|| std::path::PathBuf::from(file))
 }
 
 async fn applied(connection: &mut sqlx::pool::PoolConnection<sqlx::Any>) -> usize {
@@ -257,5 +313,57 @@ impl NotificationStore for SqlNotificationStore {
             .await
             .map_err(failure)?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn only_sqlite_files_take_the_migration_lock() {
+        let file = |url: &str| sqlite_file(url).map(|path| path.display().to_string());
+        assert_eq!(
+            file("sqlite://realtime.db?mode=rwc").as_deref(),
+            Some("realtime.db")
+        );
+        assert_eq!(file("sqlite:data/x.db").as_deref(), Some("data/x.db"));
+        assert_eq!(
+            file("sqlite:///var/lib/rt.db").as_deref(),
+            Some("/var/lib/rt.db")
+        );
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("sqlite://shared?mode=memory"), None);
+        assert_eq!(file("postgres://postgres@127.0.0.1/test"), None);
+    }
+
+    /// Six nodes started at once on one SQLite file: every migration run succeeds (without the
+    /// lock, all but one failed with "table notifications already exists" or "database is
+    /// locked"), and the schema is there once.
+    #[tokio::test]
+    async fn concurrent_starts_on_one_sqlite_file_all_migrate() {
+        let directory =
+            std::env::temp_dir().join(format!("realtime-migrate-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let mut settings = Settings::defaults().database;
+        settings.url = format!("sqlite://{}/shared.db?mode=rwc", directory.display());
+        let start = || async {
+            let pool = connect(&settings).await?;
+            migrate(&pool).await
+        };
+        // Concurrent on one task (sqlx's migrator futures cannot be spawned), interleaved at
+        // every await as separate processes would be.
+        let outcomes = futures_util::future::join_all((0..6).map(|_| start())).await;
+        let applied: Vec<usize> = outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every concurrent start migrates"))
+            .collect();
+        let _ = std::fs::remove_dir_all(&directory);
+        assert_eq!(
+            applied.iter().filter(|count| **count > 0).count(),
+            1,
+            "one run applies the migrations, the others find them applied: {applied:?}"
+        );
     }
 }
