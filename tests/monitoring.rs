@@ -39,6 +39,12 @@ async fn the_dashboard_and_alerts_use_only_metrics_a_live_node_exports() {
     // publish, a notification and a server close.
     let mut client = server.connect("watcher").await.unwrap();
     client.join("chat:monitoring").await.unwrap();
+    // A join into a room with history (competition keeps it) moves the history metrics.
+    let mut scorer = server
+        .connect_with_rooms("scorer", &["competition:*"])
+        .await
+        .unwrap();
+    scorer.join("competition:monitoring").await.unwrap();
     client.send_text("not json").await.unwrap();
     client.next_json().await.unwrap();
     server

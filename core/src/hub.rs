@@ -37,6 +37,17 @@ fn yields_after(index: usize, total: usize, yield_every: usize) -> bool {
     yield_every > 0 && index % yield_every == yield_every - 1 && index + 1 < total
 }
 
+/// Records how long after its acceptance (`ts`, on the publishing node's clock) an event was
+/// handed to this node's sockets: written, or queued for a socket's task when it could not be
+/// written at once. Once per fan-out, not per recipient.
+fn record_publish_to_write(frame: &Frame) {
+    if let Some(accepted) = frame.accepted_at_ms() {
+        let lag_ms = crate::protocol::unix_now_millis().saturating_sub(accepted);
+        metrics::histogram!(crate::metrics::PUBLISH_TO_WRITE_SECONDS)
+            .record(lag_ms as f64 / 1000.0);
+    }
+}
+
 /// Most steps a drain is spread over (each closes a slice of the sockets).
 const DRAIN_STEPS: usize = 100;
 
@@ -91,6 +102,8 @@ pub trait PushLane: Send + Sync {
     fn queue(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed;
     /// Whether bytes wait for the socket's task to drain them (or a write failed).
     fn has_backlog(&self) -> bool;
+    /// How many frames (or pieces of one) wait to be written, held ones included.
+    fn backlog_len(&self) -> usize;
     /// Writes the socket's first frame (already encoded), then lets held pushes follow it.
     /// True when bytes now wait for the socket's task.
     fn start(&self, first_frame: Bytes) -> bool;
@@ -307,6 +320,14 @@ impl SocketHandle {
     pub fn stop_pushes(&self) {
         if let Outbox::Lane(lane) = &self.outbox {
             lane.stop();
+        }
+    }
+
+    /// Frames waiting to be written to the socket (its outbox depth).
+    pub fn queued_frames(&self) -> usize {
+        match &self.outbox {
+            Outbox::Lane(lane) => lane.backlog_len(),
+            Outbox::Queue(frames) => frames.lock().len(),
         }
     }
 
@@ -621,6 +642,18 @@ impl Hub {
         self.rooms.key_count()
     }
 
+    /// Outbox depth over this node's sockets: frames waiting in all of them, and in the fullest.
+    /// Walks every socket (one short lock each): for a scrape, not for a hot path.
+    pub fn outbox_depth(&self) -> (usize, usize) {
+        self.users
+            .all_sockets()
+            .iter()
+            .map(|socket| socket.queued_frames())
+            .fold((0, 0), |(total, fullest), queued| {
+                (total + queued, fullest.max(queued))
+            })
+    }
+
     /// Adds a socket to a room; true when it is the room's first socket on this node.
     pub fn add_to_room(&self, room: &RoomId, socket: &Arc<SocketHandle>) -> bool {
         self.rooms.insert(room, socket)
@@ -645,12 +678,19 @@ impl Hub {
         self.broker_deliveries.fetch_add(1, Ordering::Relaxed);
         match topic {
             Topic::Room(room) => {
-                self.rooms
-                    .fan_out(room, Some(room), frame, self.fanout_yield_every)
+                let reached = self
+                    .rooms
+                    .fan_out(room, Some(room), frame, self.fanout_yield_every);
+                record_publish_to_write(frame);
+                reached
             }
-            Topic::User(user) => self
-                .users
-                .fan_out(user, None, frame, self.fanout_yield_every),
+            Topic::User(user) => {
+                let reached = self
+                    .users
+                    .fan_out(user, None, frame, self.fanout_yield_every);
+                record_publish_to_write(frame);
+                reached
+            }
             Topic::Control => {
                 self.apply_control(frame);
                 0
@@ -841,6 +881,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn outbox_depth_sums_every_socket_and_names_the_fullest() {
+        let hub = Hub::new(64);
+        let (slow, quick) = (socket("s1", "u1", 8), socket("s2", "u2", 8));
+        hub.register(&slow);
+        hub.register(&quick);
+        let frame = Frame::from_encoded(Bytes::from_static(b"{}")).unwrap();
+        for _ in 0..3 {
+            slow.push(&frame, &mut None, false);
+        }
+        quick.push(&frame, &mut None, false);
+        assert_eq!(hub.outbox_depth(), (4, 3));
+        quick.next_frame();
+        assert_eq!(hub.outbox_depth(), (3, 3));
+    }
+
     /// A lane that records what the hub hands it and answers every push the same way.
     struct RecordingLane {
         answer: Pushed,
@@ -871,6 +927,10 @@ mod tests {
 
         fn queue(&self, encoded: &Bytes, backlog_limit: usize) -> Pushed {
             self.push(encoded, backlog_limit)
+        }
+
+        fn backlog_len(&self) -> usize {
+            0
         }
 
         fn has_backlog(&self) -> bool {

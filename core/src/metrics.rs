@@ -14,6 +14,16 @@ pub const CONNECTIONS: &str = "realtime_connections";
 pub const USERS: &str = "realtime_users";
 /// Gauge: rooms with a member on this node (set when `/metrics` is read).
 pub const ROOMS: &str = "realtime_rooms";
+/// Gauge: frames waiting in the outboxes of this node's sockets, all together (set when
+/// `/metrics` is read). Growing: clients read slower than events arrive.
+pub const OUTBOX_FRAMES: &str = "realtime_outbox_frames";
+/// Gauge: frames waiting in the fullest outbox of this node (set when `/metrics` is read); at
+/// `limits.outbox_frames` the socket is closed as a slow consumer.
+pub const OUTBOX_FRAMES_MAX: &str = "realtime_outbox_frames_max";
+/// Histogram: seconds from an event's acceptance (its `ts`, on the publishing node's clock, in
+/// milliseconds) to this node handing it to its sockets (written, or queued where it could not
+/// be written at once); once per fan-out per node. Across nodes it includes clock skew.
+pub const PUBLISH_TO_WRITE_SECONDS: &str = "realtime_publish_to_write_seconds";
 /// Gauge: `server.max_connections` of this node, for capacity alerts.
 pub const MAX_CONNECTIONS: &str = "realtime_max_connections";
 /// Gauge, always 1: the running build, label `version`.
@@ -110,6 +120,12 @@ const REQUEST_BUCKETS: &[f64] = &[
 /// Ingest lag: milliseconds when healthy, minutes when the database was down.
 const INGEST_LAG_BUCKETS: &[f64] = &[0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0];
 
+/// Publish to write: `ts` has millisecond resolution, so 0 means "within the same millisecond";
+/// healthy fan-outs take a few milliseconds, a backlog or clock skew much more.
+const PUBLISH_TO_WRITE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// Handshakes are expected in single-digit milliseconds; buckets resolve that range.
 const HANDSHAKE_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -141,6 +157,11 @@ pub fn prometheus_handle() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(NOTIFICATION_INGEST_LAG_SECONDS.to_owned()),
                     INGEST_LAG_BUCKETS,
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(PUBLISH_TO_WRITE_SECONDS.to_owned()),
+                    PUBLISH_TO_WRITE_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();

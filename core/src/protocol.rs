@@ -17,6 +17,10 @@ pub struct Position {
     pub epoch: Arc<str>,
 }
 
+/// How far into a push `Frame::accepted_at_ms` looks for `ts`: past the type, the event name
+/// (64), the room id (128) and the sender (256) at their longest.
+const ACCEPTED_AT_SEARCH_BYTES: usize = 600;
+
 /// The longest epoch a client may send back (the server's are 16 hex digits).
 pub const MAX_EPOCH_CHARS: usize = 64;
 
@@ -577,6 +581,25 @@ impl Frame {
         Frame::from_json(push)
     }
 
+    /// When the server accepted the event this push carries (its `ts`, Unix milliseconds), read
+    /// from the frame's first bytes where `EventPush` puts it; `None` for other frames.
+    pub fn accepted_at_ms(&self) -> Option<u64> {
+        let head = &self.bytes()[..self.len().min(ACCEPTED_AT_SEARCH_BYTES)];
+        let marker = b",\"ts\":";
+        let start = head
+            .windows(marker.len())
+            .position(|window| window == marker)?
+            + marker.len();
+        let digits = head[start..]
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        std::str::from_utf8(&head[start..start + digits])
+            .ok()?
+            .parse()
+            .ok()
+    }
+
     /// The frame as a JSON value (frames are JSON objects by construction), for embedding
     /// pushes in a reply (`history`).
     pub fn to_json(&self) -> serde_json::Value {
@@ -662,14 +685,15 @@ pub struct EventPush<'a> {
     pub room: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
-    pub data: &'a RawValue,
-    /// Milliseconds since the Unix epoch when the server accepted the event.
+    /// Milliseconds since the Unix epoch when the server accepted the event. Before `data`, so
+    /// that a receiving node finds it in the frame's first bytes (`Frame::accepted_at_ms`).
     pub ts: u64,
     /// The event's position in the room's history (rooms with history only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<&'a str>,
+    pub data: &'a RawValue,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -752,8 +776,28 @@ mod tests {
         });
         assert_eq!(
             frame.bytes().as_ref(),
-            br#"{"type":"event","event":"match.update","room":"competition:1","data":{"a":1},"ts":5}"#
+            br#"{"type":"event","event":"match.update","room":"competition:1","ts":5,"data":{"a":1}}"#
         );
+        assert_eq!(
+            frame.accepted_at_ms(),
+            Some(5),
+            "ts is found in the first bytes"
+        );
+        let data = RawValue::from_string(r#"{"note":",\"ts\":1"}"#.to_owned()).unwrap();
+        let positioned = Frame::event(&EventPush {
+            kind: "event",
+            event: "chat.message",
+            room: Some("chat:a"),
+            from: Some("u1"),
+            data: &data,
+            ts: 1_795_643_627_123,
+            offset: Some(7),
+            epoch: Some("e1"),
+        });
+        assert_eq!(positioned.accepted_at_ms(), Some(1_795_643_627_123));
+        let position = positioned.history_position().unwrap();
+        assert_eq!((position.offset, position.epoch.as_ref()), (7, "e1"));
+        assert_eq!(Frame::reply_ok(None, None).accepted_at_ms(), None);
     }
 
     /// The section of `source` from `start` to the first `end` after it.

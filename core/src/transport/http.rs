@@ -216,6 +216,9 @@ impl Handler for MetricsEndpoint {
         let hub = self.node.hub();
         metrics::gauge!(names::USERS).set(hub.user_count() as f64);
         metrics::gauge!(names::ROOMS).set(hub.room_count() as f64);
+        let (queued, fullest) = hub.outbox_depth();
+        metrics::gauge!(names::OUTBOX_FRAMES).set(queued as f64);
+        metrics::gauge!(names::OUTBOX_FRAMES_MAX).set(fullest as f64);
         res.add_header("content-type", "text/plain; version=0.0.4", true)
             .ok();
         res.render(self.handle.render());

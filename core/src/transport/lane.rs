@@ -243,6 +243,10 @@ impl PushLane for Lane {
         backlog.enqueue(encoded, backlog_limit)
     }
 
+    fn backlog_len(&self) -> usize {
+        self.backlog.lock().chunks.len()
+    }
+
     fn has_backlog(&self) -> bool {
         let backlog = self.backlog.lock();
         backlog.writable() > 0 || backlog.broken.is_some()
