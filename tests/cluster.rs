@@ -636,6 +636,28 @@ async fn room_and_user_info_cover_every_node() {
     let mut nodes = vec![name_a.clone(), name_b.clone()];
     nodes.sort();
     assert_eq!(user["nodes"], json!(nodes));
+    // ana is in two rooms: the shared one (a socket on each node) and one through node A only.
+    let only_on_a = unique("chat:infoa");
+    ana_on_a.join(&only_on_a).await.unwrap();
+    let (_, user) = ask(&node_b, "/api/users/info?user=ana").await;
+    let mut rooms = vec![room.clone(), only_on_a.clone()];
+    rooms.sort();
+    assert_eq!(user["rooms"], json!(rooms), "{user}");
+    let user_last_seen = user["last_seen"].as_u64().unwrap();
+    assert!(
+        user_last_seen.abs_diff(now_ms) < 10_000,
+        "the user's last_seen {user_last_seen} is around {now_ms}"
+    );
+    ana_on_a
+        .ok(json!({"op":"leave","room":only_on_a}), 40)
+        .await
+        .unwrap();
+    let (_, user) = ask(&node_b, "/api/users/info?user=ana").await;
+    assert_eq!(
+        user["rooms"],
+        json!([room.clone()]),
+        "left rooms go: {user}"
+    );
 
     let (status, body) = ask(&node_a, "/api/rooms/info").await;
     assert_eq!(

@@ -38,6 +38,7 @@
 //! - [`moderation`]: disconnect a user, remove a user from a room (HTTP and NATS requests).
 //! - [`readiness`]: what `GET /ready` checks (draining, Redis, NATS, the database).
 //! - [`server`]: start and stop a node (readiness off, closes spread over the drain window).
+//! - [`trace`]: a service's trace id, carried with its message's work and onto NATS fan-outs.
 
 pub mod admission;
 pub mod auth;
@@ -63,4 +64,5 @@ pub mod server;
 pub mod session;
 pub mod small_set;
 pub mod stores;
+pub mod trace;
 mod transport;

@@ -228,9 +228,12 @@ async fn handle_message(
         subject = %message.subject,
         trace_id = trace_id.as_deref().unwrap_or("")
     );
-    let result = tracing::Instrument::instrument(
-        handle_inbound(node, &message.subject, &message.payload),
-        span.clone(),
+    let result = crate::trace::with_trace_id(
+        trace_id.as_deref().map(Arc::from),
+        tracing::Instrument::instrument(
+            handle_inbound(node, &message.subject, &message.payload),
+            span.clone(),
+        ),
     )
     .await;
     span.in_scope(|| tracing::debug!(ok = result.is_ok(), "inbound publish handled"));

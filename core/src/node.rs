@@ -957,12 +957,48 @@ impl Node {
                 |entry| serde_json::json!({ "socket": &*entry.socket_id, "node": &*entry.node_id }),
             )
             .collect();
+        let rooms = self
+            .backends
+            .rooms
+            .rooms_of(user_id)
+            .await
+            .map_err(unavailable)?;
+        let last_seen = self.last_seen_in_rooms(user_id, &rooms).await?;
         Ok(serde_json::json!({
             "user": user_id,
             "online": !sockets.is_empty(),
             "sockets": listed,
             "nodes": nodes,
+            "rooms": rooms,
+            "last_seen": last_seen,
         }))
+    }
+
+    /// When the user's presence was last written (Unix ms): the latest refresh of the user's
+    /// memberships in `rooms` (written together with presence at each heartbeat); `None` when
+    /// the user is in no room.
+    async fn last_seen_in_rooms(
+        &self,
+        user_id: &str,
+        rooms: &[String],
+    ) -> Result<Option<u64>, WireError> {
+        let ttl_ms = self.settings.presence.ttl().as_millis() as u64;
+        let mut last_seen = None;
+        for room in rooms.iter().filter_map(|room| RoomId::parse(room).ok()) {
+            let sockets = self
+                .backends
+                .rooms
+                .sockets(&room)
+                .await
+                .map_err(unavailable)?;
+            let latest = sockets
+                .iter()
+                .filter(|entry| entry.user_id == user_id)
+                .map(|entry| entry.expires_at_ms.saturating_sub(ttl_ms))
+                .max();
+            last_seen = last_seen.max(latest);
+        }
+        Ok(last_seen)
     }
 
     /// Removes the socket from `room` because a moderator asked (`remove_from_room`): a leave

@@ -54,6 +54,13 @@ async fn a_trace_id_from_a_service_follows_its_publish_through_the_logs() {
     }
 
     let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    // What the node publishes to the other nodes for this room (as a node with a member there
+    // would receive it).
+    let mut fanout = nats
+        .subscribe(format!("{prefix}.fanout.room.chat:traced"))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Trace-Id", "trace-4f2a");
     let reply = nats
@@ -66,6 +73,23 @@ async fn a_trace_id_from_a_service_follows_its_publish_through_the_logs() {
         .unwrap();
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(reply, serde_json::json!({"ok": true, "delivered": true}));
+    let carried = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut fanout),
+    )
+    .await
+    .expect("the fan-out publish")
+    .unwrap();
+    let carried_id = carried
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("Trace-Id"))
+        .map(|value| value.as_str().to_owned());
+    assert_eq!(
+        carried_id.as_deref(),
+        Some("trace-4f2a"),
+        "the trace id travels to the other nodes with the event"
+    );
 
     // Read the log until the publish line shows up (or give up).
     let stdout = node.0.stdout.take().unwrap();

@@ -447,6 +447,90 @@ where
 /// Declares module `$module` with one `#[tokio::test]` per room guarantee, each named after it.
 /// `$factory` is an expression giving a node factory (`Fn() -> impl Future<Output =
 /// Arc<dyn RoomStore>>`); it is evaluated once per test.
+/// `rooms_of` lists the rooms a user is in, on any node, sorted: a room appears with the join,
+/// stays while another socket of the user is still there, goes with the user's last leave, and
+/// goes when the memberships expire unrefreshed; a refresh keeps it. Other users' rooms are not
+/// listed.
+pub async fn rooms_of_lists_the_rooms_a_user_is_in<F, Fut>(make_node: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn RoomStore>>,
+{
+    let guarantee = "rooms_of";
+    let node_a = make_node().await;
+    let node_b = make_node().await;
+    let user = unique("u");
+    let other_user = unique("v");
+    let (first, second, fleeting) = (
+        new_room("chat:ra"),
+        new_room("chat:rb"),
+        new_room("chat:rc"),
+    );
+    let on = |socket: &str| member(&user, socket);
+    node_a.join(&first, &on("s1"), 10, LONG_TTL).await.unwrap();
+    node_b.join(&first, &on("s2"), 10, LONG_TTL).await.unwrap();
+    node_b.join(&second, &on("s2"), 10, LONG_TTL).await.unwrap();
+    node_a
+        .join(&fleeting, &on("s1"), 10, SHORT_TTL)
+        .await
+        .unwrap();
+    node_a
+        .join(&fleeting, &member(&other_user, "s9"), 10, LONG_TTL)
+        .await
+        .unwrap();
+    let mut expected = vec![first.to_string(), second.to_string(), fleeting.to_string()];
+    expected.sort();
+    assert_eq!(
+        node_b.rooms_of(&user).await.unwrap(),
+        expected,
+        "{guarantee}: every node's joins"
+    );
+    assert_eq!(
+        node_a.rooms_of(&other_user).await.unwrap(),
+        vec![fleeting.to_string()],
+        "{guarantee}: only the user's own rooms"
+    );
+
+    node_a.leave(&first, &on("s1")).await.unwrap();
+    assert!(
+        node_a
+            .rooms_of(&user)
+            .await
+            .unwrap()
+            .contains(&first.to_string()),
+        "{guarantee}: another socket of the user is still in the room"
+    );
+    node_b.leave(&second, &on("s2")).await.unwrap();
+    tokio::time::sleep(SHORT_TTL + Duration::from_millis(400)).await;
+    let mut expected = vec![first.to_string()];
+    expected.sort();
+    assert_eq!(
+        node_a.rooms_of(&user).await.unwrap(),
+        expected,
+        "{guarantee}: gone with the last leave and with expiry"
+    );
+    node_b.leave(&first, &on("s2")).await.unwrap();
+    assert!(
+        node_a.rooms_of(&user).await.unwrap().is_empty(),
+        "{guarantee}: nothing once the user left everywhere"
+    );
+
+    let kept = new_room("chat:rd");
+    node_a.join(&kept, &on("s3"), 10, SHORT_TTL).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(SHORT_TTL / 2).await;
+        node_a
+            .refresh(std::slice::from_ref(&kept), &on("s3"), SHORT_TTL)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        node_b.rooms_of(&user).await.unwrap(),
+        vec![kept.to_string()],
+        "{guarantee}: a refreshed membership keeps its room listed"
+    );
+}
+
 #[macro_export]
 macro_rules! room_conformance_tests {
     ($module:ident, $factory:expr) => {
@@ -499,6 +583,11 @@ macro_rules! room_conformance_tests {
             #[tokio::test]
             async fn sockets_lists_every_live_membership_with_its_expiry() {
                 guarantees::sockets_lists_every_live_membership_with_its_expiry($factory).await;
+            }
+
+            #[tokio::test]
+            async fn rooms_of_lists_the_rooms_a_user_is_in() {
+                guarantees::rooms_of_lists_the_rooms_a_user_is_in($factory).await;
             }
         }
     };

@@ -397,6 +397,23 @@ impl RoomStore for MemoryRoomStore {
         Ok(listed)
     }
 
+    async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        // A scan: this store serves one node, and the question comes from an operator.
+        let now = Instant::now();
+        let rooms = self.rooms.lock();
+        let mut listed: Vec<String> = rooms
+            .iter()
+            .filter(|(_, members)| {
+                members
+                    .get(user_id)
+                    .is_some_and(|sockets| sockets.iter().any(|(_, expires_at)| *expires_at > now))
+            })
+            .map(|(room, _)| room.to_string())
+            .collect();
+        listed.sort();
+        Ok(listed)
+    }
+
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();

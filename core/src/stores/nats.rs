@@ -194,14 +194,21 @@ impl Broker for NatsBroker {
         // While disconnected the client would queue silently; fail so the caller can say so.
         let started = std::time::Instant::now();
         let published = match self.ensure_connected() {
-            Ok(()) => self
-                .client
-                .publish(
-                    fanout_subject(&self.subject_prefix, topic),
-                    frame.into_bytes(),
-                )
-                .await
-                .map_err(nats_error),
+            Ok(()) => {
+                let subject = fanout_subject(&self.subject_prefix, topic);
+                // A trace id the event's sender gave goes with it to every node.
+                match crate::trace::current() {
+                    Some(trace_id) => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(crate::trace::TRACE_ID_HEADER, trace_id.as_ref());
+                        self.client
+                            .publish_with_headers(subject, headers, frame.into_bytes())
+                            .await
+                    }
+                    None => self.client.publish(subject, frame.into_bytes()).await,
+                }
+                .map_err(nats_error)
+            }
             Err(error) => Err(error),
         };
         crate::metrics::record_backend_call("nats", started, published.is_err());
@@ -224,6 +231,13 @@ impl Broker for NatsBroker {
         let task_topic = topic.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
+                if let Some(trace_id) = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(crate::trace::TRACE_ID_HEADER))
+                {
+                    tracing::debug!(trace_id = trace_id.as_str(), topic = ?task_topic, "fan-out received");
+                }
                 deliver_checked(&deliver, &task_topic, message.payload);
             }
         });

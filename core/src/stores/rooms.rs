@@ -50,6 +50,9 @@ pub enum LeaveOutcome {
 ///   nodes never leave more than `capacity` users in a room.
 /// - `join`/`leave` report first/last socket of a user exactly as described on the outcomes.
 /// - `members` lists distinct user ids, sorted.
+/// - `rooms_of` lists, sorted, the rooms where the user holds a live membership on any node:
+///   a room appears with the join, stays while one of the user's sockets there is refreshed, and
+///   goes with the user's last leave or when the memberships expire.
 /// - A membership lasts `ttl` after its `join` or last `refresh`. Expired memberships do not
 ///   count toward capacity and are not listed: the sockets of a node that died stop being
 ///   refreshed, so they stop holding places after one TTL.
@@ -85,6 +88,8 @@ pub trait RoomStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Vec<RoomId>, StoreError>;
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError>;
+    /// The rooms where `user_id` holds a live membership, on any node, sorted.
+    async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError>;
     /// Every live membership of the room, sorted by user then socket.
     async fn sockets(&self, room: &RoomId) -> Result<Vec<RoomSocket>, StoreError>;

@@ -125,7 +125,13 @@ impl Handler for PublishEndpoint {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
-        match self.publish(req).await {
+        // A trace id the service sent (`Trace-Id`, or W3C `traceparent`) goes with the event to
+        // every node, as for NATS publishes.
+        let trace_id = ["Trace-Id", "traceparent"]
+            .iter()
+            .find_map(|name| req.header::<String>(*name))
+            .map(|value| Arc::<str>::from(value.as_str()));
+        match crate::trace::with_trace_id(trace_id, self.publish(req)).await {
             Ok(delivery) => res.render(Json(delivery.service_reply())),
             Err(error) => render_error(res, &error),
         }

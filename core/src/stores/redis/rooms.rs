@@ -21,6 +21,7 @@ const LEAVE_SCRIPT: &str = include_str!("scripts/leave.lua");
 const MEMBERS_SCRIPT: &str = include_str!("scripts/members.lua");
 const BLOCK_SCRIPT: &str = include_str!("scripts/block.lua");
 const ROOM_SOCKETS_SCRIPT: &str = include_str!("scripts/room_sockets.lua");
+const USER_ROOMS_SCRIPT: &str = include_str!("scripts/user_rooms.lua");
 
 /// Memberships one refresh script extends at most (~5 commands each): a batch of sockets in many
 /// rooms is split into several calls, so no single script holds Redis up for long.
@@ -30,6 +31,7 @@ const REFRESH_CHUNK: usize = 512;
 struct MembershipRefresh {
     rooms: Vec<RoomId>,
     socket_id: Arc<str>,
+    user_id: Arc<str>,
     ttl: Duration,
 }
 
@@ -45,6 +47,7 @@ pub struct RedisRoomStore {
     members: Script,
     block: Script,
     sockets: Script,
+    user_rooms: Script,
 }
 
 impl RedisRoomStore {
@@ -62,6 +65,7 @@ impl RedisRoomStore {
             members: script(MEMBERS_SCRIPT, &helpers),
             block: script(BLOCK_SCRIPT, &[NOW_MS]),
             sockets: script(ROOM_SOCKETS_SCRIPT, &helpers),
+            user_rooms: script(USER_ROOMS_SCRIPT, &[NOW_MS]),
             redis,
         }
     }
@@ -102,6 +106,11 @@ fn blocked_key(redis: &RedisConnector, room: &RoomId) -> String {
     format!("{}room:{room}:blocked", redis.key_prefix())
 }
 
+/// The rooms a user holds a membership in: room -> until when one is known to live (ms).
+fn user_rooms_key(redis: &RedisConnector, user_id: &str) -> String {
+    format!("{}user:{user_id}:rooms", redis.key_prefix())
+}
+
 fn room_keys(redis: &RedisConnector, room: &RoomId) -> [String; 3] {
     let prefix = redis.key_prefix();
     ["sockets", "owner", "users"].map(|part| format!("{prefix}room:{room}:{part}"))
@@ -127,12 +136,14 @@ async fn refresh_all(
         .collect();
     let mut gone = vec![Vec::new(); refreshes.len()];
     for chunk in memberships.chunks(REFRESH_CHUNK) {
-        let mut keys = Vec::with_capacity(chunk.len() * 3);
-        let mut args = Vec::with_capacity(chunk.len() * 2);
+        let mut keys = Vec::with_capacity(chunk.len() * 4);
+        let mut args = Vec::with_capacity(chunk.len() * 3);
         for (_, room, membership) in chunk {
             keys.extend(room_keys(&redis, room));
+            keys.push(user_rooms_key(&redis, &membership.user_id));
             args.push(membership.socket_id.to_string());
             args.push(membership.ttl.as_millis().to_string());
+            args.push(room.to_string());
         }
         let gone_positions: Vec<usize> = redis
             .run(|mut connection| {
@@ -171,9 +182,16 @@ impl RoomStore for RedisRoomStore {
             member.user_id.to_string(),
             capacity.to_string(),
             ttl.as_millis().to_string(),
+            room.to_string(),
         ];
         let [sockets, owner, users] = room_keys(&self.redis, room);
-        let keys = [sockets, owner, users, blocked_key(&self.redis, room)];
+        let keys = [
+            sockets,
+            owner,
+            users,
+            blocked_key(&self.redis, room),
+            user_rooms_key(&self.redis, &member.user_id),
+        ];
         let outcome: String = self.run_script_on_keys(&self.join, &keys, &args).await?;
         match outcome.as_str() {
             "blocked" => Ok(JoinOutcome::Blocked),
@@ -201,15 +219,22 @@ impl RoomStore for RedisRoomStore {
             .call(MembershipRefresh {
                 rooms: rooms.to_vec(),
                 socket_id: member.socket_id.clone(),
+                user_id: member.user_id.clone(),
                 ttl,
             })
             .await
     }
 
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError> {
-        let outcome: String = self
-            .run_room_script(&self.leave, room, &[member.socket_id.to_string()])
-            .await?;
+        let [sockets, owner, users] = room_keys(&self.redis, room);
+        let keys = [
+            sockets,
+            owner,
+            users,
+            user_rooms_key(&self.redis, &member.user_id),
+        ];
+        let args = [member.socket_id.to_string(), room.to_string()];
+        let outcome: String = self.run_script_on_keys(&self.leave, &keys, &args).await?;
         Ok(match outcome.as_str() {
             "last" => LeaveOutcome::Left {
                 last_for_user: true,
@@ -245,6 +270,15 @@ impl RoomStore for RedisRoomStore {
             .collect();
         listed.sort_by(|a, b| (&a.user_id, &a.socket_id).cmp(&(&b.user_id, &b.socket_id)));
         Ok(listed)
+    }
+
+    async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let key = user_rooms_key(&self.redis, user_id);
+        let mut rooms: Vec<String> = self
+            .run_script_on_keys(&self.user_rooms, &[key], &[])
+            .await?;
+        rooms.sort();
+        Ok(rooms)
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {
