@@ -251,6 +251,13 @@ impl PluginHost {
         policy: FailurePolicy,
         event: &ChainEvent<'_>,
     ) -> ChainResult {
+        let _span = tracing::debug_span!(
+            "plugin_chain",
+            room = event.room_id,
+            event = event.name,
+            plugins = chain.len()
+        )
+        .entered();
         let mut payload: Option<String> = None;
         for name in chain {
             let Some(plugin) = self.loaded.read().get(name).cloned() else {

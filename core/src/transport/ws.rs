@@ -325,6 +325,16 @@ impl Handler for WebSocketEndpoint {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
+        // Debug level, like every per-connection span: free where debug logs are off.
+        let span = tracing::debug_span!("handshake", peer = %req.remote_addr());
+        tracing::Instrument::instrument(self.handshake(req, res), span).await;
+    }
+}
+
+impl WebSocketEndpoint {
+    /// Origin, draining, token and admission checks, then the upgrade; the socket's session runs
+    /// in a task of its own.
+    async fn handshake(&self, req: &mut Request, res: &mut Response) {
         let started = Instant::now();
         metrics::counter!(names::CONNECTION_STATES, "state" => "connecting").increment(1);
         if let Err(error) = self.allowed_origins.check(req) {
