@@ -230,6 +230,43 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer() {
     );
 }
 
+/// A mass disconnect (everyone in a room with announcements leaves at once, as closing tabs do)
+/// ends each socket as closed by its client, never as a slow consumer: the leave announcements
+/// that reach sockets already on their way out must not make them look slow.
+#[tokio::test]
+async fn a_mass_disconnect_is_not_taken_for_slow_consumers() {
+    let server = TestServer::start_with(|settings| settings.limits.outbox_frames = 8)
+        .await
+        .unwrap();
+    let room = realtime_tests::unique("chat:exodus");
+    let mut clients = Vec::new();
+    for index in 0..150 {
+        let mut client = server.connect(&format!("leaver{index}")).await.unwrap();
+        client.join(&room).await.unwrap();
+        clients.push(client);
+    }
+    let mut events = server.events();
+    for client in clients.iter_mut() {
+        client.send_close().await.unwrap();
+    }
+    drop(clients);
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    while reasons.values().sum::<usize>() < 150 {
+        let event = wait_for_event(&mut events, Duration::from_secs(10), |event| {
+            matches!(event, PlatformEvent::SocketDisconnect { .. })
+        })
+        .await
+        .expect("every socket ends");
+        if let PlatformEvent::SocketDisconnect { reason, .. } = event {
+            *reasons.entry(reason).or_default() += 1;
+        }
+    }
+    assert!(
+        !reasons.contains_key("slow_consumer"),
+        "clients that left were counted as slow: {reasons:?}"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_closes_sockets_with_1012() {
     let server = TestServer::start().await.unwrap();

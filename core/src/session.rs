@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -93,6 +93,9 @@ impl RequestBudget {
 }
 
 /// Why the loop ended.
+/// Frames a slow-consumer close reads past, looking for the client's own Close.
+const CLOSE_PEEK_FRAMES: usize = 32;
+
 enum Ending {
     /// Send this close code, then finish the close handshake.
     Close(CloseCode),
@@ -311,7 +314,7 @@ where
             tokio::select! {
                 biased;
                 signal = handle.signalled() => match signal {
-                    Signal::Close(code) => return Ending::Close(code),
+                    Signal::Close(code) => return self.ending_for_requested_close(code),
                     Signal::Evicted => {
                         // Boxed: rare, and its backend calls are large state.
                         if let Some(ending) = Box::pin(self.leave_evicted_rooms(&handle)).await {
@@ -417,6 +420,26 @@ where
     }
 
     /// What ends the loop after a failed write: a requested close, or a broken connection.
+    /// The ending for a close the node requested. A slow-consumer close is checked against what
+    /// the client already sent: a client whose Close frame (or end of stream) waits to be read
+    /// left on its own, and its outbox filled only because it stopped reading on its way out (a
+    /// mass disconnect, with every leave announced to the members still there).
+    fn ending_for_requested_close(&mut self, code: CloseCode) -> Ending {
+        if code != CloseCode::SlowConsumer {
+            return Ending::Close(code);
+        }
+        for _ in 0..CLOSE_PEEK_FRAMES {
+            match self.socket.next().now_or_never() {
+                Some(None | Some(Inbound::Close)) => return Ending::ClosedByClient,
+                Some(Some(Inbound::Failed(_))) => return Ending::Gone("transport_error"),
+                // Read on the way to its Close: the connection ends either way.
+                Some(Some(_)) => continue,
+                None => break,
+            }
+        }
+        Ending::Close(code)
+    }
+
     fn ending_after_failed_write(&self) -> Ending {
         match self.session.handle.requested_close_code() {
             Some(code) => Ending::Close(code),

@@ -365,6 +365,12 @@ impl Client {
         }
     }
 
+    /// Sends a Close frame and reads nothing more (a closing tab): drop the client next.
+    pub async fn send_close(&mut self) -> Result<()> {
+        self.socket.send(Message::Close(None)).await?;
+        Ok(())
+    }
+
     pub async fn close(mut self) -> Result<()> {
         self.socket.close(None).await?;
         while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP_TIMEOUT, self.socket.next()).await {}

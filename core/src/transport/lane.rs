@@ -191,7 +191,12 @@ impl Backlog {
     }
 
     /// Takes a push: queued, or held back while `holding`; refused beyond `limit` chunks.
+    /// Dropped once a write failed: the connection is gone (the socket's task ends it), and
+    /// queueing for it would only fill the backlog and make a client that left look slow.
     fn enqueue(&mut self, encoded: &Bytes, limit: usize) -> Pushed {
+        if self.broken.is_some() {
+            return Pushed::Dropped;
+        }
         if self.chunks.len() >= limit {
             return Pushed::Full;
         }
