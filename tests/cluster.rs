@@ -307,7 +307,7 @@ async fn nodes_receive_only_traffic_for_rooms_their_sockets_are_in() {
         client.join(room).await.unwrap();
         client.next_event_named("room.user_joined").await.unwrap();
     }
-    let before = node_a.server.node().hub().broker_deliveries();
+    let before = node_a.server.broker_deliveries();
     let elsewhere = 500;
     for index in 0..elsewhere {
         let room = format!("chat:elsewhere{index}-{}", unique(""));
@@ -325,7 +325,7 @@ async fn nodes_receive_only_traffic_for_rooms_their_sockets_are_in() {
     for _ in &mine {
         client.next_event_named("mine").await.unwrap();
     }
-    let received = node_a.server.node().hub().broker_deliveries() - before;
+    let received = node_a.server.broker_deliveries() - before;
     println!(
         "node A received {received} broker messages for {} publishes ({elsewhere} to rooms it has no member in)",
         elsewhere + mine.len()
@@ -382,15 +382,12 @@ async fn a_burst_of_platform_events_reaches_nats_whole_and_in_order() {
     // Emitted without a pause, as a mass disconnect does: the publisher cannot run in between
     // (this test's runtime has one thread), so the whole burst waits in its queue.
     for index in 0..BURST {
-        node.server
-            .node()
-            .events()
-            .emit(PlatformEvent::SocketDisconnect {
-                user_id: user.clone(),
-                socket_id: format!("s{index}"),
-                node: "test".into(),
-                reason: "client_closed".into(),
-            });
+        node.server.events().emit(PlatformEvent::SocketDisconnect {
+            user_id: user.clone(),
+            socket_id: format!("s{index}"),
+            node: "test".into(),
+            reason: "client_closed".into(),
+        });
     }
     let mut received = 0;
     while received < BURST {
@@ -682,8 +679,8 @@ async fn cluster_info_lists_every_node_with_its_connections() {
     let node_b = TestServer::start_node(&settings).await.unwrap();
     let first = node_b.connect("one").await.unwrap();
     let (name_a, name_b) = (
-        node_a.server.node().node_id().to_owned(),
-        node_b.server.node().node_id().to_owned(),
+        node_a.server.node_id().to_owned(),
+        node_b.server.node_id().to_owned(),
     );
     // Announcements come every few seconds; poll until node B's shows its socket.
     let mut info = serde_json::Value::Null;

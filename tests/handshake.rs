@@ -38,7 +38,7 @@ async fn valid_token_gets_the_connected_frame() {
     };
     let hello = client.expect_connected().await.unwrap();
     assert_eq!(hello["user_id"], "alice");
-    assert_eq!(hello["node"], server.server.node().node_id());
+    assert_eq!(hello["node"], server.server.node_id());
     assert!(hello["socket_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert_eq!(
         hello["heartbeat_interval_ms"],

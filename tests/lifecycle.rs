@@ -29,7 +29,7 @@ async fn connect_and_disconnect_emit_platform_events_and_offline_follows_the_ttl
         PlatformEvent::SocketConnect {
             user_id: "alice".into(),
             socket_id: socket_id.clone(),
-            node: server.server.node().node_id().into(),
+            node: server.server.node_id().into(),
         }
     );
     wait_for_event(

@@ -664,10 +664,6 @@ impl Hub {
         self.rooms.remove(room, socket_id)
     }
 
-    pub fn is_in_room(&self, room: &RoomId, socket_id: &str) -> bool {
-        self.rooms.contains(room, socket_id)
-    }
-
     /// Frames the broker has brought to this node so far.
     pub fn broker_deliveries(&self) -> u64 {
         self.broker_deliveries.load(Ordering::Relaxed)

@@ -40,29 +40,29 @@
 //! - [`server`]: start and stop a node (readiness off, closes spread over the drain window).
 //! - [`trace`]: a service's trace id, carried with its message's work and onto NATS fan-outs.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod auth;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod descriptors;
 pub mod events;
-pub mod graphql;
-pub mod hub;
-pub mod jwks;
+pub(crate) mod graphql;
+pub(crate) mod hub;
+pub(crate) mod jwks;
 pub mod metrics;
-pub mod moderation;
-pub mod nats_bridge;
-pub mod node;
-pub mod notification_ingest;
+pub(crate) mod moderation;
+pub(crate) mod nats_bridge;
+pub(crate) mod node;
+pub(crate) mod notification_ingest;
 pub mod notifications;
 pub mod plugins;
 pub mod protocol;
-pub mod readiness;
+pub(crate) mod readiness;
 pub mod room;
 pub mod server;
-pub mod session;
-pub mod small_set;
+pub(crate) mod session;
+pub(crate) mod small_set;
 pub mod stores;
-pub mod trace;
+pub(crate) mod trace;
 mod transport;

@@ -381,8 +381,20 @@ impl Server {
         self.local_addr
     }
 
-    pub fn node(&self) -> &Arc<Node> {
-        &self.node
+    /// The node's name (`server.node_id`, or the one generated at startup).
+    pub fn node_id(&self) -> &str {
+        self.node.node_id()
+    }
+
+    /// The node's platform events, as the NATS publisher sees them (subscribe to watch them).
+    pub fn events(&self) -> &crate::events::EventBus {
+        self.node.events()
+    }
+
+    /// Frames the broker has handed to this node so far (per-room interest keeps this
+    /// proportional to the rooms the node has members in).
+    pub fn broker_deliveries(&self) -> u64 {
+        self.node.hub().broker_deliveries()
     }
 
     /// Re-reads every plugin file now (what `SIGHUP` does); returns how many were swapped.

@@ -116,7 +116,7 @@ impl TestServer {
     }
 
     pub fn events(&self) -> broadcast::Receiver<PlatformEvent> {
-        self.server.node().events().subscribe()
+        self.server.events().subscribe()
     }
 
     /// `POST /api/publish` with the test key; returns status and JSON body.
