@@ -35,6 +35,9 @@
 #! The floors take `--reader-processes` to run each reader in a process of its own, as the load
 #! tool's workers are, and `--yield-every 64` to give up the CPU after every 64 writes, as the
 #! server's fan-out does (`bash examples/bench.sh floor-relay --yield-every 64`).
+#! BENCH_PIN=1 runs the servers on CPU 0 and the load tool on CPU 1 (`taskset`), so that they do
+#! not share cores, as real clients do not (Redis and NATS stay unpinned). BENCH_SERVER_ENV adds
+#! environment assignments to every server, e.g. BENCH_SERVER_ENV=REALTIME_SERVER__FANOUT_YIELD_EVERY=0.
 #! BENCH_HISTORY_SIZE=N keeps N events per room of the `load` type (history_ttl_secs 600; kept in
 #! memory on one node without NATS, in JetStream with NATS): every scenario runs with history on.
 #! Needs Redis and NATS on 127.0.0.1 for the cluster scenarios, and NATS for the NATS floors
@@ -113,13 +116,22 @@ config = { tag = "bench" }
 EOF
 fi
 
+server_pin=()
+load_pin=()
+if [ "${BENCH_PIN:-0}" = 1 ]; then
+    server_pin=(taskset -c 0)
+    load_pin=(taskset -c 1)
+fi
+read -r -a server_env <<<"${BENCH_SERVER_ENV:-}"
+
 # start_node PORT [env assignments...]: a release server on 127.0.0.1:PORT with the bench config.
 start_node() {
     local port="$1"
     shift
     # The load tool is many users behind a few loopback addresses: lift the per-address share.
-    env "$@" REALTIME_SERVER__LISTEN="127.0.0.1:$port" REALTIME_LIMITS__MAX_CONNECTIONS_PER_ADDRESS=0 \
-        target/release/realtime --config "$workdir/bench.toml" serve &
+    env "$@" "${server_env[@]}" REALTIME_SERVER__LISTEN="127.0.0.1:$port" \
+        REALTIME_LIMITS__MAX_CONNECTIONS_PER_ADDRESS=0 \
+        "${server_pin[@]}" target/release/realtime --config "$workdir/bench.toml" serve &
     server_pids+=("$!")
     for _ in $(seq 1 100); do
         if curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; then return 0; fi
@@ -139,7 +151,7 @@ two_nodes() {
 }
 pids() { local IFS=,; echo "${server_pids[*]}"; }
 loadgen() {
-    target/release/loadgen --nodes "$nodes" --server-pid "$(pids)" --room-type load \
+    "${load_pin[@]}" target/release/loadgen --nodes "$nodes" --server-pid "$(pids)" --room-type load \
         --api-key bench --assert-clean "$@"
 }
 
