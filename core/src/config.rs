@@ -913,7 +913,7 @@ mod tests {
         let settings = Settings::defaults();
         assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.server.max_connections, 10_000);
-        assert_eq!(settings.server.fanout_yield_every, 64);
+        assert_eq!(settings.server.fanout_yield_every, 0);
         for name in ["chat", "competition", "lesson"] {
             assert!(settings.room_types.contains_key(name), "missing {name}");
         }
