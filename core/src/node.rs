@@ -1247,16 +1247,7 @@ impl Node {
             .map_err(|_| WireError::new(ErrorCode::InternalError, "plugin output was not JSON"))?;
         let data = replaced.as_deref().unwrap_or(data);
         let push = |position: Option<&Position>| {
-            Frame::event(&EventPush {
-                kind: "event",
-                event,
-                room: Some(room.as_str()),
-                from,
-                data,
-                ts,
-                offset: position.map(|position| position.offset),
-                epoch: position.map(|position| position.epoch.as_ref()),
-            })
+            Frame::event(&EventPush::new(event, Some(room.as_str()), from, data, ts).at(position))
         };
         let topic = Topic::Room(room.clone());
         let Some((policy, store)) = self.history_of(room_type) else {
@@ -1328,16 +1319,13 @@ impl Node {
         data: &RawValue,
         ts: u64,
     ) -> Result<(), WireError> {
-        let frame = Frame::event(&EventPush {
-            kind: "event",
+        let frame = Frame::event(&EventPush::new(
             event,
-            room: room.map(RoomId::as_str),
+            room.map(RoomId::as_str),
             from,
             data,
             ts,
-            offset: None,
-            epoch: None,
-        });
+        ));
         self.hand_to_broker(&topic, frame).await
     }
 

@@ -696,6 +696,37 @@ pub struct EventPush<'a> {
     pub data: &'a RawValue,
 }
 
+impl<'a> EventPush<'a> {
+    /// A push without a history position (users' pushes, announcements, rooms without history).
+    pub fn new(
+        event: &'a str,
+        room: Option<&'a str>,
+        from: Option<&'a str>,
+        data: &'a RawValue,
+        ts: u64,
+    ) -> Self {
+        EventPush {
+            kind: "event",
+            event,
+            room,
+            from,
+            data,
+            ts,
+            offset: None,
+            epoch: None,
+        }
+    }
+
+    /// The same push at `position` in its room's history (none: as it was).
+    pub fn at(self, position: Option<&'a Position>) -> Self {
+        EventPush {
+            offset: position.map(|position| position.offset),
+            epoch: position.map(|position| position.epoch.as_ref()),
+            ..self
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_now_millis() -> u64 {
     std::time::SystemTime::now()

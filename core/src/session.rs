@@ -729,16 +729,13 @@ where
                 json!({ "reason": "removed_by_moderator" }).to_string(),
             )
             .expect("a JSON object");
-            let push = Frame::event(&crate::protocol::EventPush {
-                kind: "event",
-                event: "room.removed",
-                room: Some(room.as_str()),
-                from: None,
-                data: &data,
-                ts: crate::protocol::unix_now_millis(),
-                offset: None,
-                epoch: None,
-            });
+            let push = Frame::event(&crate::protocol::EventPush::new(
+                "room.removed",
+                Some(room.as_str()),
+                None,
+                &data,
+                crate::protocol::unix_now_millis(),
+            ));
             if let Some(ending) = self.reply(push).await {
                 return Some(ending);
             }

@@ -19,6 +19,23 @@ fn room_topic() -> Topic {
     Topic::Room(RoomId::parse(&unique("chat:conf")).unwrap())
 }
 
+/// Frames one node's delivery handler received, with their topics.
+type Received = tokio::sync::mpsc::UnboundedReceiver<(Topic, crate::protocol::Frame)>;
+
+/// Two nodes on the backend, each delivering to a recorder the test reads.
+async fn two_recorded_nodes<F, Fut>(make_node: F) -> [(Arc<dyn Broker>, Received); 2]
+where
+    F: Fn(DeliveryHandler) -> Fut,
+    Fut: Future<Output = Arc<dyn Broker>>,
+{
+    let (handler_a, received_a) = recording_handler();
+    let (handler_b, received_b) = recording_handler();
+    [
+        (make_node(handler_a).await, received_a),
+        (make_node(handler_b).await, received_b),
+    ]
+}
+
 /// The body of the `sequence`th frame these tests publish.
 fn numbered(sequence: usize) -> String {
     format!("{{\"n\":{sequence}}}")
@@ -31,10 +48,7 @@ where
     F: Fn(DeliveryHandler) -> Fut,
     Fut: Future<Output = Arc<dyn Broker>>,
 {
-    let (handler_a, _received_a) = recording_handler();
-    let (handler_b, mut received_b) = recording_handler();
-    let node_a = make_node(handler_a).await;
-    let node_b = make_node(handler_b).await;
+    let [(node_a, _received_a), (node_b, mut received_b)] = two_recorded_nodes(make_node).await;
     let room = room_topic();
     node_b.subscribe(&room).await.expect("subscribe");
     for sequence in 0..FRAMES {
@@ -69,10 +83,7 @@ where
     F: Fn(DeliveryHandler) -> Fut,
     Fut: Future<Output = Arc<dyn Broker>>,
 {
-    let (handler_a, _received_a) = recording_handler();
-    let (handler_b, mut received_b) = recording_handler();
-    let node_a = make_node(handler_a).await;
-    let node_b = make_node(handler_b).await;
+    let [(node_a, _received_a), (node_b, mut received_b)] = two_recorded_nodes(make_node).await;
     let room = room_topic();
     node_b.subscribe(&room).await.expect("subscribe");
     for sequence in 0..FRAMES {
@@ -100,10 +111,7 @@ where
     F: Fn(DeliveryHandler) -> Fut,
     Fut: Future<Output = Arc<dyn Broker>>,
 {
-    let (handler_a, mut received_a) = recording_handler();
-    let (handler_b, mut received_b) = recording_handler();
-    let node_a = make_node(handler_a).await;
-    let node_b = make_node(handler_b).await;
+    let [(node_a, mut received_a), (node_b, mut received_b)] = two_recorded_nodes(make_node).await;
     let room = room_topic();
     node_b.subscribe(&room).await.expect("subscribe");
     node_a.subscribe(&room).await.expect("subscribe");
@@ -122,10 +130,7 @@ where
     F: Fn(DeliveryHandler) -> Fut,
     Fut: Future<Output = Arc<dyn Broker>>,
 {
-    let (handler_a, _received_a) = recording_handler();
-    let (handler_b, mut received_b) = recording_handler();
-    let node_a = make_node(handler_a).await;
-    let node_b = make_node(handler_b).await;
+    let [(node_a, _received_a), (node_b, mut received_b)] = two_recorded_nodes(make_node).await;
     let user = Topic::User(Arc::from(unique("user-")));
     node_b.subscribe(&user).await.expect("subscribe user topic");
     node_a
@@ -148,10 +153,7 @@ where
     F: Fn(DeliveryHandler) -> Fut,
     Fut: Future<Output = Arc<dyn Broker>>,
 {
-    let (handler_a, mut received_a) = recording_handler();
-    let (handler_b, mut received_b) = recording_handler();
-    let node_a = make_node(handler_a).await;
-    let node_b = make_node(handler_b).await;
+    let [(node_a, mut received_a), (node_b, mut received_b)] = two_recorded_nodes(make_node).await;
     let room = room_topic();
     let other_room = room_topic();
     node_b.subscribe(&room).await.expect("subscribe");
@@ -177,10 +179,7 @@ where
     F: Fn(DeliveryHandler) -> Fut,
     Fut: Future<Output = Arc<dyn Broker>>,
 {
-    let (handler_a, mut received_a) = recording_handler();
-    let (handler_b, mut received_b) = recording_handler();
-    let node_a = make_node(handler_a).await;
-    let node_b = make_node(handler_b).await;
+    let [(node_a, mut received_a), (node_b, mut received_b)] = two_recorded_nodes(make_node).await;
     let room = room_topic();
     node_a.subscribe(&room).await.expect("subscribe");
     node_b.subscribe(&room).await.expect("subscribe");
@@ -207,10 +206,7 @@ where
     F: Fn(DeliveryHandler) -> Fut,
     Fut: Future<Output = Arc<dyn Broker>>,
 {
-    let (handler_a, mut received_a) = recording_handler();
-    let (handler_b, mut received_b) = recording_handler();
-    let node_a = make_node(handler_a).await;
-    let node_b = make_node(handler_b).await;
+    let [(node_a, mut received_a), (node_b, mut received_b)] = two_recorded_nodes(make_node).await;
     let room = room_topic();
 
     // Subscribing twice must still deliver once.

@@ -243,18 +243,9 @@ impl JetStreamHistory {
         stream: &stream::Stream,
         subject: &str,
     ) -> Result<Option<Tail>, StoreError> {
-        use jetstream::stream::DirectGetErrorKind;
-        let read = tokio::time::timeout(
-            CALL_TIMEOUT,
-            stream.direct_get_last_for_subject(subject.to_owned()),
-        )
-        .await
-        .map_err(|_| unavailable("read last record", "timed out"))?;
-        match read {
-            Ok(message) => Ok(Tail::from_message(&message)),
-            Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(error) => Err(unavailable("read last record", error)),
-        }
+        let read = stream.direct_get_last_for_subject(subject.to_owned());
+        let message = Self::direct_get("read last record", read).await?;
+        Ok(message.and_then(|message| Tail::from_message(&message)))
     }
 
     /// Reads the record at `sequence`; `None` when it is gone (expired or beyond the limit).
@@ -262,14 +253,23 @@ impl JetStreamHistory {
         stream: &stream::Stream,
         sequence: u64,
     ) -> Result<Option<(Tail, bytes::Bytes)>, StoreError> {
-        use jetstream::stream::DirectGetErrorKind;
-        let read = tokio::time::timeout(CALL_TIMEOUT, stream.direct_get(sequence))
-            .await
-            .map_err(|_| unavailable("read record", "timed out"))?;
-        match read {
-            Ok(message) => Ok(Tail::from_message(&message).map(|tail| (tail, message.payload))),
-            Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(error) => Err(unavailable("read record", error)),
+        let message = Self::direct_get("read record", stream.direct_get(sequence)).await?;
+        Ok(message
+            .and_then(|message| Tail::from_message(&message).map(|tail| (tail, message.payload))))
+    }
+
+    /// One direct get under [`CALL_TIMEOUT`]; a record that is not there is `None`.
+    async fn direct_get(
+        what: &str,
+        read: impl std::future::Future<
+            Output = Result<jetstream::message::StreamMessage, stream::DirectGetError>,
+        >,
+    ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
+        match tokio::time::timeout(CALL_TIMEOUT, read).await {
+            Err(_) => Err(unavailable(what, "timed out")),
+            Ok(Ok(message)) => Ok(Some(message)),
+            Ok(Err(error)) if error.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Ok(Err(error)) => Err(unavailable(what, error)),
         }
     }
 
