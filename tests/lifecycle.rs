@@ -235,7 +235,9 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer() {
 /// that reach sockets already on their way out must not make them look slow.
 #[tokio::test]
 async fn a_mass_disconnect_is_not_taken_for_slow_consumers() {
-    let server = TestServer::start_with(|settings| settings.limits.outbox_frames = 8)
+    // An outbox smaller than the leave announcements that follow a socket's end (up to 149), but
+    // larger than what can reach a socket in the moment before its own Close is read.
+    let server = TestServer::start_with(|settings| settings.limits.outbox_frames = 64)
         .await
         .unwrap();
     let room = realtime_tests::unique("chat:exodus");
@@ -246,9 +248,12 @@ async fn a_mass_disconnect_is_not_taken_for_slow_consumers() {
         clients.push(client);
     }
     let mut events = server.events();
-    for client in clients.iter_mut() {
-        client.send_close().await.unwrap();
-    }
+    // Every tab closes at the same moment: all Close frames go out together.
+    futures_util::future::join_all(clients.iter_mut().map(|client| client.send_close()))
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()
+        .unwrap();
     drop(clients);
     let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     while reasons.values().sum::<usize>() < 150 {
