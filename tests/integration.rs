@@ -11,6 +11,7 @@ mod lifecycle;
 mod malformed;
 mod monitoring;
 mod notifications;
+mod presence_diffs;
 mod publish;
 mod rooms;
 mod wasm_plugins;

@@ -144,7 +144,7 @@ async fn pushes_and_replies_arrive_whole_and_in_order() {
         .await
         .unwrap();
     client.join("competition:7").await.unwrap();
-    client.next_event_named("room.user_joined").await.unwrap();
+    client.next_event_named("room.presence_diff").await.unwrap();
     const EVENTS: u64 = 200;
     // 200 pushes of 60 KB, 12 MB, while the client reads nothing: more than the loopback socket
     // buffers take, so most of them wait in the socket's backlog on the server.

@@ -280,10 +280,15 @@ pub struct RoomTypeSettings {
     pub capacity: u32,
     pub client_publish: bool,
     pub presence: bool,
-    /// Whether joins and leaves are pushed to the room (`room.user_joined`, `room.user_left`).
-    /// Unset: the value of `presence`.
+    /// How joins and leaves are pushed to the room: `true` one frame per change
+    /// (`room.user_joined`, `room.user_left`), `"batched"` one `room.presence_diff` per interval,
+    /// `false` not at all. Unset: `true` where `presence` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub announce: Option<bool>,
+    pub announce: Option<Announce>,
+    /// How long a node gathers joins and leaves before it pushes them as one diff (`announce =
+    /// "batched"`). Default 1000.
+    #[serde(default = "default_announce_interval_ms")]
+    pub announce_interval_ms: u64,
     pub join: JoinPolicy,
     #[serde(default)]
     pub plugins: Vec<String>,
@@ -309,9 +314,74 @@ impl RoomTypeSettings {
         })
     }
 
-    /// Whether joins and leaves are pushed to the room's members.
-    pub fn announces_membership(&self) -> bool {
-        self.announce.unwrap_or(self.presence)
+    /// How joins and leaves are pushed to the room's members.
+    pub fn announcement(&self) -> Announce {
+        self.announce.unwrap_or(if self.presence {
+            Announce::Each
+        } else {
+            Announce::Off
+        })
+    }
+
+    pub fn announce_interval(&self) -> Duration {
+        Duration::from_millis(self.announce_interval_ms)
+    }
+}
+
+fn default_announce_interval_ms() -> u64 {
+    1000
+}
+
+/// Bounds of `room_types.<type>.announce_interval_ms`: below, a diff is barely a batch; above,
+/// member lists lag by more than a minute.
+pub const ANNOUNCE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+
+/// How a room type pushes joins and leaves to its members. In TOML: `false`, `true` or
+/// `"batched"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// Nothing is pushed; members ask with `presence`.
+    Off,
+    /// One `room.user_joined` / `room.user_left` per change, to every member: a room of N filling
+    /// up sends about N²/2 frames.
+    Each,
+    /// Each node gathers its members' joins and leaves per room and pushes one
+    /// `room.presence_diff` per interval: frames per member grow with time, not with the room.
+    Batched,
+}
+
+impl Serialize for Announce {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Announce::Off => serializer.serialize_bool(false),
+            Announce::Each => serializer.serialize_bool(true),
+            Announce::Batched => serializer.serialize_str("batched"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Announce {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnnounceVisitor;
+        impl serde::de::Visitor<'_> for AnnounceVisitor {
+            type Value = Announce;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str(r#"true, false or "batched""#)
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Announce, E> {
+                Ok(if value { Announce::Each } else { Announce::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Announce, E> {
+                match value {
+                    "batched" => Ok(Announce::Batched),
+                    // Environment variables arrive as text.
+                    "true" => Ok(Announce::Each),
+                    "false" => Ok(Announce::Off),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(AnnounceVisitor)
     }
 }
 
@@ -521,6 +591,16 @@ impl Settings {
                 return Err(ConfigError::invalid(
                     "room_types.<type>.capacity",
                     format!("room type {name:?}: capacity must be at least 1"),
+                ));
+            }
+            if !ANNOUNCE_INTERVAL_MS.contains(&room_type.announce_interval_ms) {
+                return Err(ConfigError::invalid(
+                    "room_types.<type>.announce_interval_ms",
+                    format!(
+                        "room type {name:?}: must be {}-{} ms",
+                        ANNOUNCE_INTERVAL_MS.start(),
+                        ANNOUNCE_INTERVAL_MS.end()
+                    ),
                 ));
             }
             if room_type.history_size > MAX_HISTORY_SIZE {
@@ -743,6 +823,50 @@ mod tests {
         Settings::from_figment(
             Figment::from(Toml::string(DEFAULT_TOML)).merge(Serialized::default(key, value)),
         )
+    }
+
+    #[test]
+    fn announce_reads_true_false_and_batched_and_names_the_choices_otherwise() {
+        let key = "room_types.chat.announce";
+        let announce_of = |value: serde_json::Value| {
+            with(key, value).map(|settings| settings.room_types["chat"].announcement())
+        };
+        assert_eq!(
+            announce_of(serde_json::json!(true)).unwrap(),
+            Announce::Each
+        );
+        assert_eq!(
+            announce_of(serde_json::json!(false)).unwrap(),
+            Announce::Off
+        );
+        assert_eq!(
+            announce_of(serde_json::json!("batched")).unwrap(),
+            Announce::Batched
+        );
+        // Environment variables are text.
+        assert_eq!(
+            announce_of(serde_json::json!("false")).unwrap(),
+            Announce::Off
+        );
+        let error = announce_of(serde_json::json!("sometimes"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(r#"true, false or "batched""#),
+            "unhelpful error: {error}"
+        );
+        let interval = with("room_types.chat.announce_interval_ms", 10).unwrap_err();
+        assert!(interval.to_string().contains("announce_interval_ms"));
+    }
+
+    #[test]
+    fn the_shipped_competition_rooms_batch_their_announcements_and_chat_sends_each() {
+        let settings = Settings::defaults();
+        assert_eq!(
+            settings.room_types["competition"].announcement(),
+            Announce::Batched
+        );
+        assert_eq!(settings.room_types["chat"].announcement(), Announce::Each);
     }
 
     const RSA_PUBLIC_KEY: &str = concat!(

@@ -28,6 +28,8 @@
 //!   (`Node::create_notification`); [`graphql`]: the schema serving them (no HTTP here).
 //! - [`plugins`]: wasmtime event plugins: per-room-type chains, limits, failure policy,
 //!   circuit breaker, hot reload.
+//! - [`presence_diffs`]: joins and leaves gathered per room and pushed as one
+//!   `room.presence_diff` per interval (`announce = "batched"`).
 //! - [`events`]: platform events (`socket.connect`, `user.offline`, ...) on an in-process bus.
 //! - [`auth`]: JWT verification and minting; [`jwks`]: keys from an identity provider's JWKS;
 //!   [`room`]: room ids and grants.
@@ -57,6 +59,7 @@ pub(crate) mod node;
 pub(crate) mod notification_ingest;
 pub mod notifications;
 pub mod plugins;
+pub(crate) mod presence_diffs;
 pub mod protocol;
 pub(crate) mod readiness;
 pub mod room;

@@ -74,6 +74,8 @@ pub const PUBLISHES: &str = "realtime_publishes_total";
 /// Counter: room memberships joined again after the room store lost them (Redis restarted
 /// empty, a failover dropped writes) while the node still held the socket.
 pub const MEMBERSHIPS_RESTORED: &str = "realtime_memberships_restored_total";
+/// Counter: `room.presence_diff` frames this node pushed into rooms (`announce = "batched"`).
+pub const PRESENCE_DIFFS: &str = "realtime_presence_diffs_total";
 /// Counter: lost memberships that could not be joined again because the room filled up.
 pub const MEMBERSHIPS_LOST: &str = "realtime_memberships_lost_total";
 
@@ -189,6 +191,7 @@ pub fn register_node(max_connections: usize) {
         NOTIFICATIONS_CREATED,
         NOTIFICATIONS_DEAD_LETTERED,
         MEMBERSHIPS_RESTORED,
+        PRESENCE_DIFFS,
         MEMBERSHIPS_LOST,
         HISTORY_APPEND_FAILURES,
     ] {

@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::auth::{AuthError, Identity, TokenVerifier};
-use crate::config::{JoinPolicy, RoomTypeSettings, Settings};
+use crate::config::{Announce, JoinPolicy, RoomTypeSettings, Settings};
 use crate::events::{EventBus, PlatformEvent};
 use crate::hub::{Hub, PushLane, Signal, SocketHandle};
 use crate::metrics as names;
 use crate::notifications::NotificationService;
 use crate::plugins::{ChainEvent, ChainResult, PluginHost};
+use crate::presence_diffs::{Change, Diff, PresenceDiffs};
 use crate::protocol::{
     CloseCode, ControlCommand, ErrorCode, EventPush, Frame, WireError, is_reserved_event_name,
     is_service_event_name, is_valid_event_name, unix_now_millis,
@@ -174,6 +175,8 @@ pub struct Node {
     /// Serializes "store in history, then hand to the broker" per room on this node, so this
     /// node's events of a room reach the broker in offset order. Striped like `interest_locks`.
     publish_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Joins and leaves waiting to be pushed as one diff (`announce = "batched"`).
+    presence_diffs: PresenceDiffs,
     shutdown: CancellationToken,
     /// Shutdown has begun: not ready, no new sockets.
     draining: std::sync::atomic::AtomicBool,
@@ -217,6 +220,7 @@ impl Node {
             publish_locks: (0..INTEREST_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            presence_diffs: PresenceDiffs::default(),
             shutdown: CancellationToken::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
@@ -656,8 +660,8 @@ impl Node {
             room: room.to_string(),
             node: self.node_id.to_string(),
         });
-        if first_for_user && room_type.announces_membership() {
-            self.announce_membership(&room, "room.user_joined", &member.user_id)
+        if first_for_user {
+            self.announce_change(&room, room_type, Change::Joined, &member.user_id)
                 .await;
         }
         let history = match history {
@@ -1065,24 +1069,66 @@ impl Node {
             node: self.node_id.to_string(),
             reason: reason.to_owned(),
         });
-        let announces = self
-            .room_type(room)
-            .is_ok_and(|room_type| room_type.announces_membership());
-        if outcome
-            == (LeaveOutcome::Left {
+        let last_for_user = outcome
+            == LeaveOutcome::Left {
                 last_for_user: true,
-            })
-            && announces
-        {
-            self.announce_membership(room, "room.user_left", &member.user_id)
+            };
+        if let (true, Ok(room_type)) = (last_for_user, self.room_type(room)) {
+            self.announce_change(room, room_type, Change::Left, &member.user_id)
                 .await;
         }
         Ok(())
     }
 
-    async fn announce_membership(&self, room: &RoomId, event: &str, user_id: &str) {
-        let data = serde_json::json!({ "userId": user_id }).to_string();
-        let data = RawValue::from_string(data).expect("json! output is valid JSON");
+    /// Tells the room's members that a user's first socket joined or last socket left, as the
+    /// room type's `announce` says: at once, in the next diff, or not at all.
+    async fn announce_change(
+        &self,
+        room: &RoomId,
+        room_type: &RoomTypeSettings,
+        change: Change,
+        user_id: &str,
+    ) {
+        match room_type.announcement() {
+            Announce::Off => {}
+            Announce::Batched => {
+                self.presence_diffs
+                    .record(room, user_id, change, room_type.announce_interval());
+            }
+            Announce::Each => {
+                let event = match change {
+                    Change::Joined => "room.user_joined",
+                    Change::Left => "room.user_left",
+                };
+                let data = serde_json::json!({ "userId": user_id });
+                self.push_announcement(room, event, &data).await;
+            }
+        }
+    }
+
+    /// Waits until batched announcements are due, and takes them (push them with
+    /// [`Node::push_presence_diffs`]).
+    pub async fn due_presence_diffs(&self) -> Vec<(RoomId, Diff)> {
+        self.presence_diffs.next_due().await
+    }
+
+    /// Pushes every batched announcement now, due or not (shutdown, once the sockets are gone).
+    pub async fn flush_presence_diffs(&self) {
+        let all = self.presence_diffs.take_all();
+        self.push_presence_diffs(all).await;
+    }
+
+    pub async fn push_presence_diffs(&self, diffs: Vec<(RoomId, Diff)>) {
+        for (room, diff) in diffs {
+            metrics::counter!(names::PRESENCE_DIFFS).increment(1);
+            let data = serde_json::to_value(&diff).expect("a diff serializes");
+            self.push_announcement(&room, "room.presence_diff", &data)
+                .await;
+        }
+    }
+
+    async fn push_announcement(&self, room: &RoomId, event: &str, data: &serde_json::Value) {
+        let data = RawValue::from_string(data.to_string()).expect("a JSON value's text is JSON");
         if let Err(error) = self
             .broadcast(
                 Topic::Room(room.clone()),

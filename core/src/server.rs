@@ -253,6 +253,21 @@ fn spawn_offline_sweeper(node: Arc<Node>) -> JoinHandle<()> {
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
 
+/// Pushes batched joins and leaves (`announce = "batched"`) as their rooms' intervals end. The
+/// diffs still pending at shutdown go out in [`Server::shutdown`], after the last socket's leave.
+fn spawn_presence_diff_pusher(node: Arc<Node>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            // Only the wait is cut short by shutdown; diffs taken are pushed in full.
+            let due = tokio::select! {
+                _ = node.shutdown_token().cancelled() => return,
+                due = node.due_presence_diffs() => due,
+            };
+            node.push_presence_diffs(due).await;
+        }
+    })
+}
+
 fn spawn_announcer(node: Arc<Node>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -314,6 +329,7 @@ impl Server {
         let mut background = vec![
             spawn_offline_sweeper(node.clone()),
             spawn_announcer(node.clone()),
+            spawn_presence_diff_pusher(node.clone()),
             crate::metrics::spawn_upkeep(),
         ];
         if let Some(jwks) = node.jwks() {
@@ -446,6 +462,8 @@ impl Server {
                 "shutdown grace ran out with sockets still open or tearing down"
             );
         }
+        // The leaves of the sockets just closed, in rooms that batch them.
+        self.node.flush_presence_diffs().await;
         for task in &self.background {
             task.abort();
         }

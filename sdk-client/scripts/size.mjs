@@ -17,6 +17,12 @@ const targets = [
     contents: 'export { RealtimeClient, RealtimeError } from "./src/index.ts";',
     version: readVersion("package.json"),
   },
+  // The opt-in member list on top of the core: what an app that uses it ships.
+  {
+    name: "@realtime/client, RealtimeClient + RealtimeError + RoomMembers",
+    contents: 'export { RealtimeClient, RealtimeError, RoomMembers } from "./src/index.ts";',
+    version: readVersion("package.json"),
+  },
   { name: "socket.io-client", contents: 'export * from "socket.io-client";', version: readVersion("node_modules/socket.io-client/package.json") },
   { name: "centrifuge", contents: 'export * from "centrifuge";', version: readVersion("node_modules/centrifuge/package.json") },
 ];
@@ -63,10 +69,12 @@ for (const row of rows) {
 }
 
 // The budget is the issue's aim for the core: what every app ships (RealtimeClient and its
-// errors; rooms, reconnects, refresh and heartbeats are all in it). The whole entry adds the
-// notifications helper, which tree-shaking drops for apps that do not use it.
-const [whole, core] = rows;
+// errors; rooms, reconnects, refresh, heartbeats and the notifications helper, which the client
+// constructs, are all in it). The whole entry adds what tree-shaking drops for apps that do not
+// import it: RoomMembers and the ERROR_CODES / CLOSE_CODES lists.
+const [whole, core, coreWithMembers] = rows;
 const budget = 6 * 1024;
 console.log(`\nwhole entry: ${whole.gzipBytes} B min+gzip`);
 console.log(`core (RealtimeClient + RealtimeError): ${core.gzipBytes} B (budget ${budget} B: ${core.gzipBytes <= budget ? "within" : "OVER"})`);
+console.log(`RoomMembers adds ${coreWithMembers.gzipBytes - core.gzipBytes} B min+gzip to the core (outside the budget: opt-in)`);
 if (core.gzipBytes > budget) process.exitCode = 1;

@@ -1,6 +1,7 @@
-// Public entry of @realtime/client: the client, rooms, notifications, errors,
-// wire types, and the pure backoff functions (exported for apps that want the
-// same policy elsewhere).
+// Public entry of @realtime/client: the client, rooms, notifications, the
+// opt-in live member list (RoomMembers: dropped by tree-shaking when unused),
+// errors, wire types, and the pure backoff functions (exported for apps that
+// want the same policy elsewhere).
 
 export {
   RealtimeClient,
@@ -17,6 +18,7 @@ export {
   type WebSocketLike,
 } from "./client.js";
 export { Room, type JoinOptions, type JoinedInfo, type PublishResult, type ResubscribedInfo } from "./room.js";
+export { RoomMembers } from "./members.js";
 export {
   Notifications,
   type FetchLike,
@@ -58,6 +60,7 @@ export {
   type ProgressUpdatedData,
   type Reply,
   type RoomPosition,
+  type RoomPresenceDiffData,
   type RoomRemovedData,
   type RoomUserData,
   type TournamentStartData,

@@ -87,6 +87,16 @@ export interface RoomUserData extends JsonRecord {
   userId: string;
 }
 
+/**
+ * Payload of `room.presence_diff` (room types with `announce = "batched"`): the users whose first
+ * socket joined or last socket left during one interval on one node. Both lists are sorted; a
+ * user is in at most one. Apply in order to the list from `room.presence()`.
+ */
+export interface RoomPresenceDiffData extends JsonRecord {
+  joins: string[];
+  leaves: string[];
+}
+
 /** Payload of `room.removed`: a moderator took the user out of `room` (every socket of theirs). */
 export interface RoomRemovedData extends JsonRecord {
   /** Why, e.g. "removed_by_moderator". */
@@ -111,6 +121,7 @@ export interface EventMap {
   "match.update": MatchUpdateData;
   "room.user_joined": RoomUserData;
   "room.user_left": RoomUserData;
+  "room.presence_diff": RoomPresenceDiffData;
   "room.removed": RoomRemovedData;
 }
 

@@ -8,6 +8,7 @@ import { describe, expect, expectTypeOf, it } from "vitest";
 import { WebSocket as NodeWebSocket } from "ws";
 import {
   RealtimeClient,
+  RoomMembers,
   type EventPush,
   type HistoryReply,
   type JoinReply,
@@ -15,6 +16,7 @@ import {
   type NotificationNewData,
   type RealtimeErrorCode,
   type RoomPosition,
+  type RoomPresenceDiffData,
   type WebSocketConstructorLike,
 } from "@realtime/client";
 
@@ -47,6 +49,9 @@ describe("types", () => {
     room.on("chat.message", (data) => expectTypeOf(data.text).toEqualTypeOf<string>());
     room.on("room.user_left", (data) => expectTypeOf(data.userId).toEqualTypeOf<string>());
     room.on("room.removed", (data) => expectTypeOf(data.reason).toEqualTypeOf<string>());
+    room.on("room.presence_diff", (data) => expectTypeOf(data).toEqualTypeOf<RoomPresenceDiffData>());
+    const members = new RoomMembers(room, (list) => expectTypeOf(list).toEqualTypeOf<readonly string[]>());
+    expectTypeOf(members.start).returns.resolves.toEqualTypeOf<readonly string[]>();
     room.on("something.else", (data) => expectTypeOf(data).toEqualTypeOf<JsonValue>());
     room.on("joined", (info) => expectTypeOf(info.reconnected).toEqualTypeOf<boolean>());
     room.on("resubscribed", (info) => expectTypeOf(info.recovered).toEqualTypeOf<boolean>());
