@@ -271,6 +271,56 @@ async fn text_that_is_not_utf8_closes_with_1007() {
     }
 }
 
+/// `/graphql` upgrades through the same path as `/ws`: the answer names the subprotocol, a
+/// client's Close is answered with one, and framing errors close with the same codes.
+#[tokio::test]
+async fn the_graphql_socket_closes_like_the_ws_socket() {
+    let server = TestServer::start().await.unwrap();
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        (
+            "the client's close",
+            client_frame(0x88, &close_payload(1000, "bye"), true),
+            1000,
+        ),
+        ("unmasked frame", client_frame(0x81, b"{}", false), 1002),
+        ("reserved bit", client_frame(0xC1, b"{}", true), 1002),
+        (
+            "text that is not UTF-8",
+            client_frame(0x81, b"{\"type\":\"\xff\"}", true),
+            1007,
+        ),
+    ];
+    for (what, frame, expected) in cases {
+        let upgrade = RawSocket::upgrade(
+            &server,
+            "/graphql",
+            &[("Sec-WebSocket-Protocol", "graphql-transport-ws")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(upgrade.status, 101, "{}", upgrade.head);
+        assert!(
+            upgrade
+                .head
+                .to_ascii_lowercase()
+                .contains("sec-websocket-protocol: graphql-transport-ws"),
+            "{}",
+            upgrade.head
+        );
+        let mut socket = upgrade.socket;
+        socket.send(&frame).await.unwrap();
+        let (code, reason) = socket
+            .next_close()
+            .await
+            .unwrap_or_else(|error| panic!("{what}: no Close frame: {error}"));
+        assert_eq!(code, expected, "{what}: closed with {code} {reason}");
+        assert!(
+            socket.tcp_closes().await,
+            "{what}: TCP closes after the Close frame"
+        );
+    }
+}
+
 #[tokio::test]
 async fn valid_fragmented_text_still_works() {
     let server = TestServer::start().await.unwrap();

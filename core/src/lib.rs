@@ -3,9 +3,9 @@
 //!
 //! Code map, from the edge inwards:
 //!
-//! - [`transport`]: the only module that knows salvo: serves the listener; `GET /ws` (with its
-//!   own WebSocket upgrade), `POST /api/publish`, `/graphql`, `/metrics`, `/health`; maps errors
-//!   to HTTP statuses once. Each accepted socket sits behind a write lane, through which fan-outs
+//! - [`transport`]: the only module that knows salvo: serves the listener; `GET /ws` and the
+//!   GraphQL socket on `/graphql` (one WebSocket upgrade for both), `POST /api/publish`,
+//!   `/graphql`, `/metrics`, `/health`; maps errors to HTTP statuses once. Each accepted socket sits behind a write lane, through which fan-outs
 //!   write pushes without waking the socket's task.
 //! - [`session`]: one connection's loop (`select!` over the socket, the socket's wake signal and
 //!   one timer); request dispatch, rate limiting, token expiry, heartbeats.

@@ -182,23 +182,30 @@ fn token_deadline(expires_at: u64, leeway_secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(remaining)
 }
 
-/// Runs an authenticated connection until it ends. `permit` holds the connection slot.
-/// `push_lane`, when the transport offers one, lets fan-outs write pushes to the socket
-/// themselves; without it they queue for this loop.
-pub async fn run<K>(
-    node: Arc<Node>,
-    identity: Identity,
-    permit: ConnectionPermit,
-    handshake_started: std::time::Instant,
-    socket: K,
-    push_lane: Option<Arc<dyn PushLane>>,
-) where
+/// What a connection starts from, handed over in one box: an async fn keeps its arguments for
+/// its whole life, so passed one by one they would take ~170 bytes in every idle connection's
+/// task (and the spawning task's captures as many again) instead of one pointer.
+pub struct SessionStart {
+    pub node: Arc<Node>,
+    pub identity: Identity,
+    /// Holds the connection's admission slot for as long as it lives.
+    pub permit: ConnectionPermit,
+    pub handshake_started: std::time::Instant,
+    /// When the transport offers one, fan-outs write pushes to the socket themselves through it;
+    /// without it they queue for the connection's loop.
+    pub push_lane: Option<Arc<dyn PushLane>>,
+}
+
+/// Runs an authenticated connection until it ends.
+pub async fn run<K>(start: Box<SessionStart>, socket: K)
+where
     K: Stream<Item = Inbound> + Sink<Outbound> + Unpin + Send,
 {
+    let handshake_started = start.handshake_started;
     // Boxed, like every once-per-connection step: the task keeps the size of its largest state
     // for the connection's whole life, and 10,000 idle sockets should not carry these. The
     // connection itself is boxed too: held inline, rustc keeps a second slot for it.
-    let opened = Box::pin(Connection::open(node, identity, permit, socket, push_lane)).await;
+    let opened = Box::pin(Connection::open(start, socket)).await;
     let Some(mut connection) = opened else {
         return;
     };
@@ -235,13 +242,14 @@ where
 {
     /// Registers the socket with the node; `None` (after telling the client) when the backends
     /// cannot take it.
-    async fn open(
-        node: Arc<Node>,
-        identity: Identity,
-        permit: ConnectionPermit,
-        mut socket: K,
-        push_lane: Option<Arc<dyn PushLane>>,
-    ) -> Option<Box<Connection<K>>> {
+    async fn open(start: Box<SessionStart>, mut socket: K) -> Option<Box<Connection<K>>> {
+        let SessionStart {
+            node,
+            identity,
+            permit,
+            push_lane,
+            ..
+        } = *start;
         let session = match node.open_socket(identity, push_lane).await {
             Ok(session) => session,
             Err(error) => {

@@ -40,8 +40,11 @@ async fn histogram_samples_are_folded_without_a_scrape() {
     }
     tokio::time::sleep(Duration::from_millis(5_500)).await;
     let grown = resident_bytes().saturating_sub(before);
+    // Without the upkeep the process grows by about 94 MiB; with it by 20-25 MiB (what is held
+    // between two upkeeps, and the allocator keeping freed blocks). Half the first figure tells
+    // the two apart with room for a busy machine.
     assert!(
-        grown < 24 * 1024 * 1024,
+        grown < 48 * 1024 * 1024,
         "resident memory grew by {} MiB for 6 million unscraped samples",
         grown / (1024 * 1024)
     );

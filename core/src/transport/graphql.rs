@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocketProtocols};
+use async_graphql::http::{GraphiQLSource, WebSocketProtocols};
 use salvo::http::StatusCode;
 use salvo::prelude::*;
-use salvo::websocket::WebSocketUpgrade;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::client_address::TrustedProxies;
 use super::graphql_socket::GraphqlSocketLimits;
 use crate::graphql::{RealtimeSchema, Viewer, build_schema, ensure_error_codes};
 use crate::node::{Applicant, Node};
+use crate::protocol::{ErrorCode, WireError};
 
 /// Largest GraphQL request body; queries are small, a bigger body is an attack or a mistake.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -22,12 +23,15 @@ pub struct GraphqlEndpoint {
     node: Arc<Node>,
     schema: RealtimeSchema,
     proxies: Arc<TrustedProxies>,
+    /// The same socket settings as `/ws` (frame limits, buffers).
+    socket_config: WebSocketConfig,
 }
 
 impl GraphqlEndpoint {
     pub fn new(node: Arc<Node>, proxies: Arc<TrustedProxies>) -> Self {
         GraphqlEndpoint {
             schema: build_schema(node.clone()),
+            socket_config: super::upgrade::socket_config(node.settings().limits.max_frame_bytes),
             node,
             proxies,
         }
@@ -69,9 +73,19 @@ impl GraphqlEndpoint {
                     .find_map(|protocol| protocol.trim().parse::<WebSocketProtocols>().ok())
             });
         let Some(protocol) = protocol else {
-            res.status_code(StatusCode::BAD_REQUEST);
-            return res.render("use the graphql-transport-ws (or graphql-ws) subprotocol");
+            let error = WireError::new(
+                ErrorCode::InvalidRequest,
+                "use the graphql-transport-ws (or graphql-ws) subprotocol",
+            );
+            return super::render_error(res, &error);
         };
+        if self.node.is_draining() {
+            let error = WireError::new(
+                ErrorCode::Unavailable,
+                "this node is shutting down; connect to another node",
+            );
+            return super::render_error(res, &error);
+        }
         // These sockets count toward server.max_connections like /ws ones.
         // A token on the upgrade request is used unless connection_init carries one.
         let upgrade_viewer = viewer_for(&self.node, super::bearer_token(req).as_deref()).await;
@@ -86,28 +100,36 @@ impl GraphqlEndpoint {
             Ok(permit) => permit,
             Err(error) => return super::render_error(res, &error),
         };
-        let node = self.node.clone();
-        let schema = self.schema.clone();
+        let accepted = match super::upgrade::accept(
+            req,
+            res,
+            self.socket_config,
+            Some(protocol.sec_websocket_protocol()),
+        ) {
+            Ok(accepted) => accepted,
+            Err(problem) => {
+                let error = WireError::new(ErrorCode::InvalidRequest, problem);
+                return super::render_error(res, &error);
+            }
+        };
+        let (node, schema) = (self.node.clone(), self.schema.clone());
         let limits = GraphqlSocketLimits::from_node(&node);
-        let upgraded = WebSocketUpgrade::new()
-            .protocols(&ALL_WEBSOCKET_PROTOCOLS)
-            .max_frame_size(limits.max_frame_bytes)
-            .max_message_size(limits.max_frame_bytes)
-            .upgrade(req, res, move |socket| {
-                super::graphql_socket::run(
-                    socket,
-                    schema,
-                    protocol,
-                    node,
-                    upgrade_viewer,
-                    limits,
-                    permit,
-                )
-            })
+        // The 101 goes out when this handler returns; the upgraded stream arrives after that.
+        tokio::spawn(async move {
+            let Some(socket) = accepted.into_socket().await else {
+                return;
+            };
+            super::graphql_socket::run(
+                socket,
+                schema,
+                protocol,
+                node,
+                upgrade_viewer,
+                limits,
+                permit,
+            )
             .await;
-        if let Err(status) = upgraded {
-            res.render(status);
-        }
+        });
     }
 }
 

@@ -1,9 +1,12 @@
 //! One GraphQL WebSocket (`graphql-transport-ws`, or the older `graphql-ws`) held to the same
-//! rules as `/ws`: it counts toward `server.max_connections` (the caller holds the permit), its
-//! frames are capped at `limits.max_frame_bytes` (close 1009 beyond), `connection_init` must come
-//! within `graphql.connection_init_timeout_secs` (close 4408), the token's expiry ends it (close
-//! 4401, as `/ws` closes with 4001), and it runs at most `graphql.max_operations_per_socket`
-//! operations at once (more are answered with an `error` message, code `TOO_MANY_OPERATIONS`).
+//! rules as `/ws`: it is upgraded the same way (`upgrade`: the same request checks and socket
+//! settings), it counts toward `server.max_connections` (the caller holds the permit), its
+//! messages are capped at `limits.max_frame_bytes` (close 1009 beyond), framing errors close with
+//! 1002 and text that is not UTF-8 with 1007, a client's Close is answered with one,
+//! `connection_init` must come within `graphql.connection_init_timeout_secs` (close 4408), the
+//! token's expiry ends it (close 4401, as `/ws` closes with 4001), and it runs at most
+//! `graphql.max_operations_per_socket` operations at once (more are answered with an `error`
+//! message, code `TOO_MANY_OPERATIONS`).
 //!
 //! async-graphql speaks the protocol; this loop owns the socket around it: it filters what
 //! reaches async-graphql, writes what it answers, and decides when the socket ends.
@@ -16,22 +19,29 @@ use async_graphql::Data;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
 use futures_util::{SinkExt, Stream, StreamExt};
 use parking_lot::Mutex;
-use salvo::websocket::{Message, WebSocket};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Error as TungsteniteError;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use super::upgrade::{ReadFailure, UpgradedSocket};
 use crate::auth::unix_now_secs;
 use crate::graphql::{RealtimeSchema, Viewer};
 use crate::node::{ConnectionPermit, Node};
+use crate::protocol::CloseCode;
 
 /// graphql-transport-ws: `connection_init` did not come in time.
 const CLOSE_INIT_TIMEOUT: (u16, &str) = (4408, "Connection initialisation timeout");
 /// graphql-transport-ws: the session's token is no longer valid.
 const CLOSE_UNAUTHORIZED: (u16, &str) = (4401, "Unauthorized: the token expired");
-/// RFC 6455: a frame over the size limit.
-const CLOSE_TOO_BIG: (u16, &str) = (1009, "message_too_big");
+/// How long the socket's last words (its Close frame, or the answer to the client's) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A close code as this loop passes it on: (code, reason).
+fn close_of(code: CloseCode) -> (u16, &'static str) {
+    (code.code(), code.reason())
+}
 
 /// The limits one GraphQL socket is held to.
 #[derive(Debug, Clone, Copy)]
@@ -121,7 +131,10 @@ fn too_many_operations(id: &str, max: usize) -> String {
 /// The client's text messages as async-graphql reads them, minus operations over the cap (those
 /// are answered through `refusals`). Ends at the client's close or a transport error.
 fn incoming_messages(
-    stream: impl Stream<Item = Result<Message, salvo::Error>> + Send + Unpin + 'static,
+    stream: impl Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+    + Send
+    + Unpin
+    + 'static,
     limits: GraphqlSocketLimits,
     operations: Arc<RunningOperations>,
     refusals: mpsc::UnboundedSender<String>,
@@ -135,21 +148,25 @@ fn incoming_messages(
                 let message = match stream.next().await? {
                     Ok(message) => message,
                     Err(error) => {
-                        if is_over_size_limit(&error) {
-                            *read_end.0.lock() = Some(CLOSE_TOO_BIG);
-                        }
-                        tracing::debug!(%error, "graphql socket read failed");
+                        let failure = ReadFailure::of(error);
+                        tracing::debug!(?failure, "graphql socket read failed");
+                        *read_end.0.lock() = failure.close_code().map(close_of);
                         return None;
                     }
                 };
-                if message.is_close() {
+                let Message::Text(text) = message else {
+                    if message.is_close() {
+                        return None;
+                    }
+                    continue;
+                };
+                // The socket layer reads up to four times the limit whole (see `upgrade`); this
+                // protocol has no error reply for an oversized message, so it closes.
+                if text.len() > limits.max_frame_bytes {
+                    *read_end.0.lock() = Some(close_of(CloseCode::MessageTooBig));
                     return None;
                 }
-                if !message.is_text() {
-                    continue;
-                }
-                let text = message.as_str().unwrap_or_default();
-                if let Some(Envelope { kind, id: Some(id) }) = envelope(text) {
+                if let Some(Envelope { kind, id: Some(id) }) = envelope(&text) {
                     match kind {
                         Some("subscribe" | "start")
                             if !operations.admit(&id, limits.max_operations) =>
@@ -161,20 +178,10 @@ fn incoming_messages(
                         _ => {}
                     }
                 }
-                return Some((message.as_bytes().to_vec(), stream));
+                return Some((text.as_bytes().to_vec(), stream));
             }
         }
     }))
-}
-
-/// Whether the WebSocket layer refused a frame or message over the size limit.
-fn is_over_size_limit(error: &salvo::Error) -> bool {
-    match error {
-        salvo::Error::Other(inner) => inner
-            .downcast_ref::<TungsteniteError>()
-            .is_some_and(|error| matches!(error, TungsteniteError::Capacity(_))),
-        _ => false,
-    }
 }
 
 /// The deadline of the session's current state, if any.
@@ -192,7 +199,7 @@ fn deadline_of(session: Session, init_deadline: Instant) -> Option<(Instant, (u1
 /// Runs one upgraded GraphQL socket until it ends. `upgrade_viewer` is who the upgrade request's
 /// own token (if any) says; a token in `connection_init` replaces it.
 pub async fn run(
-    socket: WebSocket,
+    socket: UpgradedSocket,
     schema: RealtimeSchema,
     protocol: WebSocketProtocols,
     node: Arc<Node>,
@@ -268,11 +275,18 @@ pub async fn run(
             (code, reason) = expiry => break Some((code, reason.to_owned())),
         }
     };
-    if let Some((code, reason)) = close {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            sink.send(Message::close_with(code, reason)),
-        )
-        .await;
-    }
+    // Our Close frame, if the server ends the socket; then `close` flushes it, or the answer
+    // tungstenite queued to the client's own Close (RFC 6455 section 5.5.1). Bounded: a client
+    // that reads nothing must not hold the task.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            };
+            sink.send(Message::Close(Some(frame))).await?;
+        }
+        sink.close().await
+    })
+    .await;
 }

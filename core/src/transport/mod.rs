@@ -5,6 +5,8 @@
 //! (liveness), `GET /ready` (readiness).
 //! `/ws`, `/graphql` and `/api/*` admit pages only from `server.allowed_origins` (`origin`).
 //! Every error leaves as `{"error":{"code":..,"message":..}}` with a status from [`status_for`].
+//! Both WebSocket doors upgrade through `upgrade`: one request check, one socket configuration
+//! (frame limits), one mapping of read errors to close codes.
 
 mod client_address;
 mod graphql;
@@ -13,6 +15,7 @@ mod http;
 mod lane;
 mod moderation;
 mod origin;
+mod upgrade;
 mod ws;
 
 pub use client_address::check_proxy_entry;

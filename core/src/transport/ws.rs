@@ -13,48 +13,23 @@ use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use salvo::http::Method;
-use salvo::http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
-use salvo::http::headers::{
-    Connection, HeaderMapExt, SecWebsocketAccept, SecWebsocketKey, Upgrade,
-};
-use salvo::hyper::upgrade::{OnUpgrade, Upgraded};
 use salvo::prelude::*;
-use salvo::rt::tokio::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as TungsteniteError, Message};
 
 use super::client_address::TrustedProxies;
 use super::lane::Lanes;
 use super::origin::AllowedOrigins;
+use super::upgrade::{self, ReadFailure, UpgradedSocket};
 use super::{bearer_token, render_error};
 use crate::hub::PushLane;
 use crate::metrics as names;
 use crate::node::{Applicant, Node};
 use crate::protocol::{CloseCode, ErrorCode, WireError};
-use crate::session::{self, Inbound, Outbound};
+use crate::session::{self, Inbound, Outbound, SessionStart};
 
-/// Per-socket read buffer, allocated for the socket's whole life. Small on purpose: most sockets
-/// are idle, and the usual client requests (join, leave, heartbeat, presence: 20-80 bytes with
-/// their 6-byte header) fit in one read; a larger frame (a token refresh, a client publish) still
-/// arrives, the buffer growing to the frame's length and read this many bytes per call.
-/// tungstenite's default is 128 KiB, and it zero-fills the read space before every read.
-const READ_BUFFER_BYTES: usize = 128;
-/// Bytes buffered before tungstenite writes through; our loop flushes after each batch anyway.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// Hard cap on a socket's unsent bytes; beyond it writes fail and the socket is dropped.
-const MAX_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
-/// Frames up to this multiple of `limits.max_frame_bytes` are read and answered with
-/// `frame_too_large`; bigger ones are cut by the WebSocket layer (close 1009).
-const HARD_FRAME_LIMIT_FACTOR: usize = 4;
-
-/// `GET /ws`. It performs the WebSocket upgrade itself rather than through salvo's
-/// `WebSocketUpgrade`: that one spawns a task holding the upgrade's state and the session's side
-/// by side for the connection's whole life, which every idle connection pays for; here one
-/// task's state is the larger of the two (docs/benchmarks.md, "Memory per connection").
+/// `GET /ws`, upgraded through [`upgrade`](super::upgrade) like `/graphql`.
 pub struct WebSocketEndpoint {
     node: Arc<Node>,
     config: WebSocketConfig,
@@ -70,13 +45,7 @@ impl WebSocketEndpoint {
         allowed_origins: Arc<AllowedOrigins>,
         proxies: Arc<TrustedProxies>,
     ) -> Self {
-        let hard_limit = node.settings().limits.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(WRITE_BUFFER_BYTES)
-            .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-            .max_message_size(Some(hard_limit))
-            .max_frame_size(Some(hard_limit));
+        let config = upgrade::socket_config(node.settings().limits.max_frame_bytes);
         WebSocketEndpoint {
             node,
             config,
@@ -101,29 +70,18 @@ impl WebSocketEndpoint {
         if !refusal_as_close_requested(req) {
             return reject(res, result, &error);
         }
-        let (Ok(answer), Some(on_upgrade)) = (
-            upgrade_answer(req),
-            req.extensions_mut().remove::<OnUpgrade>(),
-        ) else {
+        let Ok(accepted) = upgrade::accept(req, res, self.config, None) else {
             return reject(res, result, &error);
         };
         metrics::counter!(names::HANDSHAKES, "result" => result).increment(1);
         metrics::counter!(names::CONNECTION_STATES, "state" => "rejected").increment(1);
         metrics::counter!(names::ERRORS, "code" => error.code.as_str()).increment(1);
         tracing::debug!(code = error.code.as_str(), message = %error.message, "socket REJECTED with a close");
-        accept_upgrade(res, answer);
-        let config = self.config;
         let close = CloseCode::for_refusal(error.code);
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
+            let Some(mut socket) = accepted.into_socket().await else {
                 return;
             };
-            let mut socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
             // Bounded like every close: the client gets the Close frame and a moment to answer.
             let _ = tokio::time::timeout(REFUSAL_CLOSE_TIMEOUT, async {
                 socket.send(message_from(Outbound::Close(close))).await?;
@@ -143,46 +101,6 @@ fn refusal_as_close_requested(req: &Request) -> bool {
     req.query::<String>("refusal").as_deref() == Some("close")
 }
 
-/// Writes the `101 Switching Protocols` answer; the upgraded stream arrives after the handler.
-fn accept_upgrade(res: &mut Response, answer: SecWebsocketAccept) {
-    res.status_code(StatusCode::SWITCHING_PROTOCOLS);
-    res.headers_mut().typed_insert(Connection::upgrade());
-    res.headers_mut().typed_insert(Upgrade::websocket());
-    res.headers_mut().typed_insert(answer);
-}
-
-/// Checks that the request is a WebSocket upgrade (RFC 6455 section 4.2.1) and returns the
-/// `Sec-WebSocket-Accept` answer to its key.
-fn upgrade_answer(req: &Request) -> Result<SecWebsocketAccept, &'static str> {
-    if req.method() != Method::GET {
-        return Err("the WebSocket handshake needs GET");
-    }
-    let headers = req.headers();
-    if !headers
-        .typed_get::<Connection>()
-        .is_some_and(|connection| connection.contains(UPGRADE))
-    {
-        return Err("missing `Connection: upgrade`");
-    }
-    if !headers
-        .get(UPGRADE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"))
-    {
-        return Err("missing `Upgrade: websocket`");
-    }
-    if headers
-        .get(SEC_WEBSOCKET_VERSION)
-        .is_none_or(|value| value.as_bytes() != b"13")
-    {
-        return Err("`Sec-WebSocket-Version` must be 13");
-    }
-    let key = headers
-        .typed_get::<SecWebsocketKey>()
-        .ok_or("missing `Sec-WebSocket-Key`")?;
-    Ok(SecWebsocketAccept::from(key))
-}
-
 fn reject(res: &mut Response, result: &'static str, error: &WireError) {
     metrics::counter!(names::HANDSHAKES, "result" => result).increment(1);
     metrics::counter!(names::CONNECTION_STATES, "state" => "rejected").increment(1);
@@ -197,16 +115,12 @@ fn inbound_from(message: Result<Message, TungsteniteError>) -> Inbound {
         Ok(message) if message.is_ping() => Inbound::Ping,
         Ok(message) if message.is_pong() => Inbound::Pong,
         Ok(_) => Inbound::Close,
-        Err(TungsteniteError::Capacity(_)) => Inbound::TooLarge,
-        // The peer went away without a Close frame: a broken connection, not a violation.
-        Err(TungsteniteError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
-            Inbound::Failed("connection reset without a closing handshake".to_owned())
-        }
-        Err(TungsteniteError::Protocol(violation)) => {
-            Inbound::ProtocolViolation(violation.to_string())
-        }
-        Err(TungsteniteError::Utf8(_)) => Inbound::InvalidUtf8,
-        Err(error) => Inbound::Failed(error.to_string()),
+        Err(error) => match ReadFailure::of(error) {
+            ReadFailure::TooLarge => Inbound::TooLarge,
+            ReadFailure::ProtocolViolation(problem) => Inbound::ProtocolViolation(problem),
+            ReadFailure::InvalidUtf8 => Inbound::InvalidUtf8,
+            ReadFailure::Gone(problem) => Inbound::Failed(problem),
+        },
     }
 }
 
@@ -233,7 +147,7 @@ fn message_from(outbound: Outbound) -> Message {
 /// `StreamExt::split` halves: those share the socket through a lock taken on every read and
 /// write, and the session's single task never needs two owners.
 struct SessionSocket {
-    websocket: WebSocketStream<TokioIo<Upgraded>>,
+    websocket: UpgradedSocket,
     /// Woken by the socket when its read side may have progressed.
     read_wake: Arc<ReadWake>,
     /// `read_wake` as a waker, made once: the read side is always polled with it.
@@ -265,7 +179,7 @@ impl Wake for ReadWake {
 }
 
 impl SessionSocket {
-    fn new(websocket: WebSocketStream<TokioIo<Upgraded>>) -> SessionSocket {
+    fn new(websocket: UpgradedSocket) -> SessionSocket {
         let read_wake = Arc::new(ReadWake::default());
         SessionSocket {
             websocket,
@@ -375,23 +289,13 @@ impl WebSocketEndpoint {
         };
         metrics::counter!(names::CONNECTION_STATES, "state" => "authenticated").increment(1);
         tracing::debug!(user_id = %identity.user_id, "socket AUTHENTICATED");
-        let answer = match upgrade_answer(req) {
-            Ok(answer) => answer,
+        let accepted = match upgrade::accept(req, res, self.config, None) {
+            Ok(accepted) => accepted,
             Err(problem) => {
                 let error = WireError::new(ErrorCode::InvalidRequest, problem);
                 return reject(res, "bad_upgrade", &error);
             }
         };
-        let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-            let error = WireError::new(
-                ErrorCode::InvalidRequest,
-                "this connection cannot be upgraded (HTTP/1.1 is needed)",
-            );
-            return reject(res, "bad_upgrade", &error);
-        };
-        accept_upgrade(res, answer);
-        let node = self.node.clone();
-        let config = self.config;
         let push_lane = req
             .local_addr()
             .clone()
@@ -399,37 +303,40 @@ impl WebSocketEndpoint {
             .zip(req.remote_addr().clone().into_std())
             .and_then(|connection| self.lanes.take(&connection))
             .map(|lane| lane as Arc<dyn PushLane>);
+        let start = Box::new(SessionStart {
+            node: self.node.clone(),
+            identity,
+            permit,
+            handshake_started: started,
+            push_lane,
+        });
         // The 101 goes out when this handler returns; the upgraded stream arrives after that.
         tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    metrics::counter!(names::HANDSHAKES, "result" => "upgrade_failed").increment(1);
-                    tracing::debug!(%error, "websocket upgrade failed");
-                    return;
-                }
+            let Some(socket) = accepted.into_socket().await else {
+                metrics::counter!(names::HANDSHAKES, "result" => "upgrade_failed").increment(1);
+                return;
             };
             metrics::counter!(names::HANDSHAKES, "result" => "ok").increment(1);
-            let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
             // Boxed: an async fn keeps its arguments for its whole life, so passed inline the
             // socket would take its size twice in every connection's task.
             let socket = Box::new(SessionSocket::new(socket));
-            // Debug level: a span per connection costs memory only where debug logs are on.
+            // Debug level: a span per connection costs memory only where debug logs are on, and
+            // then in a box of its own, so that the task of every connection does not carry the
+            // instrumentation's size when they are off.
             let span = tracing::debug_span!(
                 "socket",
-                user_id = %identity.user_id,
+                user_id = %start.identity.user_id,
                 socket_id = tracing::field::Empty
             );
-            tracing::Instrument::instrument(
-                session::run(node, identity, permit, started, socket, push_lane),
-                span,
-            )
-            .await;
+            if span.is_disabled() {
+                session::run(start, socket).await;
+            } else {
+                Box::pin(tracing::Instrument::instrument(
+                    session::run(start, socket),
+                    span,
+                ))
+                .await;
+            }
         });
     }
 }
