@@ -15,10 +15,22 @@
 #!   presence     one-node with room presence on (member listing; joins and leaves not pushed)
 #!   announce     one-node with joins and leaves pushed to the room (10,000 joins into rooms
 #!                of 500 send ~2.5 million announcement frames while connecting)
+#!   join-storm   1 node, memory backends, presence on: 5,000 users join one room at 1,000/s,
+#!                hold, then all leave at 1,000/s (--leave-rate); the JSON line's `presence`
+#!                gives per phase the frames and joins/leaves heard, the time until the last
+#!                announcement, the server CPU and whether every member's view was complete.
+#!                BENCH_ANNOUNCE=true (default) pushes one frame per join and leave to every
+#!                member (~12.5 million each way); BENCH_ANNOUNCE=batched one room.presence_diff
+#!                per interval (BENCH_ANNOUNCE_INTERVAL_MS, default 1000): run both and compare
 #!   plugins      one-node with a plugin on every event (parses the payload and rewrites it)
 #!   heartbeats   2 nodes on Redis + NATS, 10,000 connections in 20 rooms that only hold for
 #!                30 s with a heartbeat interval of 2 s instead of 20 (ten times the presence
 #!                writes of the default): the server CPU presence costs
+#!   cluster-100k 6 nodes on Redis + NATS, 100,000 connections (6 load-tool processes, 5 source
+#!                addresses, ~16,700 sockets per node: under the 20,000-descriptor limit) at
+#!                1,000/s into 100 rooms of 1,000, 100 broadcasts through NATS, then a hold of
+#!                BENCH_HOLD_SECONDS (default 600) with heartbeats; prints a second JSON line
+#!                with the CPU Redis and NATS spent, per connection and per delivered message
 #!   publish-rate 1 node (memory backends), 50,000 HTTP publishes into 100 rooms, 64 in flight:
 #!                events per second one node accepts, its CPU and memory afterwards
 #!   publish-rate-nats  1 node on Redis + NATS, 50,000 publishes on NATS (request-reply, 64 in
@@ -78,10 +90,23 @@ trap cleanup EXIT
 
 presence=false
 announce=false
+# A TOML line of its own, set only for batched announcements (an empty line otherwise).
+announce_interval=''
 plugins='[]'
 case "$scenario" in
     presence) presence=true ;;
     announce) presence=true announce=true ;;
+    join-storm)
+        presence=true
+        case "${BENCH_ANNOUNCE:-true}" in
+            batched)
+                # A string in TOML, where true and false are booleans.
+                announce='"batched"'
+                announce_interval="announce_interval_ms = ${BENCH_ANNOUNCE_INTERVAL_MS:-1000}"
+                ;;
+            *) announce="${BENCH_ANNOUNCE:-true}" ;;
+        esac
+        ;;
     plugins) plugins='["tagger"]' ;;
 esac
 cat >"$workdir/bench.toml" <<EOF
@@ -102,6 +127,7 @@ capacity = 20000
 client_publish = false
 presence = $presence
 announce = $announce
+$announce_interval
 join = "open"
 plugins = $plugins
 history_size = ${BENCH_HISTORY_SIZE:-0}
@@ -150,6 +176,36 @@ two_nodes() {
     nodes="127.0.0.1:$base_port,127.0.0.1:$((base_port + 1))"
 }
 pids() { local IFS=,; echo "${server_pids[*]}"; }
+# CPU seconds a process has used so far (user + system), from /proc.
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+# Runs the load tool, then prints the CPU that the machine's Redis and NATS spent meanwhile, in
+# all and per connection and per delivered message (from the load tool's own JSON line).
+with_service_cpu() {
+    local redis_pid nats_pid redis_before nats_before line status=0
+    redis_pid=$(pgrep -xo redis-server)
+    nats_pid=$(pgrep -xo nats-server)
+    redis_before=$(cpu_seconds "$redis_pid")
+    nats_before=$(cpu_seconds "$nats_pid")
+    line=$("$@") || status=$?
+    echo "$line"
+    [ -n "$line" ] || return "$status"
+    python3 - "$line" "$redis_before" "$(cpu_seconds "$redis_pid")" "$nats_before" \
+        "$(cpu_seconds "$nats_pid")" <<'PY'
+import json, sys
+run = json.loads(sys.argv[1])
+redis = float(sys.argv[3]) - float(sys.argv[2])
+nats = float(sys.argv[5]) - float(sys.argv[4])
+connections = max(run["connections"]["held"], 1)
+delivered = max(run["messages"]["delivered"], 1)
+print(json.dumps({"services": {
+    "redis_cpu_s": round(redis, 2), "nats_cpu_s": round(nats, 2),
+    "redis_cpu_us_per_connection": round(redis * 1e6 / connections, 1),
+    "nats_cpu_us_per_connection": round(nats * 1e6 / connections, 1),
+    "redis_cpu_us_per_delivered_message": round(redis * 1e6 / delivered, 2),
+    "nats_cpu_us_per_delivered_message": round(nats * 1e6 / delivered, 2)}}))
+PY
+    return "$status"
+}
 loadgen() {
     "${load_pin[@]}" target/release/loadgen --nodes "$nodes" --server-pid "$(pids)" --room-type load \
         --api-key bench --assert-clean "$@"
@@ -201,6 +257,23 @@ case "$scenario" in
     idle)
         one_node
         loadgen --connections 10000 --workers 2 --rate 1000 --rooms 20 --messages 0 "$@"
+        ;;
+    cluster-100k)
+        for index in 0 1 2 3 4 5; do
+            start_node "$((base_port + index))" "${cluster_env[@]}"
+        done
+        nodes=$(for index in 0 1 2 3 4 5; do printf '127.0.0.1:%s,' "$((base_port + index))"; done)
+        nodes=${nodes%,}
+        hold="${BENCH_HOLD_SECONDS:-600}"
+        with_service_cpu loadgen --connections 100000 --workers 6 --rate 1000 --rooms 100 \
+            --messages 100 --publish-rate 10 --nats nats://127.0.0.1:4222 \
+            --subject-prefix "bench$$" --drain-seconds "$hold" --max-seconds "$((hold + 900))" "$@"
+        ;;
+    join-storm)
+        # The leave phase's own closes are not drops, so --assert-clean still holds.
+        one_node
+        loadgen --connections 5000 --workers 2 --rate 1000 --rooms 1 --messages 0 \
+            --leave-rate 1000 "$@"
         ;;
     *)
         sed -n 's/^#! \{0,1\}//p' "$0" >&2

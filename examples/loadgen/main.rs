@@ -4,7 +4,9 @@
 //! broadcasts through NATS or the HTTP API with a send timestamp, and reports one JSON line:
 //! connections held, failed and dropped, handshake and delivery latency percentiles, expected vs
 //! delivered messages, server RSS before and after connecting (bytes per connection) and server
-//! CPU seconds.
+//! CPU seconds. With `--leave-rate N` the connections then close at N per second (the leave
+//! phase); the presence pushes heard (joins and leaves announced to the room) are reported per
+//! phase, to measure a join storm and a mass leave.
 //!
 //! ```sh
 //! cargo run --release -p realtime-examples --bin loadgen -- \
@@ -12,10 +14,15 @@
 //! ```
 //! It stops by itself (`--max-seconds`) and refuses targets outside 127.0.0.0/8.
 //!
-//! - `main.rs`: arguments, the coordinator (starts workers, publishes, adds up the reports) and
-//!   the worker's connect phase (tokio).
+//! - `main.rs`: arguments, the coordinator (starts workers, publishes, starts the leave phase,
+//!   adds up the reports) and the worker's connect phase (tokio).
 //! - `wire`: the tool's own WebSocket framing (upgrade request, server frames, masked frames).
-//! - `reader`: the epoll threads that hold the connections and time the pushes.
+//! - `reader`: the epoll threads that hold the connections, time the pushes, count the presence
+//!   pushes and close the connections in the leave phase.
+//!
+//! The coordinator and its workers talk in lines: a worker prints its connect report, then waits
+//! on stdin for `leave` (it closes its connections, then prints `{"left":true}`) and `finish`
+//! (it prints what its readers saw).
 
 #[path = "../loopback_nats.rs"]
 mod loopback_nats;
@@ -23,9 +30,9 @@ mod reader;
 mod wire;
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
@@ -36,7 +43,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use reader::{Held, Readers};
+use reader::{Held, Phase, PresenceTally, Readers};
 use wire::{OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, client_frame, frame_at};
 
 #[derive(Parser, Clone)]
@@ -92,9 +99,15 @@ struct Args {
     /// Source addresses start at 127.0.0.<first_source> (one per 20,000 connections).
     #[arg(long, default_value_t = 2)]
     first_source: u8,
-    /// How long to wait for the last deliveries after publishing.
+    /// How long to wait for the last deliveries after publishing (and after the last close of
+    /// the leave phase).
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// Closes per second, in total over the workers, of a leave phase after the deliveries:
+    /// every held connection closes (a Close frame, code 1000) in the order it joined, while the
+    /// others keep reading and count the leaves announced to them. 0: no leave phase.
+    #[arg(long, default_value_t = 0)]
+    leave_rate: u32,
     /// Hard stop for the whole run.
     #[arg(long, default_value_t = 300)]
     max_seconds: u64,
@@ -265,6 +278,8 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
     let (mut ready, mut failed) = (0u32, 0u32);
     let mut errors: HashMap<String, u32> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
+    // Where the join phase's settle time starts (the coordinator takes the earliest worker's).
+    let first_attempt_us = now_micros();
     for offset in 0..share {
         ticker.tick().await;
         let number = first + offset;
@@ -293,20 +308,46 @@ async fn run_worker(args: Args, index: u32) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        json!({ "ready": ready, "failed": failed, "errors": errors, "handshake": handshakes.to_json() })
+        json!({ "ready": ready, "failed": failed, "errors": errors, "handshake": handshakes.to_json(), "first_attempt_us": first_attempt_us })
     );
     std::io::stdout().flush()?;
-    // Wait for the coordinator's "finish" line (it publishes meanwhile).
-    tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-    })
-    .await?;
+    // The coordinator publishes meanwhile, then says "leave" (with --leave-rate), then "finish".
+    if next_command().await? == "leave" {
+        leave_phase(&args, &readers).await?;
+        next_command().await?;
+    }
     let tally = readers.finish()?;
+    let presence = json!({
+        "join": tally.presence_join.to_json(),
+        "leave": tally.presence_leave.to_json(),
+    });
     println!(
         "{}",
-        json!({ "received": tally.received, "last_arrival_us": tally.last_arrival_us, "dropped": tally.dropped, "delivery": tally.delivery.to_json() })
+        json!({ "received": tally.received, "last_arrival_us": tally.last_arrival_us, "dropped": tally.dropped, "delivery": tally.delivery.to_json(), "closed": tally.closed, "presence": presence })
     );
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// The coordinator's next line on the worker's stdin (`leave` or `finish`), trimmed; empty when
+/// the coordinator has gone (then the worker finishes).
+async fn next_command() -> anyhow::Result<String> {
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        line
+    })
+    .await?;
+    Ok(line.trim().to_string())
+}
+
+/// The worker's leave phase: its readers close its connections at its share of --leave-rate
+/// (the workers hold even shares); `{"left":true}` tells the coordinator they are all closed.
+async fn leave_phase(args: &Args, readers: &Readers) -> anyhow::Result<()> {
+    let closes_per_second = f64::from(args.leave_rate) / f64::from(args.workers.max(1));
+    let all_closed = readers.start_leaving(closes_per_second)?;
+    tokio::task::spawn_blocking(move || all_closed.wait()).await?;
+    println!("{}", json!({ "left": true }));
     std::io::stdout().flush()?;
     Ok(())
 }
@@ -376,18 +417,27 @@ async fn connect(
     stream
         .write_all(&client_frame(OPCODE_TEXT, join.as_bytes()))
         .await?;
+    let mut presence_heard = PresenceTally::default();
     loop {
         let frame = next_text(&mut stream, &mut received).await?;
         if frame["id"] == 1 {
             ensure!(frame["ok"] == true, "join failed: {frame}");
             break;
         }
+        // Announcements can come before the join reply (the server announces a join before it
+        // answers): counted like the reader counts them, from the frame's text. Few frames take
+        // this path, so writing the parsed frame back out costs nothing that matters.
+        if let Some(news) = reader::presence_news(&frame.to_string()) {
+            presence_heard.record(news, now_micros());
+        }
     }
     let held = Held {
         // Leaves tokio's reactor, still non-blocking, for a reader's epoll.
         stream: stream.into_std()?,
+        // Pushes already read past the reply: the reader counts them (presence ones included).
         pending: received,
         heartbeat_interval,
+        presence_heard,
     };
     Ok((held, handshake_us))
 }
@@ -552,16 +602,24 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
         .map(|child| std::io::BufReader::new(child.stdout.take().expect("piped")))
         .collect();
     let connect_started = Instant::now();
+    // Where the join phase starts should no worker say when it first tried.
+    let connect_started_us = now_micros();
     let mut handshakes = Histogram::new();
     let (mut ready, mut failed) = (0u64, 0u64);
     let mut errors: HashMap<String, u64> = HashMap::new();
+    let mut first_attempt_us: Option<u64> = None;
     for reader in &mut readers {
         let report = tokio::task::block_in_place(|| read_line(reader))?;
         ready += report["ready"].as_u64().unwrap_or(0);
         failed += report["failed"].as_u64().unwrap_or(0);
         handshakes.merge(&Histogram::from_json(&report["handshake"]));
         add_errors(&mut errors, &report["errors"]);
+        if let Some(attempt_us) = report["first_attempt_us"].as_u64() {
+            first_attempt_us =
+                Some(first_attempt_us.map_or(attempt_us, |earliest| earliest.min(attempt_us)));
+        }
     }
+    let join_started_us = first_attempt_us.unwrap_or(connect_started_us);
     let connect_seconds = connect_started.elapsed().as_secs_f64();
     // Let the server settle (allocator, lazy structures) before reading its memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -573,18 +631,26 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     let publish_seconds = publish_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.drain_seconds)).await;
     let (_, cpu_after) = usage_of(&args.server_pid);
-    for worker in &mut workers {
-        writeln!(worker.stdin.as_mut().expect("piped"), "finish")?;
-    }
+    let leave_run = if args.leave_rate > 0 {
+        Some(run_leave_phase(&args, &mut workers, &mut readers).await?)
+    } else {
+        None
+    };
+    tell_workers(&mut workers, "finish")?;
     let mut delivery = Histogram::new();
-    let (mut delivered, mut dropped) = (0u64, 0u64);
+    let (mut delivered, mut dropped, mut closed) = (0u64, 0u64, 0u64);
     let mut last_arrival_us = publish_started_us;
+    let (mut presence_join, mut presence_leave) =
+        (PresenceTally::default(), PresenceTally::default());
     for reader in &mut readers {
         let report = tokio::task::block_in_place(|| read_line(reader))?;
         delivered += report["received"].as_u64().unwrap_or(0);
         dropped += report["dropped"].as_u64().unwrap_or(0);
+        closed += report["closed"].as_u64().unwrap_or(0);
         last_arrival_us = last_arrival_us.max(report["last_arrival_us"].as_u64().unwrap_or(0));
         delivery.merge(&Histogram::from_json(&report["delivery"]));
+        presence_join.merge(&PresenceTally::from_json(&report["presence"]["join"]));
+        presence_leave.merge(&PresenceTally::from_json(&report["presence"]["leave"]));
     }
     for worker in &mut workers {
         let _ = worker.wait();
@@ -620,15 +686,119 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     } else {
         0.0
     };
-    let report = json!({
+    let mut report = json!({
         "connections": { "requested": args.connections, "held": ready, "failed": failed, "dropped": dropped, "errors": errors, "seconds": round2(connect_seconds) },
         "handshake": handshakes.summary(),
         "messages": { "published": published, "expected": expected, "delivered": delivered, "lost": expected.saturating_sub(delivered), "publish_seconds": round2(publish_seconds), "deliveries_per_second": deliveries_per_second, "via": if args.nats.is_some() { "nats" } else { "http" } },
         "delivery": delivery.summary(),
         "server": { "rss_before": rss_before, "rss_after": rss_after, "bytes_per_connection": bytes_per_connection, "cpu_seconds": round2(cpu_after - cpu_before), "cpu_seconds_connecting": round2(cpu_connected - cpu_before), "cpu_seconds_delivering": round2(cpu_after - cpu_connected), "deliveries_per_cpu_second": deliveries_per_cpu_second },
     });
+    if presence_join.frames + presence_leave.frames > 0 || leave_run.is_some() {
+        let expected_pairs = expected_presence_pairs(&members_per_room);
+        // The server's CPU from the start to the leave phase: connecting, the announcements,
+        // holding, and the deliveries if any (join-storm publishes none).
+        let join = presence_phase_report(
+            Phase::Join,
+            &presence_join,
+            join_started_us,
+            cpu_after - cpu_before,
+            expected_pairs,
+        );
+        let leave = leave_run.map(|leave_run| {
+            let mut leave = presence_phase_report(
+                Phase::Leave,
+                &presence_leave,
+                leave_run.started_us,
+                leave_run.server_cpu_seconds,
+                expected_pairs,
+            );
+            leave["closed"] = json!(closed);
+            leave
+        });
+        report["presence"] = json!({ "join": join, "leave": leave });
+    }
     println!("{report}");
+    // The leave phase's closes are not drops: only what the server ended counts against a run.
     Ok(failed == 0 && dropped == 0 && delivered == expected)
+}
+
+/// Writes one line to every worker (`leave` or `finish`).
+fn tell_workers(workers: &mut [Child], command: &str) -> anyhow::Result<()> {
+    for worker in workers {
+        writeln!(worker.stdin.as_mut().expect("piped"), "{command}")?;
+    }
+    Ok(())
+}
+
+/// What the coordinator measured of the leave phase.
+struct LeaveRun {
+    /// When the workers were told to leave (µs since the epoch): the leave settle time starts
+    /// here.
+    started_us: u64,
+    /// The servers' CPU from then to the end of the drain after the last close.
+    server_cpu_seconds: f64,
+}
+
+/// The leave phase: tells the workers to close their connections at --leave-rate, waits until
+/// every worker has closed all of its, then --drain-seconds for the servers to finish the leaves
+/// and their announcements.
+async fn run_leave_phase(
+    args: &Args,
+    workers: &mut [Child],
+    reports: &mut [BufReader<ChildStdout>],
+) -> anyhow::Result<LeaveRun> {
+    let (_, cpu_before) = usage_of(&args.server_pid);
+    let started_us = now_micros();
+    tell_workers(workers, "leave")?;
+    for report in reports.iter_mut() {
+        let left = tokio::task::block_in_place(|| read_line(report))?;
+        ensure!(left["left"] == true, "worker said {left} instead of left");
+    }
+    tokio::time::sleep(Duration::from_secs(args.drain_seconds)).await;
+    let (_, cpu_after) = usage_of(&args.server_pid);
+    Ok(LeaveRun {
+        started_us,
+        server_cpu_seconds: cpu_after - cpu_before,
+    })
+}
+
+/// The announcements that make every member's view complete: in a room of m, the member who
+/// joins k-th must hear of the m - k who join after it, m(m-1)/2 in all (more are heard: the
+/// server also announces each join to the member who joined); leaving, the member who leaves
+/// k-th must have heard of the k - 1 who left before it, m(m-1)/2 in all.
+fn expected_presence_pairs(members_per_room: &[u64]) -> u64 {
+    members_per_room
+        .iter()
+        .map(|&members| members * members.saturating_sub(1) / 2)
+        .sum()
+}
+
+/// One phase of the `presence` report. `since_us` is where its settle time starts (the first
+/// connection attempt, or the start of the leave phase); `complete` says whether the entries
+/// the phase is about (joins, or leaves) reached `expected_pairs`.
+fn presence_phase_report(
+    phase: Phase,
+    heard: &PresenceTally,
+    since_us: u64,
+    server_cpu_seconds: f64,
+    expected_pairs: u64,
+) -> Value {
+    let entries_heard = match phase {
+        Phase::Join => heard.joins_heard,
+        Phase::Leave => heard.leaves_heard,
+    };
+    // No presence frame, no settle time.
+    let settle_ms = (heard.last_frame_us > 0)
+        .then(|| round2(heard.last_frame_us.saturating_sub(since_us) as f64 / 1000.0));
+    json!({
+        "frames": heard.frames,
+        "joins_heard": heard.joins_heard,
+        "leaves_heard": heard.leaves_heard,
+        "settle_ms": settle_ms,
+        "server_cpu_s": round2(server_cpu_seconds),
+        "expected_pairs": expected_pairs,
+        "complete": entries_heard >= expected_pairs,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -673,5 +843,28 @@ mod tests {
         add_errors(&mut totals, &json!({ "connection refused": 50 }));
         assert_eq!(totals["connection refused"], 100);
         assert_eq!(totals["timeout"], 1);
+    }
+
+    #[test]
+    fn a_storm_of_five_thousand_in_one_room_makes_twelve_and_a_half_million_pairs() {
+        assert_eq!(expected_presence_pairs(&[5000]), 12_497_500);
+        assert_eq!(expected_presence_pairs(&[3, 2, 1, 0]), 3 + 1);
+    }
+
+    #[test]
+    fn a_phase_is_complete_once_its_own_entries_reach_the_pairs() {
+        let heard = PresenceTally {
+            frames: 4,
+            joins_heard: 3,
+            leaves_heard: 1,
+            last_frame_us: 1_500_000,
+        };
+        let join = presence_phase_report(Phase::Join, &heard, 1_000_000, 0.5, 3);
+        assert_eq!(join["complete"], true);
+        assert_eq!(join["settle_ms"], 500.0);
+        let leave = presence_phase_report(Phase::Leave, &heard, 1_000_000, 0.5, 3);
+        assert_eq!(leave["complete"], false);
+        let silent = presence_phase_report(Phase::Leave, &PresenceTally::default(), 0, 0.0, 3);
+        assert!(silent["settle_ms"].is_null());
     }
 }
