@@ -31,6 +31,9 @@
 #!                1,000/s into 100 rooms of 1,000, 100 broadcasts through NATS, then a hold of
 #!                BENCH_HOLD_SECONDS (default 600) with heartbeats; prints a second JSON line
 #!                with the CPU Redis and NATS spent, per connection and per delivered message
+#!   churn        1 node, memory backends, announcements on: BENCH_CYCLES (default 10) cycles of
+#!                8,000 connections joining 20 rooms at 2,000/s and leaving at 4,000/s; prints
+#!                the server's RSS at each cycle's peak and after its leave (memory churn leaves)
 #!   publish-rate 1 node (memory backends), 50,000 HTTP publishes into 100 rooms, 64 in flight:
 #!                events per second one node accepts, its CPU and memory afterwards
 #!   publish-rate-nats  1 node on Redis + NATS, 50,000 publishes on NATS (request-reply, 64 in
@@ -95,7 +98,7 @@ announce_interval=''
 plugins='[]'
 case "$scenario" in
     presence) presence=true ;;
-    announce) presence=true announce=true ;;
+    announce | churn) presence=true announce=true ;;
     join-storm)
         presence=true
         case "${BENCH_ANNOUNCE:-true}" in
@@ -268,6 +271,22 @@ case "$scenario" in
         with_service_cpu loadgen --connections 100000 --workers 6 --rate 1000 --rooms 100 \
             --messages 100 --publish-rate 10 --nats nats://127.0.0.1:4222 \
             --subject-prefix "bench$$" --drain-seconds "$hold" --max-seconds "$((hold + 900))" "$@"
+        ;;
+    churn)
+        one_node
+        for cycle in $(seq 1 "${BENCH_CYCLES:-10}"); do
+            line=$(loadgen --connections 8000 --workers 2 --rate 2000 --rooms 20 --messages 0 \
+                --drain-seconds 1 --leave-rate 4000 "$@")
+            # Longer than the allocator trimmer's check interval (10 s), so a trim shows.
+            sleep 12
+            rss_after_leave=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/${server_pids[0]}/status")
+            python3 -c 'import json, sys
+run = json.loads(sys.argv[1])
+print(json.dumps({"cycle": int(sys.argv[2]), "held": run["connections"]["held"],
+    "dropped": run["connections"]["dropped"], "rss_before": run["server"]["rss_before"],
+    "rss_peak": run["server"]["rss_after"], "rss_after_leave": int(sys.argv[3])}))' \
+                "$line" "$cycle" "$rss_after_leave"
+        done
         ;;
     join-storm)
         # The leave phase's own closes are not drops, so --assert-clean still holds.

@@ -35,6 +35,7 @@
 //!   [`room`]: room ids and grants.
 //! - [`config`]: typed, layered configuration; [`metrics`]: metric names and the exporter.
 //! - [`small_set`]: a few values in a vector, for per-connection and per-user sets.
+//! - [`allocator`]: freed memory handed back to the system after many connections end.
 //! - [`descriptors`]: the open-file limit and the kernel's descriptor table, sized at startup.
 //! - [`admission`]: connection slots per node, per user and per client address.
 //! - [`moderation`]: disconnect a user, remove a user from a room (HTTP and NATS requests).
@@ -43,6 +44,7 @@
 //! - [`trace`]: a service's trace id, carried with its message's work and onto NATS fan-outs.
 
 pub(crate) mod admission;
+pub(crate) mod allocator;
 pub mod auth;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]

@@ -331,6 +331,13 @@ impl Server {
             spawn_announcer(node.clone()),
             spawn_presence_diff_pusher(node.clone()),
             crate::metrics::spawn_upkeep(),
+            crate::allocator::spawn_trimmer(
+                {
+                    let node = node.clone();
+                    move || node.hub().connection_count()
+                },
+                node.shutdown_token().clone(),
+            ),
         ];
         if let Some(jwks) = node.jwks() {
             background.push(crate::jwks::JwksCache::spawn_refresher(

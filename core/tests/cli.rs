@@ -160,3 +160,39 @@ fn plugin_run_shows_what_a_plugin_does_to_one_event() {
     assert_eq!(report["outcome"], "drop", "{report}");
     assert!(report["reason"].as_str().unwrap().contains("ana"));
 }
+
+/// Plugin memories reserve 4 GiB of address space each (so compiled plugins need no bounds
+/// checks); where the address space is limited, the runtime falls back to reservations the size
+/// of the memory cap, and plugins still run.
+#[test]
+fn plugins_run_where_the_address_space_is_limited() {
+    let wasm = plugin_wasm("match-score-guard");
+    let event = scratch_file(
+        "limited.json",
+        r#"{"name":"match.update","room":"competition:1","payload":{"players":["ana","ben"],"scores":{"ana":3,"ben":1}}}"#,
+    );
+    // 64 GiB: far below the ~2 TiB of whole reservations, far above the capped ones.
+    let ran = Command::new("bash")
+        .args([
+            "-c",
+            r#"ulimit -v 67108864 && exec "$0" "$@""#,
+            env!("CARGO_BIN_EXE_realtime"),
+            "plugin",
+            "run",
+            "--wasm",
+            wasm.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+        ])
+        .current_dir(std::env::temp_dir())
+        .env_remove("REALTIME_CONFIG")
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(ran.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reserved at their cap only"),
+        "the fallback was not taken: {stderr}"
+    );
+    assert_eq!(json_out(&ran)["outcome"], "replace");
+}

@@ -94,6 +94,42 @@ struct LoadedPlugin {
     /// Event names the plugin asked for; `None` = every event.
     subscription: Option<HashSet<String>>,
     idle: Mutex<Vec<Instance>>,
+    metrics: PluginMetrics,
+}
+
+/// The metric handles of one plugin, looked up once at load: finding a labelled metric in the
+/// recorder hashes its name and labels, which on every call cost about as much as the
+/// component-model call itself.
+struct PluginMetrics {
+    calls: metrics::Counter,
+    call_seconds: metrics::Histogram,
+    pass: metrics::Counter,
+    drop: metrics::Counter,
+    replace: metrics::Counter,
+    reject: metrics::Counter,
+}
+
+impl PluginMetrics {
+    fn of(name: &Arc<str>) -> PluginMetrics {
+        let outcome = |label: &'static str| metrics::counter!(names::PLUGIN_OUTCOMES, "plugin" => name.to_string(), "outcome" => label);
+        PluginMetrics {
+            calls: metrics::counter!(names::PLUGIN_CALLS, "plugin" => name.to_string()),
+            call_seconds: metrics::histogram!(names::PLUGIN_CALL_SECONDS, "plugin" => name.to_string()),
+            pass: outcome("pass"),
+            drop: outcome("drop"),
+            replace: outcome("replace"),
+            reject: outcome("reject"),
+        }
+    }
+
+    fn outcome(&self, outcome: &WasmOutcome) -> &metrics::Counter {
+        match outcome {
+            WasmOutcome::Pass => &self.pass,
+            WasmOutcome::Drop(_) => &self.drop,
+            WasmOutcome::Replace(_) => &self.replace,
+            WasmOutcome::Reject(_) => &self.reject,
+        }
+    }
 }
 
 impl LoadedPlugin {
@@ -192,11 +228,12 @@ impl PluginHost {
         let subscription =
             (!events.iter().any(|event| event == "*")).then(|| events.into_iter().collect());
         Ok(LoadedPlugin {
-            name: plugin_name,
             prepared,
             config_json,
             subscription,
             idle: Mutex::new(vec![first]),
+            metrics: PluginMetrics::of(&plugin_name),
+            name: plugin_name,
         })
     }
 
@@ -302,14 +339,14 @@ impl PluginHost {
         event: &ChainEvent<'_>,
         payload: &str,
     ) -> Result<WasmOutcome, ()> {
-        let name = plugin.name.to_string();
+        let name: &str = &plugin.name;
         {
-            let breaker = self.breaker(&name).lock();
+            let breaker = self.breaker(name).lock();
             if breaker
                 .open_until
                 .is_some_and(|until| Instant::now() < until)
             {
-                metrics::counter!(names::PLUGIN_OUTCOMES, "plugin" => name, "outcome" => "skipped_breaker_open").increment(1);
+                metrics::counter!(names::PLUGIN_OUTCOMES, "plugin" => name.to_owned(), "outcome" => "skipped_breaker_open").increment(1);
                 return Err(());
             }
         }
@@ -323,9 +360,11 @@ impl PluginHost {
         };
         let started = Instant::now();
         let result = plugin.call(&self.runtime, &wasm_event);
-        metrics::histogram!(names::PLUGIN_CALL_SECONDS, "plugin" => name.clone())
+        plugin
+            .metrics
+            .call_seconds
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!(names::PLUGIN_CALLS, "plugin" => name.clone()).increment(1);
+        plugin.metrics.calls.increment(1);
         let result =
             result
                 .map_err(|failure| failure.to_string())
@@ -340,19 +379,12 @@ impl PluginHost {
                 });
         match result {
             Ok(outcome) => {
-                self.breaker(&name).lock().consecutive_failures = 0;
-                let label = match &outcome {
-                    WasmOutcome::Pass => "pass",
-                    WasmOutcome::Drop(_) => "drop",
-                    WasmOutcome::Replace(_) => "replace",
-                    WasmOutcome::Reject(_) => "reject",
-                };
-                metrics::counter!(names::PLUGIN_OUTCOMES, "plugin" => name, "outcome" => label)
-                    .increment(1);
+                self.breaker(name).lock().consecutive_failures = 0;
+                plugin.metrics.outcome(&outcome).increment(1);
                 Ok(outcome)
             }
             Err(problem) => {
-                self.record_failure(&name, &problem);
+                self.record_failure(name, &problem);
                 Err(())
             }
         }

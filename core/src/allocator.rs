@@ -1,0 +1,89 @@
+//! Giving memory back to the operating system after many connections end.
+//!
+//! glibc's allocator keeps what a program frees for reuse: a node that held 8,000 connections
+//! and saw them leave keeps most of their memory resident, and after repeated cycles of
+//! connects and disconnects it settles at about twice its connected peak (docs/benchmarks.md,
+//! "Churn"), because the freed blocks are spread over the allocator's per-thread arenas and
+//! interleaved with live ones, so they are never at the top of a heap where glibc trims by
+//! itself. `malloc_trim` releases the free pages inside the heaps too. It walks every arena, so
+//! it runs only after the node's connection count fell by a good share, not on a timer alone.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often the connection count is looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// A trim follows a fall of at least this many connections since the last look at the peak...
+const MIN_FALL: usize = 1_000;
+
+/// Whether the connection count fell enough since `peak` to be worth a trim: by [`MIN_FALL`] and
+/// by at least a quarter of the peak (a node of 100,000 does not trim for every thousand).
+pub fn worth_trimming(peak: usize, now: usize) -> bool {
+    let fall = peak.saturating_sub(now);
+    fall >= MIN_FALL && fall * 4 >= peak
+}
+
+/// Watches `connections()` and trims the allocator after a large fall, until `shutdown`.
+pub fn spawn_trimmer(
+    connections: impl Fn() -> usize + Send + 'static,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut peak = connections();
+        let mut ticks = tokio::time::interval(CHECK_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let now = connections();
+            if worth_trimming(peak, now) {
+                // Blocking for milliseconds on a large heap: off the runtime's workers.
+                let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
+                tracing::debug!(
+                    peak,
+                    now,
+                    released,
+                    "allocator trimmed after connections ended"
+                );
+                peak = now;
+            }
+            peak = peak.max(now);
+        }
+    })
+}
+
+/// Returns free memory at the top and inside the allocator's heaps to the system; true when
+/// some was released.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() -> bool {
+    // SAFETY: malloc_trim has no preconditions; it only takes the allocator's own locks.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Other allocators (musl, macOS) return memory by their own rules.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_large_fall_is_worth_a_trim() {
+        assert!(worth_trimming(8_000, 0), "everyone left");
+        assert!(worth_trimming(8_000, 6_000), "a quarter left");
+        assert!(!worth_trimming(8_000, 7_500), "a few hundred left");
+        assert!(!worth_trimming(800, 0), "too few to matter");
+        assert!(
+            !worth_trimming(100_000, 98_000),
+            "a small share of a big node"
+        );
+        assert!(!worth_trimming(5_000, 6_000), "connections grew");
+    }
+}
