@@ -39,9 +39,10 @@ const DRAIN_SLICES: usize = 64;
 /// A push that comes this soon after the socket's previous one is part of a stream, and is
 /// queued for the socket's task instead of written at once: by the time the task runs, more
 /// have usually arrived, and it writes them with one `writev`. Every send costs kernel time, so
-/// writing each push of a dense stream separately cuts the `fanout` benchmark's throughput (a
-/// room of 10,000 at 1,000 broadcasts/s) to a small fraction (docs/benchmarks.md, "When pushes
-/// are written where"). Sparse pushes, which is what most sockets get, still leave at once.
+/// where the readers share the server's cores, writing each push of a dense stream separately
+/// cut the `fanout` benchmark's throughput to a small fraction; with the readers on other cores
+/// it measured neutral (docs/benchmarks.md, "When pushes are written where"). Sparse pushes,
+/// which is what most sockets get, still leave at once.
 const STREAM_GAP_MICROS: u32 = 2_000;
 
 /// One accepted socket and the bytes waiting to be written to it.
