@@ -5,24 +5,11 @@
 // reaching start() or onError.
 
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { RealtimeClient, RealtimeError, RoomMembers, type Room } from "../../src/index.js";
+import { RealtimeError, RoomMembers, type Room } from "../../src/index.js";
 import { FakeWebSocket } from "./fake-websocket.js";
+import { connectedClient, reconnect } from "./harness.js";
 
 const ROOM = "competition:42";
-
-async function connectedClient() {
-  const client = new RealtimeClient({
-    url: "ws://127.0.0.1:8080/ws",
-    getToken: async () => "token",
-    WebSocket: FakeWebSocket,
-    random: () => 0.5,
-  });
-  client.connect();
-  await vi.advanceTimersByTimeAsync(0);
-  // No heartbeats: these tests leave replies unanswered on purpose.
-  FakeWebSocket.latest().serverConnected({ heartbeat_interval_ms: 0 });
-  return client;
-}
 
 /** A client joined to ROOM, and a RoomMembers over it that records what onChange and onError got. */
 async function joinedRoomWithMembers() {
@@ -66,14 +53,7 @@ async function answerPresence(socket: FakeWebSocket, members: string[]): Promise
 
 /** Drops the socket, lets the client reconnect, and accepts the re-join of ROOM. */
 async function reconnectAndRejoin(): Promise<FakeWebSocket> {
-  const before = FakeWebSocket.instances.length;
-  FakeWebSocket.latest().serverClose(1006);
-  for (let waited = 0; waited < 20_000 && FakeWebSocket.instances.length === before; waited += 50) {
-    await vi.advanceTimersByTimeAsync(50);
-  }
-  expect(FakeWebSocket.instances).toHaveLength(before + 1);
-  const socket = FakeWebSocket.latest();
-  socket.serverConnected({ heartbeat_interval_ms: 0 });
+  const socket = await reconnect();
   socket.replyOk(socket.lastRequest("join"), { room: ROOM });
   await vi.advanceTimersByTimeAsync(0);
   return socket;

@@ -5,24 +5,12 @@
 // join({ since }).
 
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { RealtimeClient, type EventPush, type ResubscribedInfo, type Room } from "../../src/index.js";
+import { type RealtimeClient, type EventPush, type ResubscribedInfo, type Room } from "../../src/index.js";
 import { FakeWebSocket } from "./fake-websocket.js";
+import { connectedClient, reconnect } from "./harness.js";
 
 const ROOM = "competition:42";
 const EPOCH = "a1b2c3d4e5f60718";
-
-async function connectedClient() {
-  const client = new RealtimeClient({
-    url: "ws://127.0.0.1:8080/ws",
-    getToken: async () => "token",
-    WebSocket: FakeWebSocket,
-    random: () => 0.5,
-  });
-  client.connect();
-  await vi.advanceTimersByTimeAsync(0);
-  FakeWebSocket.latest().serverConnected({ heartbeat_interval_ms: 0 });
-  return client;
-}
 
 /** What the app hears: the room's match.update handler and the client's `event` listener. */
 function listen(client: RealtimeClient, room: Room) {
@@ -49,19 +37,6 @@ async function joinedRoom(offset = 20) {
   socket.replyOk(socket.lastRequest("join"), { room: ROOM, offset, epoch: EPOCH });
   await joining;
   return { client, room, socket, ...heard };
-}
-
-/** Drops the socket and lets the client reconnect; returns the new socket (its rooms not yet re-joined). */
-async function reconnect(): Promise<FakeWebSocket> {
-  const before = FakeWebSocket.instances.length;
-  FakeWebSocket.latest().serverClose(1006);
-  for (let waited = 0; waited < 20_000 && FakeWebSocket.instances.length === before; waited += 50) {
-    await vi.advanceTimersByTimeAsync(50);
-  }
-  expect(FakeWebSocket.instances).toHaveLength(before + 1);
-  const socket = FakeWebSocket.latest();
-  socket.serverConnected({ heartbeat_interval_ms: 0 });
-  return socket;
 }
 
 beforeEach(() => {

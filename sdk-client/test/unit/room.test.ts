@@ -6,6 +6,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { RealtimeClient, RealtimeError, type EventPush, type JoinedInfo, type RealtimeClientOptions } from "../../src/index.js";
 import { FakeWebSocket, type SentRequest } from "./fake-websocket.js";
+import { connectedClient, reconnect } from "./harness.js";
 
 function makeClient(options: Partial<RealtimeClientOptions> = {}) {
   return new RealtimeClient({
@@ -15,15 +16,6 @@ function makeClient(options: Partial<RealtimeClientOptions> = {}) {
     random: () => 0.5,
     ...options,
   });
-}
-
-async function connectedClient(options: Partial<RealtimeClientOptions> = {}, frame: Record<string, unknown> = {}) {
-  const client = makeClient(options);
-  client.connect();
-  await vi.advanceTimersByTimeAsync(0);
-  // No heartbeats: these tests leave replies unanswered on purpose.
-  FakeWebSocket.latest().serverConnected({ heartbeat_interval_ms: 0, ...frame });
-  return client;
 }
 
 /** A client in two joined rooms whose token lives 120 s, so the refresh goes out at 90 s. */
@@ -47,19 +39,6 @@ function acceptJoins(socket: FakeWebSocket, answered: Set<number>): void {
   }
 }
 
-/** Drops the socket and lets the client reconnect (waiting out any backoff window). */
-async function reconnect(): Promise<FakeWebSocket> {
-  const before = FakeWebSocket.instances.length;
-  FakeWebSocket.latest().serverClose(1006);
-  // Step until the new socket appears: the backoff window grows with each quick reconnect.
-  for (let waited = 0; waited < 20_000 && FakeWebSocket.instances.length === before; waited += 50) {
-    await vi.advanceTimersByTimeAsync(50);
-  }
-  expect(FakeWebSocket.instances).toHaveLength(before + 1);
-  const socket = FakeWebSocket.latest();
-  socket.serverConnected({ heartbeat_interval_ms: 0 });
-  return socket;
-}
 
 const joinedRooms = (requests: SentRequest[]) => requests.map((request) => request.room);
 
