@@ -1100,7 +1100,9 @@ impl Node {
                     Change::Joined => "room.user_joined",
                     Change::Left => "room.user_left",
                 };
-                let data = serde_json::json!({ "userId": user_id });
+                let data =
+                    serde_json::value::to_raw_value(&serde_json::json!({ "userId": user_id }))
+                        .expect("a JSON object serializes");
                 self.push_announcement(room, event, &data).await;
             }
         }
@@ -1121,21 +1123,20 @@ impl Node {
     pub async fn push_presence_diffs(&self, diffs: Vec<(RoomId, Diff)>) {
         for (room, diff) in diffs {
             metrics::counter!(names::PRESENCE_DIFFS).increment(1);
-            let data = serde_json::to_value(&diff).expect("a diff serializes");
+            let data = serde_json::value::to_raw_value(&diff).expect("a diff serializes");
             self.push_announcement(&room, "room.presence_diff", &data)
                 .await;
         }
     }
 
-    async fn push_announcement(&self, room: &RoomId, event: &str, data: &serde_json::Value) {
-        let data = RawValue::from_string(data.to_string()).expect("a JSON value's text is JSON");
+    async fn push_announcement(&self, room: &RoomId, event: &str, data: &RawValue) {
         if let Err(error) = self
             .broadcast(
                 Topic::Room(room.clone()),
                 event,
                 Some(room),
                 None,
-                &data,
+                data,
                 unix_now_millis(),
             )
             .await

@@ -26,6 +26,9 @@ fn json_out(output: &Output) -> Value {
     })
 }
 
+/// A `match.update` with fair scores: `match-score-guard` names the leader.
+const SCORES_EVENT: &str = r#"{"name":"match.update","room":"competition:1","payload":{"players":["ana","ben"],"scores":{"ana":3,"ben":1}}}"#;
+
 fn scratch_file(name: &str, contents: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!(
         "realtime-cli-{:016x}-{name}",
@@ -120,10 +123,7 @@ fn plugin_wasm(crate_name: &str) -> PathBuf {
 #[test]
 fn plugin_run_shows_what_a_plugin_does_to_one_event() {
     let wasm = plugin_wasm("match-score-guard");
-    let good = scratch_file(
-        "good.json",
-        r#"{"name":"match.update","room":"competition:1","payload":{"players":["ana","ben"],"scores":{"ana":3,"ben":1}}}"#,
-    );
+    let good = scratch_file("good.json", SCORES_EVENT);
     let ran = realtime(&[
         "plugin",
         "run",
@@ -167,10 +167,7 @@ fn plugin_run_shows_what_a_plugin_does_to_one_event() {
 #[test]
 fn plugins_run_where_the_address_space_is_limited() {
     let wasm = plugin_wasm("match-score-guard");
-    let event = scratch_file(
-        "limited.json",
-        r#"{"name":"match.update","room":"competition:1","payload":{"players":["ana","ben"],"scores":{"ana":3,"ben":1}}}"#,
-    );
+    let event = scratch_file("limited.json", SCORES_EVENT);
     // 64 GiB: far below the ~2 TiB of whole reservations, far above the capped ones.
     let ran = Command::new("bash")
         .args([

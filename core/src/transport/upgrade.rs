@@ -106,7 +106,7 @@ pub fn accept(
 
 /// Checks that the request is a WebSocket upgrade (RFC 6455 section 4.2.1) and returns the
 /// `Sec-WebSocket-Accept` answer to its key.
-pub fn upgrade_answer(req: &Request) -> Result<SecWebsocketAccept, &'static str> {
+fn upgrade_answer(req: &Request) -> Result<SecWebsocketAccept, &'static str> {
     if req.method() != Method::GET {
         return Err("the WebSocket handshake needs GET");
     }
