@@ -8,15 +8,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use realtime_core::config::{RedisSettings, Settings};
+use realtime_core::conformance::rooms::RoomNode;
 use realtime_core::notifications::NotificationStore;
 use realtime_core::stores::history_jetstream::JetStreamHistory;
 use realtime_core::stores::nats::{NatsBroker, connect};
 use realtime_core::stores::redis::{
     RedisBroker, RedisConnector, RedisPresenceStore, RedisRateLimiter, RedisRoomStore,
 };
-use realtime_core::stores::{
-    Broker, DeliveryHandler, HistoryStore, PresenceStore, RateLimiter, RoomStore,
-};
+use realtime_core::stores::{Broker, DeliveryHandler, HistoryStore, PresenceStore, RateLimiter};
 use realtime_tests::{NATS_URL, REDIS_URL, unique};
 
 /// What a node factory returns: the future of one more node.
@@ -45,8 +44,9 @@ fn redis_presence_nodes() -> impl Fn() -> Node<Arc<dyn PresenceStore>> {
 
 realtime_core::presence_conformance_tests!(redis_presence, super::redis_presence_nodes());
 
-/// Every call is one more node: its own Redis connection, the same key prefix.
-fn redis_room_nodes() -> impl Fn() -> Node<Arc<dyn RoomStore>> {
+/// Every call is one more node: its own Redis connection, the same key prefix, with the room
+/// store and the presence store (which holds the node's lease) on that connection.
+fn redis_room_nodes() -> impl Fn() -> Node<RoomNode> {
     let settings = redis_settings();
     move || {
         let settings = settings.clone();
@@ -54,7 +54,10 @@ fn redis_room_nodes() -> impl Fn() -> Node<Arc<dyn RoomStore>> {
             let redis = RedisConnector::connect(&settings)
                 .await
                 .expect("redis at 127.0.0.1:6379");
-            Arc::new(RedisRoomStore::new(redis)) as Arc<dyn RoomStore>
+            RoomNode {
+                rooms: Arc::new(RedisRoomStore::new(redis.clone())),
+                presence: Arc::new(RedisPresenceStore::new(redis)),
+            }
         })
     }
 }

@@ -229,11 +229,13 @@ async fn each_user_goes_online_and_offline_exactly_once_across_nodes() {
 }
 
 #[tokio::test]
-async fn a_killed_nodes_members_disappear_after_the_ttl() {
+async fn a_killed_nodes_members_disappear_with_its_lease() {
     let mut settings = cluster_settings(REDIS_URL, NATS_URL);
     settings.presence.ttl_secs = 2;
     settings.presence.heartbeat_interval_secs = 1;
     settings.presence.sweep_interval_secs = 1;
+    // The killed node's sockets and memberships go when its lease lapses.
+    settings.presence.node_lease_secs = 3;
     settings.room_types.get_mut("chat").unwrap().capacity = 2;
     let survivor = TestServer::start_node(&settings).await.unwrap();
     let mut doomed = KillableNode::start(&settings).unwrap();
@@ -271,7 +273,7 @@ async fn a_killed_nodes_members_disappear_after_the_ttl() {
     let offline_count = tokio::spawn(async move {
         count_for_user(&mut offline, &ghost_for_count, Duration::from_secs(6)).await
     });
-    // Keep the survivors' sockets busy (the TTL is short) while the ghost expires.
+    // Keep the survivors' sockets busy (the idle limit is short) while the ghost's lease lapses.
     let mut members = Value::Null;
     for id in 10..30 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -288,7 +290,7 @@ async fn a_killed_nodes_members_disappear_after_the_ttl() {
     assert_eq!(
         members,
         json!(["alice"]),
-        "the dead node's member is gone after the TTL"
+        "the dead node's member is gone once its lease lapsed"
     );
     latecomer.join(&room).await.unwrap();
     assert_eq!(

@@ -260,6 +260,7 @@ pub struct PresenceSettings {
     pub ttl_secs: u64,
     pub heartbeat_interval_secs: u64,
     pub sweep_interval_secs: u64,
+    pub node_lease_secs: u64,
 }
 
 impl PresenceSettings {
@@ -271,6 +272,10 @@ impl PresenceSettings {
     }
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_secs(self.sweep_interval_secs)
+    }
+    /// How long a node's lease lasts without renewal (renewed every third of it).
+    pub fn node_lease(&self) -> Duration {
+        Duration::from_secs(self.node_lease_secs)
     }
 }
 
@@ -561,6 +566,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "presence.ttl_secs",
                 "ttl_secs and sweep_interval_secs must be at least 1",
+            ));
+        }
+        if self.presence.node_lease_secs < 3 {
+            return Err(ConfigError::invalid(
+                "presence.node_lease_secs",
+                "must be at least 3 (the lease is renewed every third of it)",
             ));
         }
         if self.presence.heartbeat_interval_secs == 0

@@ -568,6 +568,17 @@ impl<K: Hash + Eq + Clone, S: SocketSet> Sharded<K, S> {
         self.shards.iter().map(|shard| shard.read().len()).sum()
     }
 
+    /// Every (key, socket) pair, copied out shard by shard.
+    fn all_entries(&self) -> Vec<(K, Arc<SocketHandle>)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            for (key, sockets) in shard.read().iter() {
+                sockets.for_each(|socket| all.push((key.clone(), socket.clone())));
+            }
+        }
+        all
+    }
+
     fn all_sockets(&self) -> Vec<Arc<SocketHandle>> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
@@ -655,6 +666,30 @@ impl Hub {
     }
 
     /// Adds a socket to a room; true when it is the room's first socket on this node.
+    /// Every registered socket (to register them again under a new lease).
+    pub fn local_sockets(&self) -> Vec<Arc<SocketHandle>> {
+        self.users.all_sockets()
+    }
+
+    /// Every (room, socket) membership held here (to register them again under a new lease).
+    pub fn local_memberships(&self) -> Vec<(RoomId, Arc<SocketHandle>)> {
+        self.rooms.all_entries()
+    }
+
+    /// Whether the socket is still registered (it has not closed).
+    pub fn holds_socket(&self, socket: &SocketHandle) -> bool {
+        self.holds_socket_id(&socket.user_id, &socket.socket_id)
+    }
+
+    pub fn holds_socket_id(&self, user_id: &Arc<str>, socket_id: &str) -> bool {
+        self.users.contains(user_id, socket_id)
+    }
+
+    /// Whether the socket is still in the room here (it has not left).
+    pub fn holds_membership(&self, room: &RoomId, socket_id: &str) -> bool {
+        self.rooms.contains(room, socket_id)
+    }
+
     pub fn add_to_room(&self, room: &RoomId, socket: &Arc<SocketHandle>) -> bool {
         self.rooms.insert(room, socket)
     }

@@ -78,6 +78,10 @@ pub const MEMBERSHIPS_RESTORED: &str = "realtime_memberships_restored_total";
 pub const PRESENCE_DIFFS: &str = "realtime_presence_diffs_total";
 /// Counter: lost memberships that could not be joined again because the room filled up.
 pub const MEMBERSHIPS_LOST: &str = "realtime_memberships_lost_total";
+/// Leases granted to a node that had held one before: its lease lapsed (the store lost its
+/// data, or the node could not reach it for longer than the lease), and it registered its
+/// sockets and memberships again.
+pub const LEASE_LAPSES: &str = "realtime_lease_lapses_total";
 
 /// Counter: joins into rooms with history by `outcome`: `recovered` (a `since` fully served),
 /// `not_recovered` (a `since` too old, of another epoch, or ahead), `unavailable` (the history
@@ -193,6 +197,7 @@ pub fn register_node(max_connections: usize) {
         MEMBERSHIPS_RESTORED,
         PRESENCE_DIFFS,
         MEMBERSHIPS_LOST,
+        LEASE_LAPSES,
         HISTORY_APPEND_FAILURES,
     ] {
         metrics::counter!(counter).increment(0);

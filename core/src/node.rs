@@ -4,6 +4,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -25,8 +26,8 @@ use crate::protocol::{
 use crate::room::RoomId;
 use crate::small_set::SmallSet;
 use crate::stores::{
-    Arrival, Broker, HistoryPolicy, HistoryStore, JoinOutcome, LeaveOutcome, Member, Position,
-    PresenceStore, RateLimiter, Recovery, RoomStore, SocketEntry, StoreError, Topic,
+    Arrival, Broker, HistoryPolicy, HistoryStore, JoinOutcome, Lease, LeaveOutcome, Member,
+    Position, PresenceStore, RateLimiter, Recovery, RoomStore, SocketEntry, StoreError, Topic,
 };
 
 /// Stripes of the interest lock; see [`Node::interest_lock`].
@@ -177,9 +178,25 @@ pub struct Node {
     publish_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Joins and leaves waiting to be pushed as one diff (`announce = "batched"`).
     presence_diffs: PresenceDiffs,
+    /// Store writes that failed (the store was unreachable) and are tried again with the next
+    /// announcement: nothing else would ever remove a socket or membership this node registered
+    /// while its lease lives.
+    store_retries: parking_lot::Mutex<Vec<StoreRetry>>,
+    /// Leases granted to this node so far: a grant after the first means the lease lapsed.
+    lease_grants: std::sync::atomic::AtomicU64,
+    /// Held while the lease is renewed, so that many writes refused at once (`NoLease`) cause
+    /// one renewal, not one each.
+    lease_renewal: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     /// Shutdown has begun: not ready, no new sockets.
     draining: std::sync::atomic::AtomicBool,
+}
+
+/// A presence or membership write to try again (see `Node::store_retries`).
+enum StoreRetry {
+    Connect(SocketEntry),
+    Disconnect(SocketEntry),
+    Leave(RoomId, Member),
 }
 
 fn unavailable(error: StoreError) -> WireError {
@@ -221,6 +238,9 @@ impl Node {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             presence_diffs: PresenceDiffs::default(),
+            store_retries: parking_lot::Mutex::default(),
+            lease_grants: std::sync::atomic::AtomicU64::new(0),
+            lease_renewal: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
@@ -443,11 +463,20 @@ impl Node {
             socket_id: socket_id.to_string(),
             node: self.node_id.to_string(),
         });
-        let ttl = self.settings.presence.ttl();
-        match self.backends.presence.connect(&entry, ttl).await {
+        match self.backends.presence.connect(&entry).await {
             Ok(arrival) => self.note_arrival(&entry, arrival),
-            // Delivery does not depend on presence: keep the socket, the next heartbeat retries.
-            Err(error) => tracing::warn!(%error, "presence connect failed"),
+            // No lease yet (or it lapsed): the next granted announcement registers every local
+            // socket again, this one too.
+            // The socket is in the hub already: the renewal registers it with the rest.
+            Err(StoreError::NoLease(_)) => self.renew_lease_after_refusal().await,
+            // Delivery does not depend on presence: keep the socket, the next announcement
+            // tries again.
+            Err(error) => {
+                tracing::warn!(%error, "presence connect failed; retried with the next announcement");
+                self.store_retries
+                    .lock()
+                    .push(StoreRetry::Connect(entry.clone()));
+            }
         }
         Ok(SocketSession {
             handle,
@@ -466,71 +495,11 @@ impl Node {
         }
     }
 
-    /// Refreshes the socket's presence TTL and its room memberships, both at once (with Redis,
-    /// two writes in flight instead of one after the other). Presence is written whole each
-    /// time, so it comes back by itself after the store lost it; memberships the store no longer
-    /// has are joined again (see [`Node::restore_memberships`]).
-    pub async fn heartbeat(&self, session: &SocketSession) -> Result<(), WireError> {
-        let ttl = self.settings.presence.ttl();
-        let presence = self.backends.presence.heartbeat(&session.entry, ttl);
-        let memberships = async {
-            if session.rooms.is_empty() {
-                return Ok(Vec::new());
-            }
-            let member = Self::member_of(session);
-            self.backends
-                .rooms
-                .refresh(session.rooms.as_slice(), &member, ttl)
-                .await
-        };
-        let (arrival, refreshed) = tokio::join!(presence, memberships);
-        self.note_arrival(&session.entry, arrival.map_err(unavailable)?);
-        let gone = refreshed.map_err(unavailable)?;
-        if !gone.is_empty() {
-            self.restore_memberships(session, &gone).await?;
-        }
-        Ok(())
-    }
-
-    /// Joins again, capacity checked, the rooms whose membership the store lost while this
-    /// node still holds the socket in them: Redis restarted empty, a failover dropped writes, or
-    /// an outage outlasted the TTL. Presence lists, capacity and leaves are then right again
-    /// within a heartbeat. Members saw the user join before, so nothing is announced. A room
-    /// that filled up meanwhile cannot take the socket back: that is logged and counted
-    /// (`realtime_memberships_lost_total`), and the socket keeps its local subscription until it
-    /// leaves.
-    async fn restore_memberships(
-        &self,
-        session: &SocketSession,
-        gone: &[RoomId],
-    ) -> Result<(), WireError> {
-        let member = Self::member_of(session);
-        let ttl = self.settings.presence.ttl();
-        for room in gone {
-            let Ok(room_type) = self.room_type(room) else {
-                continue;
-            };
-            let outcome = self
-                .backends
-                .rooms
-                .join(room, &member, room_type.capacity, ttl)
-                .await
-                .map_err(unavailable)?;
-            if matches!(outcome, JoinOutcome::Full | JoinOutcome::Blocked) {
-                metrics::counter!(names::MEMBERSHIPS_LOST).increment(1);
-                tracing::warn!(%room, user_id = %member.user_id, "membership lost with the store's data and the room is now full");
-            } else {
-                metrics::counter!(names::MEMBERSHIPS_RESTORED).increment(1);
-                tracing::info!(%room, user_id = %member.user_id, "membership restored after the store lost it");
-            }
-        }
-        Ok(())
-    }
-
-    fn member_of(session: &SocketSession) -> Member {
+    fn member_of(&self, session: &SocketSession) -> Member {
         Member {
             user_id: session.entry.user_id.clone(),
             socket_id: session.entry.socket_id.clone(),
+            node_id: self.node_id.clone(),
         }
     }
 
@@ -548,9 +517,17 @@ impl Node {
         })
         .await;
         metrics::gauge!(names::CONNECTIONS).decrement(1.0);
-        if let Err(error) = self.backends.presence.disconnect(&session.entry).await {
-            // The entry expires by its TTL anyway.
-            tracing::warn!(%error, "presence disconnect failed");
+        let linger = self.settings.presence.ttl();
+        if let Err(error) = self
+            .backends
+            .presence
+            .disconnect(&session.entry, linger)
+            .await
+        {
+            tracing::warn!(%error, "presence disconnect failed; retried with the next announcement");
+            self.store_retries
+                .lock()
+                .push(StoreRetry::Disconnect(session.entry.clone()));
         }
         self.events.emit(PlatformEvent::SocketDisconnect {
             user_id: handle.user_id.to_string(),
@@ -602,18 +579,23 @@ impl Node {
                 ),
             ));
         }
-        let member = Self::member_of(session);
-        let outcome = self
+        let member = self.member_of(session);
+        let outcome = match self
             .backends
             .rooms
-            .join(
-                &room,
-                &member,
-                room_type.capacity,
-                self.settings.presence.ttl(),
-            )
+            .join(&room, &member, room_type.capacity)
             .await
-            .map_err(unavailable)?;
+        {
+            Err(StoreError::NoLease(_)) => {
+                self.renew_lease_after_refusal().await;
+                self.backends
+                    .rooms
+                    .join(&room, &member, room_type.capacity)
+                    .await
+            }
+            joined => joined,
+        }
+        .map_err(unavailable)?;
         let first_for_user = match outcome {
             JoinOutcome::Full => {
                 return Err(WireError::new(
@@ -835,10 +817,10 @@ impl Node {
     }
 
     /// Who is in `room`, cluster-wide (the spec's Presence entity): each member's sockets with
-    /// their node and `last_seen` (Unix ms of the membership's last refresh, that is the last
-    /// heartbeat written), and the socket count per node.
+    /// their node and `last_seen`, and the socket count per node. `last_seen` is when the node
+    /// holding the socket last renewed its lease (Unix ms): the node vouched then that the
+    /// socket was alive (it closes sockets silent for the presence TTL).
     pub async fn room_info(&self, room_text: &str) -> Result<serde_json::Value, WireError> {
-        use futures_util::StreamExt;
         let room = Self::parse_room(room_text)?;
         self.room_type(&room)?;
         let sockets = self
@@ -847,26 +829,9 @@ impl Node {
             .sockets(&room)
             .await
             .map_err(unavailable)?;
-        let ttl_ms = self.settings.presence.ttl().as_millis() as u64;
+        let vouched_at = self.lease_renewals().await?;
         let mut users: Vec<&str> = sockets.iter().map(|entry| entry.user_id.as_str()).collect();
         users.dedup();
-        // Which node holds each socket: from presence, a few users at a time.
-        let owned_users: Vec<String> = users.iter().map(|user| user.to_string()).collect();
-        let presence = self.backends.presence.clone();
-        let nodes: std::collections::HashMap<String, String> =
-            futures_util::stream::iter(owned_users)
-                .map(move |user| {
-                    let presence = presence.clone();
-                    async move { presence.sockets_of(&user).await }
-                })
-                .buffer_unordered(16)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .filter_map(Result::ok)
-                .flatten()
-                .map(|entry| (entry.socket_id.to_string(), entry.node_id.to_string()))
-                .collect();
         let mut per_node: std::collections::BTreeMap<&str, usize> = Default::default();
         let mut members: Vec<serde_json::Value> = Vec::new();
         for user in &users {
@@ -874,14 +839,11 @@ impl Node {
                 .iter()
                 .filter(|entry| entry.user_id == *user)
                 .map(|entry| {
-                    let node = nodes
-                        .get(&entry.socket_id)
-                        .map_or("unknown", String::as_str);
-                    *per_node.entry(node).or_default() += 1;
+                    *per_node.entry(entry.node_id.as_str()).or_default() += 1;
                     serde_json::json!({
                         "socket": entry.socket_id,
-                        "node": node,
-                        "last_seen": entry.expires_at_ms.saturating_sub(ttl_ms),
+                        "node": entry.node_id,
+                        "last_seen": vouched_at.get(&entry.node_id),
                     })
                 })
                 .collect();
@@ -902,6 +864,15 @@ impl Node {
             "members": members,
             "nodes": per_node,
         }))
+    }
+
+    /// node -> when it last renewed its lease (Unix ms), for every node whose lease is live.
+    async fn lease_renewals(&self) -> Result<std::collections::HashMap<String, u64>, WireError> {
+        let nodes = self.backends.presence.nodes().await.map_err(unavailable)?;
+        Ok(nodes
+            .into_iter()
+            .map(|node| (node.node_id, node.announced_at_ms))
+            .collect())
     }
 
     /// Stores a notification (idempotent on user and id) and, the first time, pushes
@@ -925,15 +896,154 @@ impl Node {
         Ok((stored, created))
     }
 
-    /// Announces this node (connections, version) for cluster info; valid for `ttl`.
-    pub async fn announce(&self, ttl: Duration) -> Result<(), StoreError> {
+    /// Announces this node (connections, version) for cluster info and renews its lease for
+    /// `ttl`. When the lease is granted (the first announcement, or after a lapse: the store
+    /// lost its data, or this node could not reach it for longer than the lease), the store
+    /// holds nothing of this node, and every local socket and membership is registered again.
+    /// Otherwise the writes that failed since the last announcement are tried again.
+    pub async fn announce(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        let _renewing = self.lease_renewal.lock().await;
+        self.renew_lease(ttl).await
+    }
+
+    /// A write was refused for want of a lease (Redis lost its data, or this node was cut off
+    /// for longer than its lease): renews it now rather than at the next announcement, which
+    /// registers everything local again. When a renewal is already under way, waits for it.
+    async fn renew_lease_after_refusal(&self) {
+        match self.lease_renewal.try_lock() {
+            Ok(_renewing) => {
+                if let Err(error) = self.renew_lease(self.settings.presence.node_lease()).await {
+                    tracing::warn!(%error, "lease renewal failed");
+                }
+            }
+            Err(_) => drop(self.lease_renewal.lock().await),
+        }
+    }
+
+    async fn renew_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
         let status = crate::stores::NodeStatus {
             node_id: self.node_id.to_string(),
             connections: self.hub.connection_count() as u64,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             announced_at_ms: crate::protocol::unix_now_millis(),
         };
-        self.backends.presence.announce_node(&status, ttl).await
+        // Taken before the announcement: a grant makes them moot (the store holds nothing of
+        // this node), and a write that fails after it is queued for the next one.
+        let retries = std::mem::take(&mut *self.store_retries.lock());
+        let lease = match self.backends.presence.announce_node(&status, ttl).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                self.store_retries.lock().extend(retries);
+                return Err(error);
+            }
+        };
+        match lease {
+            Lease::Granted => {
+                let earlier_grants = self.lease_grants.fetch_add(1, Ordering::Relaxed);
+                if earlier_grants > 0 {
+                    metrics::counter!(names::LEASE_LAPSES).increment(1);
+                    tracing::warn!(
+                        "this node's lease had lapsed; registering its sockets and memberships again"
+                    );
+                }
+                self.register_everything_again().await;
+            }
+            Lease::Held => self.retry_store_writes(retries).await,
+        }
+        Ok(lease)
+    }
+
+    /// Registers every local socket and membership under a newly granted lease. Joins are
+    /// capacity checked: a room that filled up meanwhile cannot take the socket back (logged,
+    /// counted in `realtime_memberships_lost_total`), and the socket keeps its local
+    /// subscription until it leaves. Members saw the users join before: nothing is announced.
+    /// A socket or membership that ends meanwhile is removed again right after.
+    async fn register_everything_again(&self) {
+        for handle in self.hub.local_sockets() {
+            let entry = SocketEntry {
+                user_id: handle.user_id.clone(),
+                socket_id: handle.socket_id.clone(),
+                node_id: self.node_id.clone(),
+            };
+            match self.backends.presence.connect(&entry).await {
+                Ok(arrival) => self.note_arrival(&entry, arrival),
+                Err(error) => {
+                    tracing::warn!(%error, "presence connect failed; retried with the next announcement");
+                    self.store_retries
+                        .lock()
+                        .push(StoreRetry::Connect(entry.clone()));
+                    continue;
+                }
+            }
+            if !self.hub.holds_socket(&handle) {
+                self.retry_store_writes(vec![StoreRetry::Disconnect(entry)])
+                    .await;
+            }
+        }
+        for (room, handle) in self.hub.local_memberships() {
+            let Ok(room_type) = self.room_type(&room) else {
+                continue;
+            };
+            let member = Member {
+                user_id: handle.user_id.clone(),
+                socket_id: handle.socket_id.clone(),
+                node_id: self.node_id.clone(),
+            };
+            match self
+                .backends
+                .rooms
+                .join(&room, &member, room_type.capacity)
+                .await
+            {
+                Ok(JoinOutcome::Full | JoinOutcome::Blocked) => {
+                    metrics::counter!(names::MEMBERSHIPS_LOST).increment(1);
+                    tracing::warn!(%room, user_id = %member.user_id, "membership lost with the lease and the room is now full");
+                }
+                Ok(_) => {
+                    metrics::counter!(names::MEMBERSHIPS_RESTORED).increment(1);
+                    if !self.hub.holds_membership(&room, &handle.socket_id) {
+                        self.retry_store_writes(vec![StoreRetry::Leave(room, member)])
+                            .await;
+                    }
+                }
+                Err(error) => {
+                    // The next grant tries again; until then the room does not count it.
+                    tracing::warn!(%error, %room, "membership could not be registered again");
+                }
+            }
+        }
+    }
+
+    /// Tries failed writes again; those that fail again wait for the next announcement. A
+    /// connect whose socket closed meanwhile is not retried.
+    async fn retry_store_writes(&self, retries: Vec<StoreRetry>) {
+        let linger = self.settings.presence.ttl();
+        for retry in retries {
+            let failed = match &retry {
+                StoreRetry::Connect(entry) => {
+                    if !self.hub.holds_socket_id(&entry.user_id, &entry.socket_id) {
+                        continue;
+                    }
+                    match self.backends.presence.connect(entry).await {
+                        Ok(arrival) => {
+                            self.note_arrival(entry, arrival);
+                            None
+                        }
+                        Err(error) => Some(error),
+                    }
+                }
+                StoreRetry::Disconnect(entry) => {
+                    self.backends.presence.disconnect(entry, linger).await.err()
+                }
+                StoreRetry::Leave(room, member) => {
+                    self.backends.rooms.leave(room, member).await.err()
+                }
+            };
+            if let Some(error) = failed {
+                tracing::debug!(%error, "store write failed again; retried with the next announcement");
+                self.store_retries.lock().push(retry);
+            }
+        }
     }
 
     /// Every node that announced itself recently: connections and version, and the total.
@@ -943,7 +1053,9 @@ impl Node {
         Ok(serde_json::json!({ "nodes": nodes, "connections": connections }))
     }
 
-    /// A user's live sockets, cluster-wide, with the nodes that hold them.
+    /// A user's live sockets, cluster-wide, with the nodes that hold them, the rooms the user
+    /// is in, and `last_seen`: the latest lease renewal of a node holding one of the user's
+    /// sockets (`null` when the user has none).
     pub async fn user_info(&self, user_id: &str) -> Result<serde_json::Value, WireError> {
         check_user_id(user_id)?;
         let sockets = self
@@ -967,7 +1079,11 @@ impl Node {
             .rooms_of(user_id)
             .await
             .map_err(unavailable)?;
-        let last_seen = self.last_seen_in_rooms(user_id, &rooms).await?;
+        let vouched_at = self.lease_renewals().await?;
+        let last_seen = nodes
+            .iter()
+            .filter_map(|node| vouched_at.get(*node).copied())
+            .max();
         Ok(serde_json::json!({
             "user": user_id,
             "online": !sockets.is_empty(),
@@ -976,33 +1092,6 @@ impl Node {
             "rooms": rooms,
             "last_seen": last_seen,
         }))
-    }
-
-    /// When the user's presence was last written (Unix ms): the latest refresh of the user's
-    /// memberships in `rooms` (written together with presence at each heartbeat); `None` when
-    /// the user is in no room.
-    async fn last_seen_in_rooms(
-        &self,
-        user_id: &str,
-        rooms: &[String],
-    ) -> Result<Option<u64>, WireError> {
-        let ttl_ms = self.settings.presence.ttl().as_millis() as u64;
-        let mut last_seen = None;
-        for room in rooms.iter().filter_map(|room| RoomId::parse(room).ok()) {
-            let sockets = self
-                .backends
-                .rooms
-                .sockets(&room)
-                .await
-                .map_err(unavailable)?;
-            let latest = sockets
-                .iter()
-                .filter(|entry| entry.user_id == user_id)
-                .map(|entry| entry.expires_at_ms.saturating_sub(ttl_ms))
-                .max();
-            last_seen = last_seen.max(latest);
-        }
-        Ok(last_seen)
     }
 
     /// Removes the socket from `room` because a moderator asked (`remove_from_room`): a leave
@@ -1052,16 +1141,17 @@ impl Node {
             self.hub.remove_from_room(room, &handle.socket_id)
         })
         .await;
-        let member = Member {
-            user_id: session.entry.user_id.clone(),
-            socket_id: session.entry.socket_id.clone(),
+        let member = self.member_of(session);
+        let outcome = match self.backends.rooms.leave(room, &member).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // The membership would hold its place while this node's lease lives.
+                self.store_retries
+                    .lock()
+                    .push(StoreRetry::Leave(room.clone(), member));
+                return Err(unavailable(error));
+            }
         };
-        let outcome = self
-            .backends
-            .rooms
-            .leave(room, &member)
-            .await
-            .map_err(unavailable)?;
         self.events.emit(PlatformEvent::RoomLeft {
             user_id: member.user_id.to_string(),
             socket_id: member.socket_id.to_string(),

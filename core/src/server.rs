@@ -24,7 +24,9 @@ use crate::notifications::sql::{self, DatabaseError, SqlNotificationStore};
 use crate::plugins::PluginHost;
 use crate::protocol::CloseCode;
 use crate::stores::history_jetstream::JetStreamHistory;
-use crate::stores::memory::{MemoryBroker, MemoryBus, MemoryPresenceStore, MemoryRoomStore};
+use crate::stores::memory::{
+    MemoryBroker, MemoryBus, MemoryLeases, MemoryPresenceStore, MemoryRoomStore,
+};
 use crate::stores::memory::{MemoryHistory, MemoryRateLimiter};
 use crate::stores::nats::{self as nats_store, NatsBroker};
 use crate::stores::redis::RedisRateLimiter;
@@ -126,10 +128,13 @@ impl Connections {
                 Arc::new(RedisPresenceStore::new(redis.clone())),
                 Arc::new(RedisRoomStore::new(redis.clone())),
             ),
-            None => (
-                Arc::new(MemoryPresenceStore::new()),
-                Arc::new(MemoryRoomStore::new()),
-            ),
+            None => {
+                let leases = MemoryLeases::new();
+                (
+                    Arc::new(MemoryPresenceStore::new(leases.clone())),
+                    Arc::new(MemoryRoomStore::new(leases)),
+                )
+            }
         };
         let broker: Arc<dyn Broker> = match (settings.effective_broker(), &self.nats, &self.redis) {
             (BrokerChoice::Nats, Some(nats), _) => Arc::new(NatsBroker::new(
@@ -248,11 +253,6 @@ fn spawn_offline_sweeper(node: Arc<Node>) -> JoinHandle<()> {
     })
 }
 
-/// How often a node announces itself for cluster info, and how long an announcement counts: a
-/// node that stops (crash, partition) drops out of `GET /api/cluster/info` within this TTL.
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
-const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
-
 /// Pushes batched joins and leaves (`announce = "batched"`) as their rooms' intervals end. The
 /// diffs still pending at shutdown go out in [`Server::shutdown`], after the last socket's leave.
 fn spawn_presence_diff_pusher(node: Arc<Node>) -> JoinHandle<()> {
@@ -268,15 +268,20 @@ fn spawn_presence_diff_pusher(node: Arc<Node>) -> JoinHandle<()> {
     })
 }
 
+/// Renews the node's lease every third of `presence.node_lease_secs` (the lease is also its
+/// announcement for cluster info): a node that stops (crash, partition) loses its sockets and
+/// memberships, and drops out of `GET /api/cluster/info`, within one lease. A lapsed lease,
+/// once granted again, registers everything local again (see [`Node::announce`]).
 fn spawn_announcer(node: Arc<Node>) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let lease = node.settings().presence.node_lease();
         loop {
-            if let Err(error) = node.announce(ANNOUNCE_TTL).await {
-                tracing::debug!(%error, "node announcement failed");
-            }
             tokio::select! {
                 _ = node.shutdown_token().cancelled() => return,
-                _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+                _ = tokio::time::sleep(lease / 3) => {}
+            }
+            if let Err(error) = node.announce(lease).await {
+                tracing::warn!(%error, "lease renewal failed; retrying");
             }
         }
     })
@@ -320,6 +325,12 @@ impl Server {
             plugins,
         ));
         crate::metrics::register_node(settings.server.max_connections);
+        // The first lease before the first socket: sockets and joins register under it. A store
+        // that is down now only delays that: the announcer keeps trying, and its first grant
+        // registers whatever connected meanwhile.
+        if let Err(error) = node.announce(settings.presence.node_lease()).await {
+            tracing::warn!(%error, "no lease yet (the presence store is unreachable); retrying");
+        }
         node.subscribe_control()
             .await
             .map_err(|source| StartError::Backend {

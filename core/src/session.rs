@@ -172,7 +172,9 @@ struct Connection<K> {
     /// Whether the client sent a `heartbeat` op or a ping (the frames that keep it present
     /// unprompted) since the last keepalive check; see [`plan_keepalive`].
     heartbeat_since_keepalive: bool,
-    last_presence_refresh: Instant,
+    /// When the client last showed it is alive (`heartbeat` op, ping or pong): the keepalive
+    /// counts from it. Nothing is written anywhere: the node's lease keeps its sockets present.
+    last_heartbeat: Instant,
     token_deadline: Instant,
 }
 
@@ -271,7 +273,7 @@ where
             rate_limited_in_a_row: 0,
             last_activity: now,
             heartbeat_since_keepalive: false,
-            last_presence_refresh: now,
+            last_heartbeat: now,
             token_deadline: token_deadline(session.identity.expires_at, settings.auth.leeway_secs),
             _permit: permit,
             session,
@@ -308,7 +310,7 @@ where
         let mut next_keepalive = plan_keepalive(KeepaliveCheck {
             now: connected,
             heartbeat_since_check: true,
-            last_presence_refresh: self.last_presence_refresh,
+            last_heartbeat: self.last_heartbeat,
             interval: keepalive_interval,
             ttl: idle_limit,
         })
@@ -349,7 +351,7 @@ where
                             heartbeat_since_check: std::mem::take(
                                 &mut self.heartbeat_since_keepalive,
                             ),
-                            last_presence_refresh: self.last_presence_refresh,
+                            last_heartbeat: self.last_heartbeat,
                             interval: keepalive_interval,
                             ttl: idle_limit,
                         });
@@ -500,12 +502,12 @@ where
             Inbound::Text(text) => self.on_text(&text, now).await,
             Inbound::Ping => {
                 self.heartbeat_since_keepalive = true;
-                self.refresh_presence_if_due(now).await;
+                self.last_heartbeat = now;
                 None
             }
             // A pong does not spare the next ping: it only answers one.
             Inbound::Pong => {
-                self.refresh_presence_if_due(now).await;
+                self.last_heartbeat = now;
                 None
             }
             Inbound::Binary => Some(Ending::Close(CloseCode::UnsupportedData)),
@@ -520,30 +522,6 @@ where
                 tracing::debug!(%problem, "transport failed");
                 Some(Ending::Gone("transport_error"))
             }
-        }
-    }
-
-    /// Refreshes presence when a refresh is due (see [`presence_refresh_due`]); `Ok` without a
-    /// backend call otherwise. A failed refresh does not count, so the next ping, pong or
-    /// heartbeat tries again.
-    async fn refresh_presence(&mut self, now: Instant) -> Result<(), WireError> {
-        let interval = self.node.settings().presence.heartbeat_interval();
-        if !presence_refresh_due(self.last_presence_refresh, now, interval) {
-            return Ok(());
-        }
-        let previous = std::mem::replace(&mut self.last_presence_refresh, now);
-        let refreshed = self.node.heartbeat(&self.session).await;
-        if refreshed.is_err() {
-            self.last_presence_refresh = previous;
-        }
-        refreshed
-    }
-
-    /// Pings and pongs refresh presence when a refresh is due; a failure only logs (the TTL
-    /// leaves room for the next attempt).
-    async fn refresh_presence_if_due(&mut self, now: Instant) {
-        if let Err(error) = self.refresh_presence(now).await {
-            tracing::debug!(message = %error.message, "presence refresh failed");
         }
     }
 
@@ -679,7 +657,7 @@ where
             }
             Request::Heartbeat => {
                 self.heartbeat_since_keepalive = true;
-                self.refresh_presence(now).await?;
+                self.last_heartbeat = now;
                 Ok(Answer::default())
             }
             Request::Publish { room, event, data } => {
@@ -781,14 +759,6 @@ where
     }
 }
 
-/// Whether a presence refresh (a backend write) is due, the last one having been at `last`: at
-/// most one per half heartbeat interval, whatever asks for it (ping, pong or the `heartbeat` op; a
-/// pong and a client's heartbeat often arrive together). A request that writes nothing does not
-/// delay the next ping: [`plan_keepalive`] counts from the last write.
-fn presence_refresh_due(last: Instant, now: Instant, heartbeat_interval: Duration) -> bool {
-    now.saturating_duration_since(last) >= heartbeat_interval / 2
-}
-
 /// What a keepalive check does: ping now or not, and when the next check is due.
 #[derive(Debug, PartialEq, Eq)]
 struct KeepalivePlan {
@@ -801,23 +771,21 @@ struct KeepaliveCheck {
     now: Instant,
     /// Whether a heartbeat (op or ping) came since the previous check.
     heartbeat_since_check: bool,
-    /// The last presence write that succeeded (a heartbeat within half an interval of the
-    /// previous write writes nothing).
-    last_presence_refresh: Instant,
+    /// The last heartbeat, ping or pong heard.
+    last_heartbeat: Instant,
     interval: Duration,
     ttl: Duration,
 }
 
 /// Plans a keepalive check. A client that sent a heartbeat (or a ping) since the previous check
-/// is alive and keeps itself present: it is not pinged, and its next check comes one interval
-/// after its presence was last written plus some slack, by which time a client heartbeating at
-/// the interval has sent (and written) the next one, so it is never pinged. A quiet client (a
-/// browser, which answers pings but sends none) is pinged every interval.
+/// is alive: it is not pinged, and its next check comes one interval after its last heartbeat
+/// plus some slack, by which time a client heartbeating at the interval has sent the next one,
+/// so it is never pinged. A quiet client (a browser, which answers pings but sends none) is
+/// pinged every interval.
 ///
 /// The slack is a quarter interval, and at most half of `ttl - interval`: a client that stops
-/// heartbeating is pinged at least `(ttl - interval) / 2` before its presence would run out,
-/// which leaves that margin for the pong, so neither the idle limit (`ttl`) nor its presence runs
-/// out while it is alive.
+/// heartbeating is pinged at least `(ttl - interval) / 2` before the idle limit (`ttl`) would
+/// close it, which leaves that margin for the pong.
 fn plan_keepalive(check: KeepaliveCheck) -> KeepalivePlan {
     if !check.heartbeat_since_check {
         return KeepalivePlan {
@@ -828,7 +796,7 @@ fn plan_keepalive(check: KeepaliveCheck) -> KeepalivePlan {
     let slack = (check.interval / 4).min(check.ttl.saturating_sub(check.interval) / 2);
     KeepalivePlan {
         ping: false,
-        next_check: check.last_presence_refresh + check.interval + slack,
+        next_check: check.last_heartbeat + check.interval + slack,
     }
 }
 
@@ -840,7 +808,7 @@ mod tests {
         KeepaliveCheck {
             now,
             heartbeat_since_check,
-            last_presence_refresh: refreshed,
+            last_heartbeat: refreshed,
             interval: Duration::from_secs(20),
             ttl: Duration::from_secs(60),
         }
@@ -876,28 +844,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn keepalive_counts_from_the_last_presence_write_when_a_heartbeat_wrote_nothing() {
-        // A heartbeat 9 s after a pong's write writes nothing (under half an interval): the
-        // next check must come an interval and a slack after the write, not after the heartbeat.
-        let now = Instant::now();
-        let refreshed = now - Duration::from_secs(19);
-        let plan = plan_keepalive(check_at(now, true, refreshed));
-        assert_eq!(plan.next_check, refreshed + Duration::from_secs(25));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn keepalive_pings_a_client_that_stopped_heartbeating_before_its_presence_runs_out() {
+    async fn keepalive_pings_a_client_that_stopped_heartbeating_before_the_idle_limit() {
         let refreshed = Instant::now();
         for (interval_secs, ttl_secs) in [(20, 60), (20, 30), (4, 5), (1, 2), (59, 60)] {
             let (interval, ttl) = (
                 Duration::from_secs(interval_secs),
                 Duration::from_secs(ttl_secs),
             );
-            // A heartbeat came just under half an interval after the write, writing nothing.
+            // The last heartbeat was at `refreshed`; the check comes one interval later.
             let plan = plan_keepalive(KeepaliveCheck {
                 now: refreshed + interval,
                 heartbeat_since_check: true,
-                last_presence_refresh: refreshed,
+                last_heartbeat: refreshed,
                 interval,
                 ttl,
             });
@@ -907,20 +865,6 @@ mod tests {
                 "interval {interval_secs} s, ttl {ttl_secs} s: pinged {margin:?} before the ttl"
             );
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn presence_refreshes_at_most_once_per_half_interval() {
-        let interval = Duration::from_secs(20);
-        let connected = Instant::now();
-        assert!(!presence_refresh_due(connected, connected, interval));
-        tokio::time::advance(Duration::from_millis(9_999)).await;
-        assert!(!presence_refresh_due(connected, Instant::now(), interval));
-        tokio::time::advance(Duration::from_millis(1)).await;
-        let refreshed = Instant::now();
-        assert!(presence_refresh_due(connected, refreshed, interval));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(!presence_refresh_due(refreshed, Instant::now(), interval));
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,10 +57,6 @@ impl<T> SmallSet<T> {
         self.0.iter()
     }
 
-    pub fn as_slice(&self) -> &[T] {
-        &self.0
-    }
-
     /// Empties the set, returning its values.
     pub fn take(&mut self) -> Vec<T> {
         std::mem::take(&mut self.0)
@@ -100,7 +96,7 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert!(set.remove(&"a"));
         assert!(!set.remove(&"a"));
-        assert_eq!(set.as_slice(), &["b"]);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![&"b"]);
         assert_eq!(set.take(), vec!["b"]);
         assert!(set.is_empty());
     }

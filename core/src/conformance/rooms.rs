@@ -1,6 +1,9 @@
 //! The `RoomStore` guarantees (see `stores::rooms`), one function per guarantee, so that a
 //! failure names the guarantee it broke. Each takes a factory that attaches one more node to the
-//! same backend (for the memory store: the same store again); each test uses rooms of its own.
+//! same backend (for the memory stores: the same stores again), as a [`RoomNode`]: its room
+//! store, and the presence store that holds its lease. Every test first takes a lease
+//! (`announce_node`) for each node id it uses, with node ids random per run, and uses rooms of
+//! its own. They run on the real clock: leases that must lapse last a few hundred milliseconds.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,21 +11,40 @@ use std::time::Duration;
 
 use super::unique;
 use crate::room::RoomId;
-use crate::stores::{JoinOutcome, LeaveOutcome, Member, RoomStore};
+use crate::stores::{
+    JoinOutcome, Lease, LeaveOutcome, Member, NodeStatus, PresenceStore, RoomSocket, RoomStore,
+    StoreError,
+};
 
-/// Membership TTL the tests use where expiry is not under test.
+/// One node's view of a backend: its room store, and the presence store that holds its lease.
+#[derive(Clone)]
+pub struct RoomNode {
+    pub rooms: Arc<dyn RoomStore>,
+    pub presence: Arc<dyn PresenceStore>,
+}
+
+/// The lease of a node where its lapse is not under test.
 const LONG_TTL: Duration = Duration::from_secs(60);
-/// Membership TTL the tests use where expiry is under test.
+/// The lease of a node where its lapse is under test.
 const SHORT_TTL: Duration = Duration::from_millis(600);
 
 const JOINED_FIRST: JoinOutcome = JoinOutcome::Joined {
     first_for_user: true,
 };
 
-fn member(user: &str, socket: &str) -> Member {
+fn member(user: &str, socket: &str, node_id: &str) -> Member {
     Member {
         user_id: Arc::from(user),
         socket_id: Arc::from(socket),
+        node_id: Arc::from(node_id),
+    }
+}
+
+fn room_socket(user: &str, socket: &str, node_id: &str) -> RoomSocket {
+    RoomSocket {
+        user_id: user.to_owned(),
+        socket_id: socket.to_owned(),
+        node_id: node_id.to_owned(),
     }
 }
 
@@ -31,57 +53,101 @@ fn new_room(prefix: &str) -> RoomId {
     RoomId::parse(&unique(prefix)).unwrap()
 }
 
+/// Announces `node_id` through `node`'s presence store, renewing its lease for `ttl`.
+async fn lease(node: &RoomNode, node_id: &str, ttl: Duration) -> Lease {
+    let status = NodeStatus {
+        node_id: node_id.to_owned(),
+        connections: 0,
+        version: "test".to_owned(),
+        announced_at_ms: crate::protocol::unix_now_millis(),
+    };
+    node.presence
+        .announce_node(&status, ttl)
+        .await
+        .expect("announce_node")
+}
+
+/// A new node id, random per run, holding a lease for `ttl` announced through `node`.
+async fn leased_node(node: &RoomNode, ttl: Duration) -> String {
+    let node_id = unique("node-");
+    lease(node, &node_id, ttl).await;
+    node_id
+}
+
+/// Waits until a lease of `ttl` given now has surely lapsed.
+async fn past(ttl: Duration) {
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+}
+
 /// Capacity counts distinct users across nodes: a third user is refused from a room of two; a
 /// member's second socket still joins it; a place freed by a user's last socket can be taken.
 pub async fn capacity_counts_distinct_users_across_nodes<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
+    let guarantee = "capacity_counts_distinct_users_across_nodes";
     let node_a = make_node().await;
     let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = leased_node(&node_b, LONG_TTL).await;
     let room = new_room("chat:conf");
     assert_eq!(
         node_a
-            .join(&room, &member("u1", "s1"), 2, LONG_TTL)
+            .rooms
+            .join(&room, &member("u1", "s1", &a), 2)
             .await
             .unwrap(),
-        JOINED_FIRST
+        JOINED_FIRST,
+        "{guarantee}: the first user joins"
     );
     assert_eq!(
         node_b
-            .join(&room, &member("u2", "s2"), 2, LONG_TTL)
+            .rooms
+            .join(&room, &member("u2", "s2", &b), 2)
             .await
             .unwrap(),
-        JOINED_FIRST
+        JOINED_FIRST,
+        "{guarantee}: the second user joins on another node"
     );
     assert_eq!(
         node_a
-            .join(&room, &member("u3", "s3"), 2, LONG_TTL)
+            .rooms
+            .join(&room, &member("u3", "s3", &a), 2)
             .await
             .unwrap(),
         JoinOutcome::Full,
-        "capacity counts users across nodes"
+        "{guarantee}: capacity counts users across nodes"
     );
     assert_eq!(
         node_b
-            .join(&room, &member("u1", "s4"), 2, LONG_TTL)
+            .rooms
+            .join(&room, &member("u1", "s4", &b), 2)
             .await
             .unwrap(),
         JoinOutcome::Joined {
             first_for_user: false
         },
-        "a member's second socket joins a full room"
+        "{guarantee}: a member's second socket joins a full room"
     );
-    node_a.leave(&room, &member("u1", "s1")).await.unwrap();
-    node_a.leave(&room, &member("u1", "s4")).await.unwrap();
+    node_a
+        .rooms
+        .leave(&room, &member("u1", "s1", &a))
+        .await
+        .unwrap();
+    node_b
+        .rooms
+        .leave(&room, &member("u1", "s4", &b))
+        .await
+        .unwrap();
     assert_eq!(
         node_a
-            .join(&room, &member("u3", "s3"), 2, LONG_TTL)
+            .rooms
+            .join(&room, &member("u3", "s3", &a), 2)
             .await
             .unwrap(),
         JOINED_FIRST,
-        "a freed place can be taken"
+        "{guarantee}: a freed place can be taken"
     );
 }
 
@@ -91,55 +157,60 @@ where
 pub async fn join_and_leave_report_the_first_and_last_socket_of_a_user<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
+    let guarantee = "join_and_leave_report_the_first_and_last_socket_of_a_user";
     let node_a = make_node().await;
     let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = leased_node(&node_b, LONG_TTL).await;
     let room = new_room("chat:conf");
+    let first = member("u1", "s1", &a);
+    let second = member("u1", "s4", &b);
     assert_eq!(
-        node_a
-            .join(&room, &member("u1", "s1"), 2, LONG_TTL)
-            .await
-            .unwrap(),
+        node_a.rooms.join(&room, &first, 2).await.unwrap(),
         JOINED_FIRST,
-        "the user's first socket joins as first"
+        "{guarantee}: the user's first socket joins as first"
     );
     assert_eq!(
-        node_b
-            .join(&room, &member("u1", "s4"), 2, LONG_TTL)
-            .await
-            .unwrap(),
+        node_b.rooms.join(&room, &second, 2).await.unwrap(),
         JoinOutcome::Joined {
             first_for_user: false
         },
-        "the user's second socket joins as not first"
+        "{guarantee}: the user's second socket joins as not first"
+    );
+    assert_eq!(
+        node_a.rooms.join(&room, &first, 2).await.unwrap(),
+        JoinOutcome::AlreadyMember,
+        "{guarantee}: a repeated join changes nothing"
+    );
+    assert_eq!(
+        node_a.rooms.leave(&room, &first).await.unwrap(),
+        LeaveOutcome::Left {
+            last_for_user: false
+        },
+        "{guarantee}: another socket of the user is still in the room"
+    );
+    assert_eq!(
+        node_b.rooms.leave(&room, &second).await.unwrap(),
+        LeaveOutcome::Left {
+            last_for_user: true
+        },
+        "{guarantee}: the user's last socket leaves as last"
+    );
+    assert_eq!(
+        node_b.rooms.leave(&room, &second).await.unwrap(),
+        LeaveOutcome::NotMember,
+        "{guarantee}: a socket that left is not a member"
     );
     assert_eq!(
         node_a
-            .join(&room, &member("u1", "s1"), 2, LONG_TTL)
+            .rooms
+            .leave(&room, &member("nobody", "s9", &a))
             .await
             .unwrap(),
-        JoinOutcome::AlreadyMember
-    );
-    assert_eq!(
-        node_a.leave(&room, &member("u1", "s1")).await.unwrap(),
-        LeaveOutcome::Left {
-            last_for_user: false
-        }
-    );
-    assert_eq!(
-        node_a.leave(&room, &member("u1", "s4")).await.unwrap(),
-        LeaveOutcome::Left {
-            last_for_user: true
-        }
-    );
-    assert_eq!(
-        node_a.leave(&room, &member("u1", "s4")).await.unwrap(),
-        LeaveOutcome::NotMember
-    );
-    assert_eq!(
-        node_a.leave(&room, &member("nobody", "s9")).await.unwrap(),
-        LeaveOutcome::NotMember
+        LeaveOutcome::NotMember,
+        "{guarantee}: a socket that never joined is not a member"
     );
 }
 
@@ -147,28 +218,36 @@ where
 pub async fn members_are_distinct_and_sorted<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
+    let guarantee = "members_are_distinct_and_sorted";
     let node_a = make_node().await;
     let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
     let room = new_room("chat:conf");
     for (user, socket) in [("u2", "s2"), ("u1", "s1"), ("u1", "s4")] {
         node_a
-            .join(&room, &member(user, socket), 2, LONG_TTL)
+            .rooms
+            .join(&room, &member(user, socket, &a), 2)
             .await
             .unwrap();
     }
     assert_eq!(
-        node_b.members(&room).await.unwrap(),
+        node_b.rooms.members(&room).await.unwrap(),
         vec!["u1".to_owned(), "u2".to_owned()],
-        "members are distinct and sorted"
+        "{guarantee}: members are distinct and sorted"
     );
-    node_a.leave(&room, &member("u1", "s1")).await.unwrap();
-    node_a.leave(&room, &member("u1", "s4")).await.unwrap();
+    for socket in ["s1", "s4"] {
+        node_a
+            .rooms
+            .leave(&room, &member("u1", socket, &a))
+            .await
+            .unwrap();
+    }
     assert_eq!(
-        node_a.members(&room).await.unwrap(),
+        node_a.rooms.members(&room).await.unwrap(),
         vec!["u2".to_owned()],
-        "a user whose sockets all left is not a member"
+        "{guarantee}: a user whose sockets all left is not a member"
     );
 }
 
@@ -177,25 +256,23 @@ where
 pub async fn concurrent_joins_never_overfill_a_room<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
+    let guarantee = "concurrent_joins_never_overfill_a_room";
     let node_a = make_node().await;
     let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = leased_node(&node_b, LONG_TTL).await;
     let crowded = new_room("chat:crowd");
     let attempts = (0..40).map(|index| {
-        let store = if index % 2 == 0 {
-            node_a.clone()
+        let (store, node_id) = if index % 2 == 0 {
+            (node_a.rooms.clone(), &a)
         } else {
-            node_b.clone()
+            (node_b.rooms.clone(), &b)
         };
         let crowded = crowded.clone();
-        let candidate = member(&format!("user{index}"), &format!("sock{index}"));
-        tokio::spawn(async move {
-            store
-                .join(&crowded, &candidate, 10, LONG_TTL)
-                .await
-                .unwrap()
-        })
+        let candidate = member(&format!("user{index}"), &format!("sock{index}"), node_id);
+        tokio::spawn(async move { store.join(&crowded, &candidate, 10).await.unwrap() })
     });
     let mut joined = 0;
     for attempt in attempts.collect::<Vec<_>>() {
@@ -205,176 +282,197 @@ where
     }
     assert_eq!(
         joined, 10,
-        "exactly capacity joins succeed under concurrency"
+        "{guarantee}: exactly capacity joins succeed under concurrency"
     );
-    assert_eq!(node_a.members(&crowded).await.unwrap().len(), 10);
+    assert_eq!(
+        node_a.rooms.members(&crowded).await.unwrap().len(),
+        10,
+        "{guarantee}: the room holds capacity users"
+    );
 }
 
-/// Memberships that are not refreshed expire: they stop counting toward capacity, are not
-/// listed, and cannot be left; refreshed ones stay.
-pub async fn unrefreshed_memberships_expire<F, Fut>(make_node: F)
+/// The memberships of a node whose lease lapsed are gone: they are not listed, do not count
+/// toward capacity, and cannot be left; those of a live node stay.
+pub async fn memberships_of_a_lapsed_lease_are_gone<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
+    let guarantee = "memberships_of_a_lapsed_lease_are_gone";
     let node_a = make_node().await;
     let node_b = make_node().await;
-    let expiring = new_room("chat:ttl");
-    let kept = member("kept", "s-kept");
-    let ghost = member("ghost", "s-ghost");
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = leased_node(&node_b, SHORT_TTL).await;
+    let room = new_room("chat:lease");
+    let kept = member("kept", "s-kept", &a);
+    let ghost = member("ghost", "s-ghost", &b);
+    let third = member("third", "s-third", &a);
     assert_eq!(
-        node_a.join(&expiring, &kept, 2, SHORT_TTL).await.unwrap(),
-        JOINED_FIRST
+        node_a.rooms.join(&room, &kept, 2).await.unwrap(),
+        JOINED_FIRST,
+        "{guarantee}: a member of the live node joins"
     );
     assert_eq!(
-        node_b.join(&expiring, &ghost, 2, SHORT_TTL).await.unwrap(),
-        JOINED_FIRST
+        node_b.rooms.join(&room, &ghost, 2).await.unwrap(),
+        JOINED_FIRST,
+        "{guarantee}: a member of the node whose lease will lapse joins"
+    );
+    assert_eq!(
+        node_a.rooms.join(&room, &third, 2).await.unwrap(),
+        JoinOutcome::Full,
+        "{guarantee}: both memberships count while their leases live"
+    );
+
+    past(SHORT_TTL).await;
+    assert_eq!(
+        node_b.rooms.members(&room).await.unwrap(),
+        vec!["kept".to_owned()],
+        "{guarantee}: the members of a lapsed lease are not listed; a live node's are"
+    );
+    assert_eq!(
+        node_a.rooms.sockets(&room).await.unwrap(),
+        vec![room_socket("kept", "s-kept", &a)],
+        "{guarantee}: the sockets of a lapsed lease are not listed; a live node's are"
+    );
+    assert_eq!(
+        node_a.rooms.join(&room, &third, 2).await.unwrap(),
+        JOINED_FIRST,
+        "{guarantee}: the memberships of a lapsed lease do not count toward capacity"
+    );
+    assert_eq!(
+        node_b.rooms.leave(&room, &ghost).await.unwrap(),
+        LeaveOutcome::NotMember,
+        "{guarantee}: the memberships of a lapsed lease cannot be left"
+    );
+}
+
+/// A node granted a lease again (after its lapse) holds none of its old memberships: they are
+/// not listed and do not count, and the node joins again, capacity checked.
+pub async fn a_granted_lease_does_not_revive_memberships<F, Fut>(make_node: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = RoomNode>,
+{
+    let guarantee = "a_granted_lease_does_not_revive_memberships";
+    let node_a = make_node().await;
+    let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = unique("node-");
+    assert_eq!(
+        lease(&node_b, &b, SHORT_TTL).await,
+        Lease::Granted,
+        "{guarantee}: a node's first announcement is granted a lease"
+    );
+    let room = new_room("chat:lease");
+    let ghost_user = unique("ghost-");
+    let kept = member("kept", "s-kept", &a);
+    let ghost = member(&ghost_user, "s-ghost", &b);
+    let third = member("third", "s-third", &a);
+    node_a.rooms.join(&room, &kept, 2).await.unwrap();
+    assert_eq!(
+        node_b.rooms.join(&room, &ghost, 2).await.unwrap(),
+        JOINED_FIRST,
+        "{guarantee}: a member of the node whose lease will lapse joins"
+    );
+
+    past(SHORT_TTL).await;
+    assert_eq!(
+        node_a.rooms.join(&room, &third, 2).await.unwrap(),
+        JOINED_FIRST,
+        "{guarantee}: the lapsed membership freed its place"
+    );
+    assert_eq!(
+        lease(&node_b, &b, LONG_TTL).await,
+        Lease::Granted,
+        "{guarantee}: an announcement after the lease lapsed is granted a new one"
+    );
+    assert_eq!(
+        node_b.rooms.members(&room).await.unwrap(),
+        vec!["kept".to_owned(), "third".to_owned()],
+        "{guarantee}: a granted lease does not revive the node's old memberships"
+    );
+    assert_eq!(
+        node_b.rooms.rooms_of(&ghost_user).await.unwrap(),
+        Vec::<String>::new(),
+        "{guarantee}: a granted lease does not revive the user's rooms"
+    );
+    assert_eq!(
+        node_b.rooms.leave(&room, &ghost).await.unwrap(),
+        LeaveOutcome::NotMember,
+        "{guarantee}: an old membership cannot be left under the new lease"
+    );
+    assert_eq!(
+        node_b.rooms.join(&room, &ghost, 2).await.unwrap(),
+        JoinOutcome::Full,
+        "{guarantee}: the node joins again, capacity checked"
+    );
+    node_a.rooms.leave(&room, &third).await.unwrap();
+    assert_eq!(
+        node_b.rooms.join(&room, &ghost, 2).await.unwrap(),
+        JOINED_FIRST,
+        "{guarantee}: the node joins again under its new lease, as the user's first socket"
+    );
+    let mut expected = vec![ghost_user.clone(), "kept".to_owned()];
+    expected.sort();
+    assert_eq!(
+        node_a.rooms.members(&room).await.unwrap(),
+        expected,
+        "{guarantee}: a membership joined under the new lease is listed"
+    );
+}
+
+/// `join` under no live lease of the member's node fails with `NoLease` and adds nothing: for a
+/// node that never announced itself, and for one whose lease lapsed.
+pub async fn join_without_a_lease_is_refused<F, Fut>(make_node: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = RoomNode>,
+{
+    let guarantee = "join_without_a_lease_is_refused";
+    let node_a = make_node().await;
+    let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = leased_node(&node_b, SHORT_TTL).await;
+    let never = unique("node-");
+    let room = new_room("chat:nolease");
+    let user = unique("u");
+
+    let refused = node_a
+        .rooms
+        .join(&room, &member(&user, "s1", &never), 1)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NoLease(_))),
+        "{guarantee}: a node that never announced itself holds no lease, got {refused:?}"
+    );
+    past(SHORT_TTL).await;
+    let refused = node_b.rooms.join(&room, &member(&user, "s2", &b), 1).await;
+    assert!(
+        matches!(refused, Err(StoreError::NoLease(_))),
+        "{guarantee}: a node whose lease lapsed holds none, got {refused:?}"
+    );
+
+    assert!(
+        node_a.rooms.members(&room).await.unwrap().is_empty(),
+        "{guarantee}: a refused join adds no member"
+    );
+    assert!(
+        node_a.rooms.sockets(&room).await.unwrap().is_empty(),
+        "{guarantee}: a refused join adds no socket"
+    );
+    assert!(
+        node_b.rooms.rooms_of(&user).await.unwrap().is_empty(),
+        "{guarantee}: a refused join adds no room to the user"
     );
     assert_eq!(
         node_a
-            .join(&expiring, &member("third", "s-third"), 2, SHORT_TTL)
-            .await
-            .unwrap(),
-        JoinOutcome::Full
-    );
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let gone = node_a
-            .refresh(std::slice::from_ref(&expiring), &kept, SHORT_TTL)
-            .await
-            .unwrap();
-        assert!(
-            gone.is_empty(),
-            "a live membership is extended, not reported"
-        );
-    }
-    assert_eq!(
-        node_b.members(&expiring).await.unwrap(),
-        vec!["kept".to_owned()],
-        "unrefreshed memberships expire; refreshed ones stay"
-    );
-    assert_eq!(
-        node_b
-            .join(&expiring, &member("third", "s-third"), 2, SHORT_TTL)
+            .rooms
+            .join(&room, &member("other", "s3", &a), 1)
             .await
             .unwrap(),
         JOINED_FIRST,
-        "an expired membership frees its place"
+        "{guarantee}: a refused join takes no place"
     );
-    assert_eq!(
-        node_b.leave(&expiring, &ghost).await.unwrap(),
-        LeaveOutcome::NotMember,
-        "an expired membership is gone"
-    );
-}
-
-/// `refresh` never revives a membership that is gone: it reports the room instead, and the
-/// membership stays gone.
-pub async fn refresh_never_revives_a_gone_membership<F, Fut>(make_node: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
-{
-    let node_a = make_node().await;
-    let node_b = make_node().await;
-    let expiring = new_room("chat:ttl");
-    let kept = member("kept", "s-kept");
-    let ghost = member("ghost", "s-ghost");
-    assert_eq!(
-        node_a.join(&expiring, &kept, 2, LONG_TTL).await.unwrap(),
-        JOINED_FIRST
-    );
-    assert_eq!(
-        node_b.join(&expiring, &ghost, 2, SHORT_TTL).await.unwrap(),
-        JOINED_FIRST
-    );
-    tokio::time::sleep(SHORT_TTL + Duration::from_millis(200)).await;
-    assert_eq!(
-        node_b.leave(&expiring, &ghost).await.unwrap(),
-        LeaveOutcome::NotMember,
-        "an expired membership is gone"
-    );
-    assert_eq!(
-        node_b
-            .refresh(std::slice::from_ref(&expiring), &ghost, SHORT_TTL)
-            .await
-            .unwrap(),
-        vec![expiring.clone()],
-        "refresh reports the membership it could not extend"
-    );
-    assert!(
-        !node_b
-            .members(&expiring)
-            .await
-            .unwrap()
-            .contains(&"ghost".to_owned()),
-        "refresh does not revive an expired membership"
-    );
-}
-
-/// Refreshes made at once (a backend may send them as one batch) each extend their own
-/// memberships, in every room given, and only those.
-pub async fn concurrent_refreshes_extend_their_own_memberships<F, Fut>(make_node: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
-{
-    let node_a = &make_node().await;
-    let node_b = &make_node().await;
-    let rooms = [new_room("chat:busy"), new_room("chat:busy")];
-    let members: Vec<Member> = (0..24)
-        .map(|n| member(&format!("user-{n:02}"), &format!("socket-{n:02}")))
-        .collect();
-    // Joined at once, so all of them are well inside their TTL when the refreshes start.
-    let joins = members
-        .iter()
-        .flat_map(|member| rooms.iter().map(move |room| (room, member)))
-        .map(|(room, member)| node_a.join(room, member, 100, SHORT_TTL));
-    for joined in futures_util::future::join_all(joins).await {
-        joined.expect("join");
-    }
-    // A third of the members are refreshed; the others must expire.
-    let kept: Vec<&Member> = members
-        .iter()
-        .filter(|member| member.user_id.ends_with(['0', '2', '4']))
-        .collect();
-    // Refreshed every third of the TTL, four times: past the TTL of those left out.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let refreshes = kept.iter().enumerate().map(|(position, member)| {
-            let node = if position % 2 == 0 { node_a } else { node_b };
-            node.refresh(&rooms, member, SHORT_TTL)
-        });
-        for refreshed in futures_util::future::join_all(refreshes).await {
-            assert_eq!(
-                refreshed.expect("concurrent refresh"),
-                Vec::<RoomId>::new(),
-                "each refresh in a batch answers for its own memberships"
-            );
-        }
-    }
-    // Refreshing one that expired, batched with live ones, names only its own lost rooms.
-    let lapsed = members
-        .iter()
-        .find(|member| !member.user_id.ends_with(['0', '2', '4']))
-        .expect("a member left out");
-    let (lapsed_gone, kept_gone) = tokio::join!(
-        node_a.refresh(&rooms, lapsed, SHORT_TTL),
-        node_a.refresh(&rooms, kept[0], SHORT_TTL)
-    );
-    assert_eq!(lapsed_gone.unwrap(), rooms);
-    assert!(kept_gone.unwrap().is_empty());
-    let kept_users: Vec<String> = kept
-        .iter()
-        .map(|member| member.user_id.to_string())
-        .collect();
-    for room in &rooms {
-        assert_eq!(
-            node_b.members(room).await.unwrap(),
-            kept_users,
-            "concurrent refreshes keep exactly their own memberships, in every room"
-        );
-    }
 }
 
 /// A block set on one node refuses the user's joins on every node until it ends, and only
@@ -382,155 +480,180 @@ where
 pub async fn a_blocked_user_cannot_join_until_the_block_ends<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
+    let guarantee = "a_blocked_user_cannot_join_until_the_block_ends";
     let node_a = make_node().await;
     let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = leased_node(&node_b, LONG_TTL).await;
     let room = new_room("chat:moderated");
-    let ttl = Duration::from_secs(30);
-    let troll = member("troll", "s-troll");
-    let guest = member("guest", "s-guest");
     node_a
+        .rooms
         .block(&room, "troll", Duration::from_millis(400))
         .await
         .unwrap();
     assert_eq!(
-        node_b.join(&room, &troll, 10, ttl).await.unwrap(),
+        node_b
+            .rooms
+            .join(&room, &member("troll", "s-troll", &b), 10)
+            .await
+            .unwrap(),
         JoinOutcome::Blocked,
-        "a block set on one node holds on another"
+        "{guarantee}: a block set on one node holds on another"
     );
     assert_eq!(
-        node_b.join(&room, &guest, 10, ttl).await.unwrap(),
+        node_b
+            .rooms
+            .join(&room, &member("guest", "s-guest", &b), 10)
+            .await
+            .unwrap(),
         JOINED_FIRST,
-        "others are not blocked"
+        "{guarantee}: others are not blocked"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        node_a.join(&room, &troll, 10, ttl).await.unwrap(),
+        node_a
+            .rooms
+            .join(&room, &member("troll", "s-troll", &a), 10)
+            .await
+            .unwrap(),
         JOINED_FIRST,
-        "the block ends"
+        "{guarantee}: the block ends"
     );
 }
 
-/// `sockets` lists each live membership (user, socket, expiry in Unix ms), sorted, from any node.
-pub async fn sockets_lists_every_live_membership_with_its_expiry<F, Fut>(make_node: F)
+/// `sockets` lists each live membership (user, socket, node), sorted by user then socket, from
+/// any node; a socket that left is not listed.
+pub async fn sockets_lists_every_live_membership_with_its_node<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
+    let guarantee = "sockets_lists_every_live_membership_with_its_node";
     let node_a = make_node().await;
     let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
+    let b = leased_node(&node_b, LONG_TTL).await;
     let room = new_room("chat:listed");
-    let ttl = Duration::from_secs(60);
-    for (user, socket) in [("bea", "s2"), ("ann", "s1"), ("bea", "s3")] {
-        node_a
-            .join(&room, &member(user, socket), 10, ttl)
+    for (user, socket, node, node_id) in [
+        ("bea", "s2", &node_b, &b),
+        ("ann", "s1", &node_a, &a),
+        ("bea", "s3", &node_a, &a),
+    ] {
+        node.rooms
+            .join(&room, &member(user, socket, node_id), 10)
             .await
             .unwrap();
     }
-    let before = crate::protocol::unix_now_millis();
-    let listed = node_b.sockets(&room).await.unwrap();
-    let pairs: Vec<(&str, &str)> = listed
-        .iter()
-        .map(|entry| (entry.user_id.as_str(), entry.socket_id.as_str()))
-        .collect();
-    assert_eq!(pairs, [("ann", "s1"), ("bea", "s2"), ("bea", "s3")]);
-    for entry in &listed {
-        let remaining = entry.expires_at_ms.saturating_sub(before);
-        assert!(
-            (55_000..=61_000).contains(&remaining),
-            "expiry about one TTL ahead: {remaining} ms"
-        );
-    }
+    assert_eq!(
+        node_b.rooms.sockets(&room).await.unwrap(),
+        vec![
+            room_socket("ann", "s1", &a),
+            room_socket("bea", "s2", &b),
+            room_socket("bea", "s3", &a),
+        ],
+        "{guarantee}: every membership with its node, sorted by user then socket"
+    );
+    node_b
+        .rooms
+        .leave(&room, &member("bea", "s2", &b))
+        .await
+        .unwrap();
+    assert_eq!(
+        node_a.rooms.sockets(&room).await.unwrap(),
+        vec![room_socket("ann", "s1", &a), room_socket("bea", "s3", &a)],
+        "{guarantee}: a socket that left is not listed"
+    );
 }
 
-/// Declares module `$module` with one `#[tokio::test]` per room guarantee, each named after it.
-/// `$factory` is an expression giving a node factory (`Fn() -> impl Future<Output =
-/// Arc<dyn RoomStore>>`); it is evaluated once per test.
 /// `rooms_of` lists the rooms a user is in, on any node, sorted: a room appears with the join,
 /// stays while another socket of the user is still there, goes with the user's last leave, and
-/// goes when the memberships expire unrefreshed; a refresh keeps it. Other users' rooms are not
-/// listed.
+/// goes when the lease of the node holding the user's sockets there lapses (it stays where a
+/// live node holds another). Other users' rooms are not listed, nor affected.
 pub async fn rooms_of_lists_the_rooms_a_user_is_in<F, Fut>(make_node: F)
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn RoomStore>>,
+    Fut: Future<Output = RoomNode>,
 {
-    let guarantee = "rooms_of";
+    let guarantee = "rooms_of_lists_the_rooms_a_user_is_in";
     let node_a = make_node().await;
     let node_b = make_node().await;
+    let a = leased_node(&node_a, LONG_TTL).await;
     let user = unique("u");
     let other_user = unique("v");
-    let (first, second, fleeting) = (
+    let (shared, remote, local) = (
         new_room("chat:ra"),
         new_room("chat:rb"),
         new_room("chat:rc"),
     );
-    let on = |socket: &str| member(&user, socket);
-    node_a.join(&first, &on("s1"), 10, LONG_TTL).await.unwrap();
-    node_b.join(&first, &on("s2"), 10, LONG_TTL).await.unwrap();
-    node_b.join(&second, &on("s2"), 10, LONG_TTL).await.unwrap();
+    let on_a = |socket: &str| member(&user, socket, &a);
+    node_a.rooms.join(&shared, &on_a("s1"), 10).await.unwrap();
+    node_a.rooms.join(&local, &on_a("s1"), 10).await.unwrap();
+    node_a.rooms.join(&local, &on_a("s3"), 10).await.unwrap();
     node_a
-        .join(&fleeting, &on("s1"), 10, SHORT_TTL)
+        .rooms
+        .join(&remote, &member(&other_user, "s9", &a), 10)
         .await
         .unwrap();
-    node_a
-        .join(&fleeting, &member(&other_user, "s9"), 10, LONG_TTL)
-        .await
-        .unwrap();
-    let mut expected = vec![first.to_string(), second.to_string(), fleeting.to_string()];
+    // The short lease last, so that it lives through the checks before its lapse.
+    let b = leased_node(&node_b, SHORT_TTL).await;
+    let on_b = member(&user, "s2", &b);
+    node_b.rooms.join(&shared, &on_b, 10).await.unwrap();
+    node_b.rooms.join(&remote, &on_b, 10).await.unwrap();
+
+    let mut expected = vec![shared.to_string(), remote.to_string(), local.to_string()];
     expected.sort();
     assert_eq!(
-        node_b.rooms_of(&user).await.unwrap(),
+        node_b.rooms.rooms_of(&user).await.unwrap(),
         expected,
         "{guarantee}: every node's joins"
     );
     assert_eq!(
-        node_a.rooms_of(&other_user).await.unwrap(),
-        vec![fleeting.to_string()],
+        node_a.rooms.rooms_of(&other_user).await.unwrap(),
+        vec![remote.to_string()],
         "{guarantee}: only the user's own rooms"
     );
-
-    node_a.leave(&first, &on("s1")).await.unwrap();
+    node_a.rooms.leave(&local, &on_a("s1")).await.unwrap();
     assert!(
         node_a
+            .rooms
             .rooms_of(&user)
             .await
             .unwrap()
-            .contains(&first.to_string()),
+            .contains(&local.to_string()),
         "{guarantee}: another socket of the user is still in the room"
     );
-    node_b.leave(&second, &on("s2")).await.unwrap();
-    tokio::time::sleep(SHORT_TTL + Duration::from_millis(400)).await;
-    let mut expected = vec![first.to_string()];
+    node_a.rooms.leave(&local, &on_a("s3")).await.unwrap();
+    let mut expected = vec![shared.to_string(), remote.to_string()];
     expected.sort();
     assert_eq!(
-        node_a.rooms_of(&user).await.unwrap(),
+        node_a.rooms.rooms_of(&user).await.unwrap(),
         expected,
-        "{guarantee}: gone with the last leave and with expiry"
-    );
-    node_b.leave(&first, &on("s2")).await.unwrap();
-    assert!(
-        node_a.rooms_of(&user).await.unwrap().is_empty(),
-        "{guarantee}: nothing once the user left everywhere"
+        "{guarantee}: gone with the user's last leave"
     );
 
-    let kept = new_room("chat:rd");
-    node_a.join(&kept, &on("s3"), 10, SHORT_TTL).await.unwrap();
-    for _ in 0..3 {
-        tokio::time::sleep(SHORT_TTL / 2).await;
-        node_a
-            .refresh(std::slice::from_ref(&kept), &on("s3"), SHORT_TTL)
-            .await
-            .unwrap();
-    }
+    past(SHORT_TTL).await;
     assert_eq!(
-        node_b.rooms_of(&user).await.unwrap(),
-        vec![kept.to_string()],
-        "{guarantee}: a refreshed membership keeps its room listed"
+        node_a.rooms.rooms_of(&user).await.unwrap(),
+        vec![shared.to_string()],
+        "{guarantee}: gone with the lapsed lease, kept where a live node holds a socket"
+    );
+    assert_eq!(
+        node_b.rooms.rooms_of(&other_user).await.unwrap(),
+        vec![remote.to_string()],
+        "{guarantee}: other users' rooms are not affected"
+    );
+    node_a.rooms.leave(&shared, &on_a("s1")).await.unwrap();
+    assert!(
+        node_a.rooms.rooms_of(&user).await.unwrap().is_empty(),
+        "{guarantee}: nothing once the user left everywhere"
     );
 }
 
+/// Declares module `$module` with one `#[tokio::test]` per room guarantee, each named after it.
+/// `$factory` is an expression giving a node factory (`Fn() -> impl Future<Output =
+/// RoomNode>`); it is evaluated once per test.
 #[macro_export]
 macro_rules! room_conformance_tests {
     ($module:ident, $factory:expr) => {
@@ -561,18 +684,18 @@ macro_rules! room_conformance_tests {
             }
 
             #[tokio::test]
-            async fn unrefreshed_memberships_expire() {
-                guarantees::unrefreshed_memberships_expire($factory).await;
+            async fn memberships_of_a_lapsed_lease_are_gone() {
+                guarantees::memberships_of_a_lapsed_lease_are_gone($factory).await;
             }
 
             #[tokio::test]
-            async fn refresh_never_revives_a_gone_membership() {
-                guarantees::refresh_never_revives_a_gone_membership($factory).await;
+            async fn a_granted_lease_does_not_revive_memberships() {
+                guarantees::a_granted_lease_does_not_revive_memberships($factory).await;
             }
 
             #[tokio::test]
-            async fn concurrent_refreshes_extend_their_own_memberships() {
-                guarantees::concurrent_refreshes_extend_their_own_memberships($factory).await;
+            async fn join_without_a_lease_is_refused() {
+                guarantees::join_without_a_lease_is_refused($factory).await;
             }
 
             #[tokio::test]
@@ -581,8 +704,8 @@ macro_rules! room_conformance_tests {
             }
 
             #[tokio::test]
-            async fn sockets_lists_every_live_membership_with_its_expiry() {
-                guarantees::sockets_lists_every_live_membership_with_its_expiry($factory).await;
+            async fn sockets_lists_every_live_membership_with_its_node() {
+                guarantees::sockets_lists_every_live_membership_with_its_node($factory).await;
             }
 
             #[tokio::test]
@@ -597,12 +720,17 @@ macro_rules! room_conformance_tests {
 mod tests {
     use std::sync::Arc;
 
-    use crate::stores::RoomStore;
-    use crate::stores::memory::MemoryRoomStore;
+    use super::RoomNode;
+    use crate::stores::memory::{MemoryLeases, MemoryPresenceStore, MemoryRoomStore};
 
-    /// The memory store serves one node: every "node" is the same store.
-    fn memory_nodes() -> impl Fn() -> std::future::Ready<Arc<dyn RoomStore>> {
-        let shared: Arc<dyn RoomStore> = Arc::new(MemoryRoomStore::new());
+    /// The memory stores serve one node: every "node" is the same room and presence stores,
+    /// sharing their leases.
+    fn memory_nodes() -> impl Fn() -> std::future::Ready<RoomNode> {
+        let leases = MemoryLeases::new();
+        let shared = RoomNode {
+            rooms: Arc::new(MemoryRoomStore::new(leases.clone())),
+            presence: Arc::new(MemoryPresenceStore::new(leases)),
+        };
         move || std::future::ready(shared.clone())
     }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic};
 use super::history::{EncodeAt, HistoryPolicy, HistoryStore, Position, Recovery};
-use super::presence::{Arrival, NodeStatus, PresenceStore, SocketEntry};
+use super::presence::{Arrival, Lease, NodeStatus, PresenceStore, SocketEntry};
 use super::rate_limit::{RateDecision, RateLimiter};
 use super::rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 use crate::protocol::Frame;
@@ -108,95 +108,175 @@ fn set_for_socket<T>(sockets: &mut PerSocket<T>, socket_id: &Arc<str>, value: T)
     }
 }
 
-#[derive(Debug)]
-struct SocketPresence {
+/// A lease as the memory stores see it: until when it lives, and which grant it is (a lapsed
+/// node granted a lease again gets a new generation, so what it registered before stays dead).
+#[derive(Debug, Clone, Copy)]
+struct NodeLease {
+    until: Instant,
+    generation: u64,
+}
+
+/// Node leases shared by one process's memory presence and room stores: the memory analogue of
+/// the `nodes:until` key in Redis. What a node registers carries its lease generation and
+/// counts only while that lease lives.
+#[derive(Default)]
+pub struct MemoryLeases {
+    /// node -> (latest status, lease).
+    nodes: Mutex<HashMap<Arc<str>, (NodeStatus, NodeLease)>>,
+    next_generation: AtomicU64,
+}
+
+impl MemoryLeases {
+    pub fn new() -> Arc<MemoryLeases> {
+        Arc::new(MemoryLeases::default())
+    }
+
+    /// Renews (or grants) the node's lease for `ttl` and records its status.
+    fn renew(&self, status: &NodeStatus, ttl: Duration) -> Lease {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock();
+        let node_id: Arc<str> = Arc::from(status.node_id.as_str());
+        let held = nodes
+            .get(&node_id)
+            .map(|(_, lease)| *lease)
+            .filter(|lease| lease.until > now);
+        let (generation, answer) = match held {
+            Some(lease) => (lease.generation, Lease::Held),
+            None => (
+                self.next_generation.fetch_add(1, Ordering::Relaxed),
+                Lease::Granted,
+            ),
+        };
+        let lease = NodeLease {
+            until: now + ttl,
+            generation,
+        };
+        nodes.insert(node_id, (status.clone(), lease));
+        answer
+    }
+
+    /// The generation of the node's live lease, if it holds one.
+    fn live_generation(&self, node_id: &str) -> Option<u64> {
+        let now = Instant::now();
+        self.nodes
+            .lock()
+            .get(node_id)
+            .filter(|(_, lease)| lease.until > now)
+            .map(|(_, lease)| lease.generation)
+    }
+
+    /// The registration check: the node's live generation, or `NoLease`.
+    fn require(&self, node_id: &str) -> Result<u64, StoreError> {
+        self.live_generation(node_id)
+            .ok_or_else(|| StoreError::NoLease(node_id.to_owned()))
+    }
+
+    /// A predicate telling whether something registered under (node, generation) still counts,
+    /// with one look at the leases for every check it makes.
+    fn liveness(&self) -> impl Fn(&Registration) -> bool + use<> {
+        let now = Instant::now();
+        let live: HashMap<Arc<str>, u64> = self
+            .nodes
+            .lock()
+            .iter()
+            .filter(|(_, (_, lease))| lease.until > now)
+            .map(|(node, (_, lease))| (node.clone(), lease.generation))
+            .collect();
+        move |registration: &Registration| {
+            live.get(&registration.node_id) == Some(&registration.generation)
+        }
+    }
+
+    fn statuses(&self) -> Vec<NodeStatus> {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock();
+        // A lapsed node's entry goes once listed as gone; its generation is never reused.
+        nodes.retain(|_, (_, lease)| lease.until > now);
+        let mut listed: Vec<NodeStatus> =
+            nodes.values().map(|(status, _)| status.clone()).collect();
+        listed.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        listed
+    }
+}
+
+/// A socket or membership as registered: under which node's lease, and which grant of it.
+#[derive(Debug, Clone)]
+struct Registration {
     node_id: Arc<str>,
-    expires_at: Instant,
+    generation: u64,
 }
 
 #[derive(Debug)]
 struct UserPresence {
-    sockets: PerSocket<SocketPresence>,
-    /// The latest expiry ever granted to any socket of the user.
-    online_until: Instant,
+    sockets: PerSocket<Registration>,
+    /// Set when the user's last socket disconnected: online until then.
+    lingers_until: Option<Instant>,
 }
 
-/// Presence in a map. Uses tokio's clock, so tests can pause and advance time.
-#[derive(Default)]
+/// Presence in a map, under the leases of [`MemoryLeases`]. Uses tokio's clock, so tests can
+/// pause and advance time.
 pub struct MemoryPresenceStore {
     users: Mutex<HashMap<Arc<str>, UserPresence>>,
-    /// node -> (status, valid until).
-    nodes: Mutex<HashMap<String, (NodeStatus, Instant)>>,
+    leases: Arc<MemoryLeases>,
 }
 
 impl MemoryPresenceStore {
-    pub fn new() -> MemoryPresenceStore {
-        MemoryPresenceStore::default()
-    }
-
-    fn touch(&self, socket: &SocketEntry, ttl: Duration) -> Arrival {
-        let expires_at = Instant::now() + ttl;
-        let mut users = self.users.lock();
-        let mut arrival = Arrival::AlreadyOnline;
-        let presence = SocketPresence {
-            node_id: socket.node_id.clone(),
-            expires_at,
-        };
-        match users.get_mut(&socket.user_id) {
-            Some(user) => {
-                user.online_until = user.online_until.max(expires_at);
-                set_for_socket(&mut user.sockets, &socket.socket_id, presence);
-            }
-            None => {
-                arrival = Arrival::CameOnline;
-                let user = UserPresence {
-                    sockets: PerSocket::one((socket.socket_id.clone(), presence)),
-                    online_until: expires_at,
-                };
-                users.insert(socket.user_id.clone(), user);
-            }
+    pub fn new(leases: Arc<MemoryLeases>) -> MemoryPresenceStore {
+        MemoryPresenceStore {
+            users: Mutex::default(),
+            leases,
         }
-        arrival
     }
 }
 
 #[async_trait]
 impl PresenceStore for MemoryPresenceStore {
-    async fn announce_node(&self, status: &NodeStatus, ttl: Duration) -> Result<(), StoreError> {
-        self.nodes.lock().insert(
-            status.node_id.clone(),
-            (status.clone(), Instant::now() + ttl),
-        );
-        Ok(())
+    async fn announce_node(&self, status: &NodeStatus, ttl: Duration) -> Result<Lease, StoreError> {
+        Ok(self.leases.renew(status, ttl))
     }
 
     async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
-        let now = Instant::now();
-        let mut nodes = self.nodes.lock();
-        nodes.retain(|_, (_, until)| *until > now);
-        let mut listed: Vec<NodeStatus> =
-            nodes.values().map(|(status, _)| status.clone()).collect();
-        listed.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        Ok(listed)
+        Ok(self.leases.statuses())
     }
 
-    async fn connect(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
-        Ok(self.touch(socket, ttl))
+    async fn connect(&self, socket: &SocketEntry) -> Result<Arrival, StoreError> {
+        let generation = self.leases.require(&socket.node_id)?;
+        let registration = Registration {
+            node_id: socket.node_id.clone(),
+            generation,
+        };
+        let mut users = self.users.lock();
+        match users.get_mut(&socket.user_id) {
+            Some(user) => {
+                user.lingers_until = None;
+                set_for_socket(&mut user.sockets, &socket.socket_id, registration);
+                Ok(Arrival::AlreadyOnline)
+            }
+            None => {
+                let user = UserPresence {
+                    sockets: PerSocket::one((socket.socket_id.clone(), registration)),
+                    lingers_until: None,
+                };
+                users.insert(socket.user_id.clone(), user);
+                Ok(Arrival::CameOnline)
+            }
+        }
     }
 
-    async fn heartbeat(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError> {
-        Ok(self.touch(socket, ttl))
-    }
-
-    async fn disconnect(&self, socket: &SocketEntry) -> Result<(), StoreError> {
+    async fn disconnect(&self, socket: &SocketEntry, linger: Duration) -> Result<(), StoreError> {
         if let Some(user) = self.users.lock().get_mut(&socket.user_id) {
-            user.sockets.remove_where(|(id, _)| *id == socket.socket_id);
+            let removed = user.sockets.remove_where(|(id, _)| *id == socket.socket_id);
+            // Like the Redis store: the linger starts with the last socket's disconnect; a
+            // user whose other sockets die with their node goes when that lease lapses.
+            if removed.is_some() && user.sockets.is_empty() {
+                user.lingers_until = Some(Instant::now() + linger);
+            }
         }
         Ok(())
     }
 
     async fn sockets_of(&self, user_id: &str) -> Result<Vec<SocketEntry>, StoreError> {
-        let now = Instant::now();
+        let is_live = self.leases.liveness();
         let users = self.users.lock();
         let Some((user_key, user)) = users.get_key_value(user_id) else {
             return Ok(Vec::new());
@@ -204,11 +284,11 @@ impl PresenceStore for MemoryPresenceStore {
         let mut live: Vec<SocketEntry> = user
             .sockets
             .iter()
-            .filter(|(_, socket)| socket.expires_at > now)
-            .map(|(socket_id, socket)| SocketEntry {
+            .filter(|(_, registration)| is_live(registration))
+            .map(|(socket_id, registration)| SocketEntry {
                 user_id: user_key.clone(),
                 socket_id: socket_id.clone(),
-                node_id: socket.node_id.clone(),
+                node_id: registration.node_id.clone(),
             })
             .collect();
         live.sort_by(|left, right| left.socket_id.cmp(&right.socket_id));
@@ -217,47 +297,51 @@ impl PresenceStore for MemoryPresenceStore {
 
     async fn take_offline(&self) -> Result<Vec<String>, StoreError> {
         let now = Instant::now();
+        let is_live = self.leases.liveness();
         let mut gone = Vec::new();
         self.users.lock().retain(|user_id, user| {
-            let expired = user.online_until <= now
-                && user
-                    .sockets
-                    .iter()
-                    .all(|(_, socket)| socket.expires_at <= now);
-            if expired {
+            user.sockets
+                .retain(|(_, registration)| is_live(registration));
+            let offline =
+                user.sockets.is_empty() && user.lingers_until.is_none_or(|until| until <= now);
+            if offline {
                 gone.push(user_id.to_string());
             }
-            !expired
+            !offline
         });
         gone.sort();
         Ok(gone)
     }
 }
 
-/// Membership of one room: user -> that user's sockets in the room, each with its expiry.
-type RoomMembers = HashMap<Arc<str>, PerSocket<Instant>>;
+/// Membership of one room: user -> that user's sockets in the room, each under its node's lease.
+type RoomMembers = HashMap<Arc<str>, PerSocket<Registration>>;
 
-/// Drops expired memberships of one room. O(members): run only where expired entries would
+/// Drops the memberships of lapsed leases from one room. O(members): run only where they would
 /// change the answer (a full room, a listing), not on every join.
-fn purge_expired(members: &mut RoomMembers, now: Instant) {
+fn purge_lapsed(members: &mut RoomMembers, is_live: &impl Fn(&Registration) -> bool) {
     members.retain(|_, sockets| {
-        sockets.retain(|(_, expires_at)| *expires_at > now);
+        sockets.retain(|(_, registration)| is_live(registration));
         !sockets.is_empty()
     });
 }
 
-/// Room membership in a map; the capacity check and the insert happen under one lock.
-/// Uses tokio's clock, so tests can pause and advance time.
-#[derive(Default)]
+/// Room membership in a map, under the leases of [`MemoryLeases`]; the capacity check and the
+/// insert happen under one lock. Uses tokio's clock, so tests can pause and advance time.
 pub struct MemoryRoomStore {
     rooms: Mutex<HashMap<RoomId, RoomMembers>>,
     /// (room, user) -> blocked until.
     blocked: Mutex<HashMap<(RoomId, Arc<str>), Instant>>,
+    leases: Arc<MemoryLeases>,
 }
 
 impl MemoryRoomStore {
-    pub fn new() -> MemoryRoomStore {
-        MemoryRoomStore::default()
+    pub fn new(leases: Arc<MemoryLeases>) -> MemoryRoomStore {
+        MemoryRoomStore {
+            rooms: Mutex::default(),
+            blocked: Mutex::default(),
+            leases,
+        }
     }
 }
 
@@ -268,9 +352,9 @@ impl RoomStore for MemoryRoomStore {
         room: &RoomId,
         member: &Member,
         capacity: u32,
-        ttl: Duration,
     ) -> Result<JoinOutcome, StoreError> {
         let now = Instant::now();
+        let generation = self.leases.require(&member.node_id)?;
         {
             let mut blocked = self.blocked.lock();
             blocked.retain(|_, until| *until > now);
@@ -278,12 +362,17 @@ impl RoomStore for MemoryRoomStore {
                 return Ok(JoinOutcome::Blocked);
             }
         }
+        let registration = Registration {
+            node_id: member.node_id.clone(),
+            generation,
+        };
+        let is_live = self.leases.liveness();
         let mut rooms = self.rooms.lock();
         let members = rooms.entry(room.clone()).or_default();
         if let Some(sockets) = members.get_mut(&member.user_id) {
-            sockets.retain(|(_, expires_at)| *expires_at > now);
+            sockets.retain(|(_, registration)| is_live(registration));
             if !sockets.is_empty() {
-                let previous = set_for_socket(sockets, &member.socket_id, now + ttl);
+                let previous = set_for_socket(sockets, &member.socket_id, registration);
                 return Ok(match previous {
                     Some(_) => JoinOutcome::AlreadyMember,
                     None => JoinOutcome::Joined {
@@ -294,7 +383,7 @@ impl RoomStore for MemoryRoomStore {
             members.remove(&member.user_id);
         }
         if members.len() >= capacity as usize {
-            purge_expired(members, now);
+            purge_lapsed(members, &is_live);
         }
         if members.len() >= capacity as usize {
             if members.is_empty() {
@@ -304,7 +393,7 @@ impl RoomStore for MemoryRoomStore {
         }
         members.insert(
             member.user_id.clone(),
-            PerSocket::one((member.socket_id.clone(), now + ttl)),
+            PerSocket::one((member.socket_id.clone(), registration)),
         );
         Ok(JoinOutcome::Joined {
             first_for_user: true,
@@ -324,32 +413,8 @@ impl RoomStore for MemoryRoomStore {
         Ok(())
     }
 
-    async fn refresh(
-        &self,
-        rooms: &[RoomId],
-        member: &Member,
-        ttl: Duration,
-    ) -> Result<Vec<RoomId>, StoreError> {
-        let now = Instant::now();
-        let mut all_rooms = self.rooms.lock();
-        let mut gone = Vec::new();
-        for room in rooms {
-            let socket = all_rooms
-                .get_mut(room)
-                .and_then(|members| members.get_mut(&member.user_id))
-                .and_then(|sockets| sockets.find_mut(|(id, _)| *id == member.socket_id))
-                .map(|(_, expires_at)| expires_at)
-                .filter(|expires_at| **expires_at > now);
-            match socket {
-                Some(expires_at) => *expires_at = now + ttl,
-                None => gone.push(room.clone()),
-            }
-        }
-        Ok(gone)
-    }
-
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError> {
-        let now = Instant::now();
+        let is_live = self.leases.liveness();
         let mut rooms = self.rooms.lock();
         let Some(members) = rooms.get_mut(room) else {
             return Ok(LeaveOutcome::NotMember);
@@ -357,8 +422,8 @@ impl RoomStore for MemoryRoomStore {
         let outcome = match members.get_mut(&member.user_id) {
             None => LeaveOutcome::NotMember,
             Some(sockets) => {
-                // An expired membership counts as gone already, like in the networked stores.
-                sockets.retain(|(_, expires_at)| *expires_at > now);
+                // A membership of a lapsed lease is gone already, like in the Redis store.
+                sockets.retain(|(_, registration)| is_live(registration));
                 let removed = sockets.remove_where(|(id, _)| *id == member.socket_id);
                 let last_for_user = sockets.is_empty();
                 if last_for_user {
@@ -377,18 +442,17 @@ impl RoomStore for MemoryRoomStore {
     }
 
     async fn sockets(&self, room: &RoomId) -> Result<Vec<RoomSocket>, StoreError> {
-        let now = Instant::now();
-        let now_ms = crate::protocol::unix_now_millis();
+        let is_live = self.leases.liveness();
         let mut rooms = self.rooms.lock();
         let mut listed = Vec::new();
         if let Some(members) = rooms.get_mut(room) {
-            purge_expired(members, now);
+            purge_lapsed(members, &is_live);
             for (user_id, sockets) in members.iter() {
-                for (socket_id, expires_at) in sockets.iter() {
+                for (socket_id, registration) in sockets.iter() {
                     listed.push(RoomSocket {
                         user_id: user_id.to_string(),
                         socket_id: socket_id.to_string(),
-                        expires_at_ms: now_ms + expires_at.duration_since(now).as_millis() as u64,
+                        node_id: registration.node_id.to_string(),
                     });
                 }
             }
@@ -399,14 +463,16 @@ impl RoomStore for MemoryRoomStore {
 
     async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         // A scan: this store serves one node, and the question comes from an operator.
-        let now = Instant::now();
+        let is_live = self.leases.liveness();
         let rooms = self.rooms.lock();
         let mut listed: Vec<String> = rooms
             .iter()
             .filter(|(_, members)| {
-                members
-                    .get(user_id)
-                    .is_some_and(|sockets| sockets.iter().any(|(_, expires_at)| *expires_at > now))
+                members.get(user_id).is_some_and(|sockets| {
+                    sockets
+                        .iter()
+                        .any(|(_, registration)| is_live(registration))
+                })
             })
             .map(|(room, _)| room.to_string())
             .collect();
@@ -415,11 +481,11 @@ impl RoomStore for MemoryRoomStore {
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<String>, StoreError> {
-        let now = Instant::now();
+        let is_live = self.leases.liveness();
         let mut rooms = self.rooms.lock();
         let mut users: Vec<String> = match rooms.get_mut(room) {
             Some(members) => {
-                purge_expired(members, now);
+                purge_lapsed(members, &is_live);
                 members.keys().map(|user| user.to_string()).collect()
             }
             None => Vec::new(),

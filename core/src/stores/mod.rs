@@ -21,7 +21,7 @@ pub mod rooms;
 
 pub use broker::{Broker, DeliveryHandler, Topic};
 pub use history::{HistoryPolicy, HistoryStore, Position, Recovery};
-pub use presence::{Arrival, NodeStatus, PresenceStore, SocketEntry};
+pub use presence::{Arrival, Lease, NodeStatus, PresenceStore, SocketEntry};
 pub use rate_limit::{RateDecision, RateLimiter};
 pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 
@@ -30,4 +30,9 @@ pub use rooms::{JoinOutcome, LeaveOutcome, Member, RoomSocket, RoomStore};
 pub enum StoreError {
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// A socket or membership was to be registered under its node's lease, and the node holds
+    /// none (it lapsed, or the node has not announced itself yet). The node registers it again
+    /// when its next announcement is granted a lease.
+    #[error("node {0} holds no lease")]
+    NoLease(String),
 }

@@ -1,4 +1,4 @@
-//! The `PresenceStore` trait: user -> sockets with a heartbeat TTL, and offline detection.
+//! The `PresenceStore` trait: user -> sockets held under node leases, and offline detection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,35 +30,55 @@ pub struct NodeStatus {
 pub enum Arrival {
     /// The user had no presence record: emit `user.online`.
     CameOnline,
-    /// The user was already online (another socket, or within the TTL of a previous one).
+    /// The user was already online (another socket, or within the linger of a closed one).
     AlreadyOnline,
 }
 
-/// Presence across all nodes.
+/// What a node's announcement found of its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// The node's lease was live and is renewed: everything it registered is still held.
+    Held,
+    /// The node held no live lease (its first announcement, or the lease lapsed: the node was
+    /// silent past the ttl it gave, or the store lost its data). It holds one now, and nothing
+    /// it registered before is held any more: it registers its sockets and memberships again.
+    Granted,
+}
+
+/// Presence across all nodes, kept by node leases rather than by every socket's heartbeat.
 ///
-/// A user is online from the first `connect` until `ttl` after the last `connect` or
-/// `heartbeat` of any of their sockets, *and* no socket entry is still live. Guarantees
-/// (checked by `conformance::presence`):
-/// - `connect` returns `CameOnline` exactly when the user had no record.
-/// - `heartbeat` extends the socket's and the user's TTL; if the user's record was already taken
-///   as offline, it is recreated and `CameOnline` is returned.
-/// - `disconnect` removes the socket; the user stays online until their TTL runs out.
-/// - `sockets_of` lists the live (unexpired) sockets of a user.
-/// - `take_offline` returns each user whose TTL ran out with no live socket, and removes them:
-///   across all nodes calling it concurrently, each such user is returned exactly once.
-/// - `nodes` lists, sorted by node id, every node whose latest `announce_node` is younger than
-///   the ttl it gave, with that announcement; from any node.
-/// - Concurrent `connect`s and `heartbeat`s behave as if made one at a time: of several sockets
-///   of a user connecting together, exactly one gets `CameOnline`. (A backend that pays a round
-///   trip per call may send concurrent calls as one batch; the Redis one does.)
+/// Each node renews a lease with `announce_node` every few seconds; a socket is registered once
+/// (`connect`) and lives in the store while its node's lease lives, until its `disconnect`.
+/// The node keeps its sockets honest itself (it closes a socket silent for the presence TTL),
+/// so the store hears from a node, not from every socket, while nothing changes: the cost of
+/// holding 100,000 sockets is a few writes per node per lease period. Guarantees (checked by
+/// `conformance::presence`):
+/// - `connect` registers the socket under its node's live lease and returns `CameOnline`
+///   exactly when the user had no record; under no live lease it fails with
+///   [`StoreError::NoLease`] and registers nothing.
+/// - `disconnect` removes the socket; after the user's last socket the user stays online for
+///   `linger` (a reconnect within it is no arrival).
+/// - `sockets_of` lists the user's sockets registered under live leases.
+/// - A node's lease lapses `ttl` after its last `announce_node`; its sockets are then gone:
+///   not listed, and their users (with no other socket) go offline at once.
+/// - `announce_node` answers `Lease::Granted` when the node held no live lease, and then
+///   nothing it registered before is held; `Lease::Held` otherwise.
+/// - `take_offline` returns each user with no socket under a live lease and no linger left,
+///   and removes them: across all nodes calling it concurrently, each such user is returned
+///   exactly once.
+/// - `nodes` lists, sorted by node id, every node whose lease is live, with its latest status;
+///   from any node.
+/// - Concurrent `connect`s behave as if made one at a time: of several sockets of a user
+///   connecting together, exactly one gets `CameOnline`. (A backend that pays a round trip per
+///   call may send concurrent calls as one batch; the Redis one does.)
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
-    async fn connect(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError>;
-    async fn heartbeat(&self, socket: &SocketEntry, ttl: Duration) -> Result<Arrival, StoreError>;
-    async fn disconnect(&self, socket: &SocketEntry) -> Result<(), StoreError>;
+    async fn connect(&self, socket: &SocketEntry) -> Result<Arrival, StoreError>;
+    async fn disconnect(&self, socket: &SocketEntry, linger: Duration) -> Result<(), StoreError>;
     async fn sockets_of(&self, user_id: &str) -> Result<Vec<SocketEntry>, StoreError>;
     async fn take_offline(&self) -> Result<Vec<String>, StoreError>;
-    /// Records this node's status, valid for `ttl` (nodes announce themselves periodically).
-    async fn announce_node(&self, status: &NodeStatus, ttl: Duration) -> Result<(), StoreError>;
+    /// Records this node's status and renews its lease for `ttl` (nodes announce themselves
+    /// every third of it).
+    async fn announce_node(&self, status: &NodeStatus, ttl: Duration) -> Result<Lease, StoreError>;
     async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
 }

@@ -1,4 +1,4 @@
-//! The `RoomStore` trait: room membership with an atomic capacity check.
+//! The `RoomStore` trait: room membership with an atomic capacity check, held under node leases.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use crate::room::RoomId;
 pub struct Member {
     pub user_id: Arc<str>,
     pub socket_id: Arc<str>,
+    /// The node holding the socket: the membership lives while that node's lease lives.
+    pub node_id: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +29,12 @@ pub enum JoinOutcome {
     Blocked,
 }
 
-/// One live membership, for room info: whose socket, and when its membership runs out (Unix
-/// milliseconds; its last refresh was one membership TTL before).
+/// One live membership, for room info: whose socket, on which node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSocket {
     pub user_id: String,
     pub socket_id: String,
-    pub expires_at_ms: u64,
+    pub node_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,24 +46,24 @@ pub enum LeaveOutcome {
 }
 
 /// Room membership across all nodes. Capacity counts distinct users: a user's second socket
-/// joins a full room it is already in. Guarantees (checked by `conformance::rooms`):
+/// joins a full room it is already in. A membership is written once, on `join`, and lives until
+/// its `leave` or until its node's lease lapses (the leases are the presence store's
+/// `announce_node`; the node died, or lost the store): the store hears from a node, not from
+/// every member, while nothing changes. Guarantees (checked by `conformance::rooms`):
 /// - `join` checks capacity and adds in one atomic step: concurrent joins from any number of
 ///   nodes never leave more than `capacity` users in a room.
 /// - `join`/`leave` report first/last socket of a user exactly as described on the outcomes.
 /// - `members` lists distinct user ids, sorted.
 /// - `rooms_of` lists, sorted, the rooms where the user holds a live membership on any node:
-///   a room appears with the join, stays while one of the user's sockets there is refreshed, and
-///   goes with the user's last leave or when the memberships expire.
-/// - A membership lasts `ttl` after its `join` or last `refresh`. Expired memberships do not
-///   count toward capacity and are not listed: the sockets of a node that died stop being
-///   refreshed, so they stop holding places after one TTL.
-/// - Concurrent `refresh`es each extend their own memberships, and only those (a backend may
-///   send them as one batch; the Redis one does).
+///   a room appears with the join and goes with the user's last leave there, or with the lease
+///   of the node holding the user's sockets there.
+/// - Memberships of a node whose lease lapsed are gone: they do not count toward capacity, are
+///   not listed, and cannot be left. They do not come back when the node is granted a lease
+///   again: the node joins again, capacity checked.
+/// - `join` under no live lease of the member's node fails with [`StoreError::NoLease`] and
+///   adds nothing.
 /// - A user blocked from a room (`block`) gets `Blocked` from `join` until the block ends; other
 ///   users are not affected.
-/// - `refresh` never revives a membership that is gone (expired, left, or lost with the
-///   backend's data); it returns those rooms, so the node holding the socket can `join` again,
-///   capacity checked, instead of silently holding a place the store no longer counts.
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
     async fn join(
@@ -70,7 +71,6 @@ pub trait RoomStore: Send + Sync + 'static {
         room: &RoomId,
         member: &Member,
         capacity: u32,
-        ttl: Duration,
     ) -> Result<JoinOutcome, StoreError>;
     /// Refuses the user's joins to `room` (`JoinOutcome::Blocked`) for `duration`, on every node.
     async fn block(
@@ -79,14 +79,6 @@ pub trait RoomStore: Send + Sync + 'static {
         user_id: &str,
         duration: Duration,
     ) -> Result<(), StoreError>;
-    /// Extends the socket's memberships in `rooms` by `ttl` (those that still exist) and
-    /// returns the rooms of `rooms` where the membership was gone.
-    async fn refresh(
-        &self,
-        rooms: &[RoomId],
-        member: &Member,
-        ttl: Duration,
-    ) -> Result<Vec<RoomId>, StoreError>;
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<LeaveOutcome, StoreError>;
     /// The rooms where `user_id` holds a live membership, on any node, sorted.
     async fn rooms_of(&self, user_id: &str) -> Result<Vec<String>, StoreError>;

@@ -7,23 +7,32 @@
 //!   and every script takes "now" from the Redis server's clock (`TIME`, `now_ms.lua`), so nodes
 //!   with skewed clocks agree on expiry.
 //!
+//! Presence and membership are held under node leases (`scripts/leases.lua`): each node renews
+//! its lease every few seconds; a socket or membership is written once, on connect or join,
+//! indexed under its node, and removed on disconnect or leave, or with everything else its node
+//! registered by the first script that sees the node's lease lapsed. So Redis hears from a node,
+//! not from each of its sockets, while nothing changes.
+//!
 //! Keys (all under `redis.key_prefix`, default `realtime:`):
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `presence:expiry` | ZSET | user -> online-until (ms) |
-//! | `presence:user:<user>` | HASH | socket -> `<expires ms>\|<node>` |
-//! | `room:<room>:sockets` | ZSET | socket -> membership expiry (ms) |
+//! | `nodes:until` / `nodes` | ZSET / HASH | node -> lease until (ms) / status JSON |
+//! | `node:<node>:sockets` | HASH | socket -> user: the node's sockets, swept with its lease |
+//! | `node:<node>:memberships` | SET | `<socket> <room>`: the node's memberships, swept with its lease |
+//! | `presence:online` | ZSET | user -> online until (ms; `+inf` while the user has a socket) |
+//! | `presence:sockets:<user>` | HASH | socket -> node |
 //! | `room:<room>:owner` | HASH | socket -> user |
+//! | `room:<room>:node` | HASH | socket -> node |
 //! | `room:<room>:users` | HASH | user -> number of the user's sockets in the room |
 //! | `room:<room>:blocked` | HASH | user -> joins refused until (ms), from a moderator's removal |
-//! | `nodes` / `nodes:until` | HASH / ZSET | node -> status JSON / announced until (ms) |
+//! | `user:<user>:joined` | SET | the rooms the user has a membership in |
 //! | `ratelimit:<key>` | STRING | hits in the current window (expires with the window) |
 //! | channel `fanout:room:<room>` / `fanout:user:<user>` | Pub/Sub | encoded frames (broker) |
 //!
-//! Keys carry a PEXPIRE of twice the TTL, refreshed on every write, so nothing a dead node
-//! left behind outlives it for long. Redis Cluster is not supported (scripts touch keys they
-//! derive); use a single master, with Sentinel for failover.
+//! Nothing here expires by itself: every entry is removed by its node, or swept with its node's
+//! lease. Redis Cluster is not supported (scripts touch keys they derive); use a single master,
+//! with Sentinel for failover.
 
 mod broker;
 mod connector;
@@ -43,10 +52,12 @@ use super::StoreError;
 
 /// The server's clock in milliseconds (`now_ms()`), prepended to every script that needs it.
 const NOW_MS: &str = include_str!("scripts/now_ms.lua");
+/// Node leases and the sweep of a lapsed node (`lease_live`, `sweep_lapsed`, ...), prepended to
+/// the presence and room scripts after [`NOW_MS`]; they take the key prefix as `ARGV[1]`.
+const LEASES: &str = include_str!("scripts/leases.lua");
 
-/// Calls one batched write (connects and heartbeats, or membership refreshes) takes at most:
-/// Redis runs a script to its end before serving anyone else, so one stays short (128 touches
-/// are ~640 commands).
+/// Connects one batched call writes at most: Redis runs a script to its end before serving
+/// anyone else, so one stays short (128 connects are ~600 commands).
 const WRITE_BATCH: usize = 128;
 
 fn store_error(error: RedisError) -> StoreError {
@@ -61,4 +72,23 @@ fn script(body: &str, helpers: &[&str]) -> Script {
     }
     source.push_str(body);
     Script::new(&source)
+}
+
+/// Runs a lease script (one with [`LEASES`] prepended): the key prefix, then `args`.
+async fn run_with_prefix<T: redis::FromRedisValue + Send>(
+    redis: &RedisConnector,
+    script: &Script,
+    args: &[&str],
+) -> Result<T, StoreError> {
+    let prefix = redis.key_prefix().to_owned();
+    redis
+        .run(|mut connection| {
+            let mut invocation = script.prepare_invoke();
+            invocation.arg(&prefix);
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            async move { invocation.invoke_async(&mut connection).await }
+        })
+        .await
 }

@@ -1,13 +1,13 @@
--- KEYS: node status hash (node -> JSON), node expiry zset (node -> announced until, ms).
--- ARGV: node, status JSON, ttl ms. Records the node and forgets nodes whose announcement ran out.
+-- Renews a node's lease and records its status. ARGV: prefix, node, status JSON, ttl ms.
+-- Returns 'held' when the lease was live, else 'granted': then nothing the node registered
+-- before is held (a lapsed lease is swept first), and it registers its sockets and memberships
+-- again.
 local now = now_ms()
-local ttl = tonumber(ARGV[3])
-for _, gone in ipairs(redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE')) do
-  redis.call('HDEL', KEYS[1], gone)
-  redis.call('ZREM', KEYS[2], gone)
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl * 4)
-redis.call('PEXPIRE', KEYS[2], ttl * 4)
-return 1
+local node = ARGV[2]
+local held = lease_live(node, now)
+sweep_lapsed(now)
+if not held then sweep_node(node, now) end
+redis.call('HSET', STATUSES, node, ARGV[3])
+redis.call('ZADD', LEASES, now + tonumber(ARGV[4]), node)
+if held then return 'held' end
+return 'granted'

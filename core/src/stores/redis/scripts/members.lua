@@ -1,3 +1,3 @@
--- KEYS: sockets, owner, users. Returns the user ids with a live membership.
-purge(now_ms())
-return redis.call('HKEYS', KEYS[3])
+-- ARGV: prefix, room. Returns the user ids with a live membership.
+sweep_lapsed(now_ms())
+return redis.call('HKEYS', room_key(ARGV[2], 'users'))

@@ -1,10 +1,8 @@
--- KEYS: node status hash, node expiry zset. Returns the status JSON of every node whose
--- announcement has not run out.
+-- ARGV: prefix. Returns the status JSON of every node whose lease is live.
 local now = now_ms()
-local live = redis.call('ZRANGE', KEYS[2], '(' .. now, '+inf', 'BYSCORE')
 local statuses = {}
-for _, node in ipairs(live) do
-  local status = redis.call('HGET', KEYS[1], node)
+for _, node in ipairs(redis.call('ZRANGE', LEASES, '(' .. now, '+inf', 'BYSCORE')) do
+  local status = redis.call('HGET', STATUSES, node)
   if status then table.insert(statuses, status) end
 end
 return statuses

@@ -1,13 +1,10 @@
--- KEYS: sockets, owner, users. Returns [socket, user, expires ms, ...] for live memberships.
-purge(now_ms())
-local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+-- ARGV: prefix, room. Returns [socket, user, node, ...] for the room's live memberships.
+sweep_lapsed(now_ms())
+local owners = redis.call('HGETALL', room_key(ARGV[2], 'owner'))
 local listed = {}
-for i = 1, #entries, 2 do
-  local user = redis.call('HGET', KEYS[2], entries[i])
-  if user then
-    table.insert(listed, entries[i])
-    table.insert(listed, user)
-    table.insert(listed, entries[i + 1])
-  end
+for i = 1, #owners, 2 do
+  table.insert(listed, owners[i])
+  table.insert(listed, owners[i + 1])
+  table.insert(listed, redis.call('HGET', room_key(ARGV[2], 'node'), owners[i]) or '')
 end
 return listed

@@ -1,22 +1,14 @@
--- KEYS: expiry zset. ARGV: user hash key prefix, batch size. Removes and returns users whose
--- online-until passed and who have no live socket. Atomic: each user is returned once.
+-- ARGV: prefix, batch size. Removes and returns users with no socket whose linger passed (those
+-- of a lapsed node at once). Atomic: each user is returned once.
 local now = now_ms()
-local users = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))
+sweep_lapsed(now)
 local gone = {}
-for _, user in ipairs(users) do
-  local key = ARGV[1] .. user
-  local entries = redis.call('HGETALL', key)
-  local latest = 0
-  for i = 2, #entries, 2 do
-    local expires = tonumber(string.match(entries[i], '^(%d+)|'))
-    if expires and expires > latest then latest = expires end
-  end
-  if latest > now then
-    redis.call('ZADD', KEYS[1], latest, user)
-  else
-    redis.call('ZREM', KEYS[1], user)
-    redis.call('DEL', key)
+for _, user in ipairs(redis.call('ZRANGE', ONLINE, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))) do
+  if redis.call('HLEN', presence_key(user)) == 0 then
+    redis.call('ZREM', ONLINE, user)
     table.insert(gone, user)
+  else
+    redis.call('ZADD', ONLINE, 'inf', user)
   end
 end
 return gone

@@ -1,5 +1,3 @@
--- KEYS: the user's rooms (room -> until when a membership there is known to live). Drops the
--- entries that ran out and returns the rooms left.
-local now = now_ms()
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], now, '+inf', 'BYSCORE')
+-- ARGV: prefix, user. Returns the rooms where the user holds a live membership.
+sweep_lapsed(now_ms())
+return redis.call('SMEMBERS', user_rooms_key(ARGV[2]))
