@@ -9,6 +9,10 @@
 #!   one-node     1 node, memory backends, 10,000 connections in 20 rooms, 200 HTTP broadcasts
 #!   two-nodes    2 nodes on Redis + NATS, the same load, broadcasts published on NATS
 #!   big-room     2 nodes on Redis + NATS, one 1,000-member room spread over both, NATS broadcasts
+#!   interest     2 nodes on Redis + NATS, 4,000 connections in 20 rooms: node A holds members of
+#!                5 rooms, node B of 15; 400 NATS broadcasts over all 20. The JSON line's
+#!                `interest` gives per node the broadcasts into its rooms and the frames its
+#!                broker brought it (inbound traffic follows a node's rooms)
 #!   max          1 node, 19,000 connections (this machine's file limit is 20,000 per process)
 #!   fanout       1 node, one room of 10,000, 100 broadcasts of 64 B at 100/s
 #!   idle         1 node, 10,000 connections that only hold (memory per idle connection)
@@ -24,8 +28,8 @@
 #!                per interval (BENCH_ANNOUNCE_INTERVAL_MS, default 1000): run both and compare
 #!   plugins      one-node with a plugin on every event (parses the payload and rewrites it)
 #!   heartbeats   2 nodes on Redis + NATS, 10,000 connections in 20 rooms that only hold for
-#!                30 s with a heartbeat interval of 2 s instead of 20 (ten times the presence
-#!                writes of the default): the server CPU presence costs
+#!                30 s with a heartbeat interval of 2 s instead of 20 (ten times the heartbeats
+#!                of the default; they write nothing to Redis): the server CPU heartbeats cost
 #!   cluster-100k 6 nodes on Redis + NATS, 100,000 connections (6 load-tool processes, 5 source
 #!                addresses, ~16,700 sockets per node: under the 20,000-descriptor limit) at
 #!                1,000/s into 100 rooms of 1,000, 100 broadcasts through NATS, then a hold of
@@ -224,6 +228,15 @@ case "$scenario" in
         two_nodes
         loadgen --connections 10000 --workers 2 --rate 500 --rooms 20 --messages 200 \
             --publish-rate 50 --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" "$@"
+        ;;
+    interest)
+        # Node A takes every fourth connection, node B the rest: A holds members of 5 of the 20
+        # rooms, B of 15. The JSON line's `interest` compares, per node, the broadcasts into
+        # its rooms with the frames its broker brought it (`realtime_broker_frames_in_total`).
+        two_nodes
+        nodes="127.0.0.1:$base_port,127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 1))"
+        loadgen --connections 4000 --workers 2 --rate 500 --rooms 20 --messages 400 \
+            --publish-rate 100 --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" "$@"
         ;;
     big-room)
         two_nodes

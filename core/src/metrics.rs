@@ -71,14 +71,18 @@ pub const CLOSES: &str = "realtime_closes_total";
 pub const EVENTS_DROPPED: &str = "realtime_platform_events_dropped_total";
 /// Counter: events published, label `source` (client, http).
 pub const PUBLISHES: &str = "realtime_publishes_total";
-/// Counter: room memberships joined again after the room store lost them (Redis restarted
-/// empty, a failover dropped writes) while the node still held the socket.
+/// Counter: room memberships registered again under a newly granted lease (Redis restarted
+/// empty, a failover dropped writes, or the node's lease lapsed) while the node held the socket.
 pub const MEMBERSHIPS_RESTORED: &str = "realtime_memberships_restored_total";
 /// Counter: `room.presence_diff` frames this node pushed into rooms (`announce = "batched"`).
 pub const PRESENCE_DIFFS: &str = "realtime_presence_diffs_total";
 /// Counter: lost memberships that could not be joined again because the room filled up.
 pub const MEMBERSHIPS_LOST: &str = "realtime_memberships_lost_total";
-/// Leases granted to a node that had held one before: its lease lapsed (the store lost its
+/// Counter: frames the broker brought to this node (room, user and control topics). With
+/// per-room interest it follows the rooms this node holds members of, not the cluster's traffic.
+/// Read from the hub when `/metrics` is scraped.
+pub const BROKER_FRAMES_IN: &str = "realtime_broker_frames_in_total";
+/// Counter: leases granted to a node that had held one before: its lease lapsed (the store lost its
 /// data, or the node could not reach it for longer than the lease), and it registered its
 /// sockets and memberships again.
 pub const LEASE_LAPSES: &str = "realtime_lease_lapses_total";

@@ -565,6 +565,77 @@ fn add_errors(totals: &mut HashMap<String, u64>, worker_errors: &Value) {
     }
 }
 
+/// The distinct nodes of `--nodes`, in the order first listed. A node may be listed several
+/// times to give it a larger share of the connections (and so of the rooms).
+fn distinct_nodes(args: &Args) -> Vec<SocketAddr> {
+    let mut distinct: Vec<SocketAddr> = Vec::new();
+    for node in &args.nodes {
+        if !distinct.contains(node) {
+            distinct.push(*node);
+        }
+    }
+    distinct
+}
+
+/// Each distinct node's `realtime_broker_frames_in_total` (frames the broker brought it), from
+/// its `/metrics`; `None` for a node that could not be read.
+async fn broker_frames_in_per_node(http: &reqwest::Client, args: &Args) -> Vec<Option<u64>> {
+    let mut counts = Vec::new();
+    for node in distinct_nodes(args) {
+        let text = match http.get(format!("http://{node}/metrics")).send().await {
+            Ok(response) => response.text().await.ok(),
+            Err(_) => None,
+        };
+        counts.push(text.as_deref().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("realtime_broker_frames_in_total "))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .map(|value| value as u64)
+        }));
+    }
+    counts
+}
+
+/// Per distinct node: the rooms it holds members of (connection `n` goes to
+/// `nodes[n % nodes.len()]` and into room `n % rooms`), the broadcasts published into those
+/// rooms, and the frames its broker brought it meanwhile. With per-room interest the last two
+/// match: a node hears about its own rooms, not the cluster's.
+fn interest_report(
+    args: &Args,
+    published: u32,
+    frames_in_before: &[Option<u64>],
+    frames_in_after: &[Option<u64>],
+) -> Value {
+    let distinct = distinct_nodes(args);
+    let mut rooms_of_node: Vec<std::collections::BTreeSet<u32>> =
+        vec![Default::default(); distinct.len()];
+    for number in 0..args.connections {
+        let node = args.nodes[number as usize % args.nodes.len()];
+        let index = distinct.iter().position(|known| *known == node).expect("listed");
+        rooms_of_node[index].insert(number % args.rooms);
+    }
+    let per_node: Vec<Value> = distinct
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let broadcasts_into_its_rooms = (0..published)
+                .filter(|number| rooms_of_node[index].contains(&(number % args.rooms)))
+                .count();
+            let frames_in = match (frames_in_before.get(index), frames_in_after.get(index)) {
+                (Some(Some(before)), Some(Some(after))) => json!(after.saturating_sub(*before)),
+                _ => Value::Null,
+            };
+            json!({
+                "node": node.to_string(),
+                "rooms_held": rooms_of_node[index].len(),
+                "broadcasts_into_its_rooms": broadcasts_into_its_rooms,
+                "broker_frames_in": frames_in,
+            })
+        })
+        .collect();
+    json!({ "rooms": args.rooms, "broadcasts": published, "nodes": per_node })
+}
+
 fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
@@ -625,12 +696,15 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_after, cpu_connected) = usage_of(&args.server_pid);
 
+    let http = reqwest::Client::new();
+    let frames_in_before = broker_frames_in_per_node(&http, &args).await;
     let publish_started = Instant::now();
     let publish_started_us = now_micros();
     let published = publish_all(&args).await?;
     let publish_seconds = publish_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.drain_seconds)).await;
     let (_, cpu_after) = usage_of(&args.server_pid);
+    let frames_in_after = broker_frames_in_per_node(&http, &args).await;
     let leave_run = if args.leave_rate > 0 {
         Some(run_leave_phase(&args, &mut workers, &mut readers).await?)
     } else {
@@ -693,6 +767,7 @@ async fn run_coordinator(args: Args) -> anyhow::Result<bool> {
         "delivery": delivery.summary(),
         "server": { "rss_before": rss_before, "rss_after": rss_after, "bytes_per_connection": bytes_per_connection, "cpu_seconds": round2(cpu_after - cpu_before), "cpu_seconds_connecting": round2(cpu_connected - cpu_before), "cpu_seconds_delivering": round2(cpu_after - cpu_connected), "deliveries_per_cpu_second": deliveries_per_cpu_second },
     });
+    report["interest"] = interest_report(&args, published, &frames_in_before, &frames_in_after);
     if presence_join.frames + presence_leave.frames > 0 || leave_run.is_some() {
         let expected_pairs = expected_presence_pairs(&members_per_room);
         // The server's CPU from the start to the leave phase: connecting, the announcements,

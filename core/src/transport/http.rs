@@ -225,6 +225,7 @@ impl Handler for MetricsEndpoint {
         let (queued, fullest) = hub.outbox_depth();
         metrics::gauge!(names::OUTBOX_FRAMES).set(queued as f64);
         metrics::gauge!(names::OUTBOX_FRAMES_MAX).set(fullest as f64);
+        metrics::counter!(names::BROKER_FRAMES_IN).absolute(hub.broker_deliveries());
         res.add_header("content-type", "text/plain; version=0.0.4", true)
             .ok();
         res.render(self.handle.render());
