@@ -8,6 +8,8 @@
 #! Scenarios (all on a room type `load` configured below, so nothing else in the config matters):
 #!   one-node     1 node, memory backends, 10,000 connections in 20 rooms, 200 HTTP broadcasts
 #!   two-nodes    2 nodes on Redis + NATS, the same load, broadcasts published on NATS
+#!                (this and the other scenarios on Redis + NATS print a second JSON line: the CPU
+#!                Redis and NATS spent, per connection and per delivered message)
 #!   big-room     2 nodes on Redis + NATS, one 1,000-member room spread over both, NATS broadcasts
 #!   interest     2 nodes on Redis + NATS, 4,000 connections in 20 rooms: node A holds members of
 #!                5 rooms, node B of 15; 400 NATS broadcasts over all 20. The JSON line's
@@ -38,6 +40,9 @@
 #!   churn        1 node, memory backends, announcements on: BENCH_CYCLES (default 10) cycles of
 #!                8,000 connections joining 20 rooms at 2,000/s and leaving at 4,000/s; prints
 #!                the server's RSS at each cycle's peak and after its leave (memory churn leaves)
+#!   lease-sweep  no server: the one Redis script call that sweeps a dead node of 16,700 sockets
+#!                (one membership each), and how long Redis served nobody else meanwhile
+#!                (examples/lease_sweep.sh; [SOCKETS] as an extra argument)
 #!   publish-rate 1 node (memory backends), 50,000 HTTP publishes into 100 rooms, 64 in flight:
 #!                events per second one node accepts, its CPU and memory afterwards
 #!   publish-rate-nats  1 node on Redis + NATS, 50,000 publishes on NATS (request-reply, 64 in
@@ -226,7 +231,7 @@ case "$scenario" in
         ;;
     two-nodes)
         two_nodes
-        loadgen --connections 10000 --workers 2 --rate 500 --rooms 20 --messages 200 \
+        with_service_cpu loadgen --connections 10000 --workers 2 --rate 500 --rooms 20 --messages 200 \
             --publish-rate 50 --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" "$@"
         ;;
     interest)
@@ -235,12 +240,12 @@ case "$scenario" in
         # its rooms with the frames its broker brought it (`realtime_broker_frames_in_total`).
         two_nodes
         nodes="127.0.0.1:$base_port,127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 1))"
-        loadgen --connections 4000 --workers 2 --rate 500 --rooms 20 --messages 400 \
+        with_service_cpu loadgen --connections 4000 --workers 2 --rate 500 --rooms 20 --messages 400 \
             --publish-rate 100 --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" "$@"
         ;;
     big-room)
         two_nodes
-        loadgen --connections 1000 --workers 2 --rate 500 --rooms 1 --messages 200 \
+        with_service_cpu loadgen --connections 1000 --workers 2 --rate 500 --rooms 1 --messages 200 \
             --publish-rate 50 --nats nats://127.0.0.1:4222 --subject-prefix "bench$$" "$@"
         ;;
     max)
@@ -256,8 +261,11 @@ case "$scenario" in
     heartbeats)
         cluster_env+=(REALTIME_PRESENCE__HEARTBEAT_INTERVAL_SECS=2 REALTIME_PRESENCE__TTL_SECS=10)
         two_nodes
-        loadgen --connections 10000 --workers 2 --rate 1000 --rooms 20 --messages 0 \
+        with_service_cpu loadgen --connections 10000 --workers 2 --rate 1000 --rooms 20 --messages 0 \
             --drain-seconds 30 "$@"
+        ;;
+    lease-sweep)
+        exec bash examples/lease_sweep.sh "$@"
         ;;
     publish-rate)
         one_node

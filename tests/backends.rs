@@ -64,6 +64,80 @@ fn redis_room_nodes() -> impl Fn() -> Node<RoomNode> {
 
 realtime_core::room_conformance_tests!(redis_rooms, super::redis_room_nodes());
 
+/// A node restarted under the same id (a pod with a fixed name) within its old lease: the new
+/// process is granted a fresh lease, not handed the old one, so the crashed process's sockets
+/// and memberships are swept instead of being held forever (nothing local would remove them).
+#[tokio::test]
+async fn a_node_restarted_under_its_id_sweeps_what_the_old_process_registered() {
+    use realtime_core::room::RoomId;
+    use realtime_core::stores::{Lease, Member, NodeStatus, SocketEntry};
+    use std::time::Duration;
+    let nodes = redis_room_nodes();
+    let (crashed, restarted, observer) = (nodes().await, nodes().await, nodes().await);
+    let node_id = unique("node-");
+    let status = NodeStatus {
+        node_id: node_id.clone(),
+        connections: 0,
+        version: "test".to_owned(),
+        announced_at_ms: 0,
+    };
+    let lease = Duration::from_secs(60);
+    let user = unique("ghost-");
+    let room = RoomId::parse(&unique("chat:restart")).unwrap();
+    assert_eq!(
+        crashed
+            .presence
+            .announce_node(&status, lease)
+            .await
+            .unwrap(),
+        Lease::Granted
+    );
+    let socket = SocketEntry {
+        user_id: Arc::from(user.as_str()),
+        socket_id: Arc::from("s1"),
+        node_id: Arc::from(node_id.as_str()),
+    };
+    crashed.presence.connect(&socket).await.unwrap();
+    let member = Member {
+        user_id: socket.user_id.clone(),
+        socket_id: socket.socket_id.clone(),
+        node_id: socket.node_id.clone(),
+    };
+    crashed.rooms.join(&room, &member, 10).await.unwrap();
+    assert_eq!(
+        crashed
+            .presence
+            .announce_node(&status, lease)
+            .await
+            .unwrap(),
+        Lease::Held,
+        "the same process renews its lease"
+    );
+
+    assert_eq!(
+        restarted
+            .presence
+            .announce_node(&status, lease)
+            .await
+            .unwrap(),
+        Lease::Granted,
+        "a new process under the same id is granted a fresh lease"
+    );
+    assert!(
+        observer
+            .presence
+            .sockets_of(&user)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the old process's socket is gone"
+    );
+    assert!(
+        observer.rooms.members(&room).await.unwrap().is_empty(),
+        "the old process's membership is gone"
+    );
+}
+
 /// Every call is one more node: its own Redis connection and Pub/Sub, the same key prefix.
 fn redis_broker_nodes() -> impl Fn(DeliveryHandler) -> Node<Arc<dyn Broker>> {
     let settings = redis_settings();
@@ -155,3 +229,76 @@ fn jetstream_history_nodes()
 }
 
 realtime_core::history_conformance_tests!(jetstream_history, super::jetstream_history_nodes());
+
+/// A lapsed node larger than one script call's sweep (500 registrations): one `take_offline`
+/// goes on calling until it is swept, and takes each of its users offline once; its rooms are
+/// empty after.
+#[tokio::test]
+async fn a_large_lapsed_node_is_swept_in_slices_by_one_take_offline() {
+    use futures_util::future::join_all;
+    use realtime_core::room::RoomId;
+    use realtime_core::stores::{Member, NodeStatus, SocketEntry};
+    use std::time::Duration;
+    const SOCKETS: usize = 1_200;
+    let nodes = redis_room_nodes();
+    let (dying, observer) = (nodes().await, nodes().await);
+    let node_id = unique("node-");
+    let status = NodeStatus {
+        node_id: node_id.clone(),
+        connections: SOCKETS as u64,
+        version: "test".to_owned(),
+        announced_at_ms: 0,
+    };
+    let lease = Duration::from_millis(1_500);
+    dying.presence.announce_node(&status, lease).await.unwrap();
+    let rooms = [
+        RoomId::parse(&unique("chat:slices")).unwrap(),
+        RoomId::parse(&unique("chat:slices")).unwrap(),
+    ];
+    let users: Vec<String> = (0..SOCKETS).map(|_| unique("swept-")).collect();
+    let registered = users.iter().enumerate().map(|(index, user)| {
+        let dying = dying.clone();
+        let room = rooms[index % 2].clone();
+        let node_id = node_id.clone();
+        async move {
+            let socket = SocketEntry {
+                user_id: Arc::from(user.as_str()),
+                socket_id: Arc::from(format!("s{index}").as_str()),
+                node_id: Arc::from(node_id.as_str()),
+            };
+            dying.presence.connect(&socket).await.unwrap();
+            let member = Member {
+                user_id: socket.user_id.clone(),
+                socket_id: socket.socket_id.clone(),
+                node_id: socket.node_id.clone(),
+            };
+            dying.rooms.join(&room, &member, 10_000).await.unwrap();
+        }
+    });
+    join_all(registered).await;
+    assert_eq!(
+        observer.rooms.members(&rooms[0]).await.unwrap().len(),
+        SOCKETS / 2
+    );
+
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    let taken = observer.presence.take_offline().await.unwrap();
+    let ours = taken.iter().filter(|user| users.contains(user)).count();
+    assert_eq!(ours, SOCKETS, "every user of the lapsed node, once");
+    for room in &rooms {
+        assert!(
+            observer.rooms.members(room).await.unwrap().is_empty(),
+            "the lapsed node's memberships are swept"
+        );
+    }
+    assert!(
+        observer
+            .presence
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|node| node.node_id != node_id),
+        "the lapsed node is forgotten once swept"
+    );
+}

@@ -187,10 +187,16 @@ pub struct Node {
     /// Held while the lease is renewed, so that many writes refused at once (`NoLease`) cause
     /// one renewal, not one each.
     lease_renewal: tokio::sync::Mutex<()>,
+    /// A renewal failed: the store may have granted a lease whose answer never arrived, so the
+    /// next renewal registers everything again even if it finds the lease held.
+    registration_in_doubt: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
     /// Shutdown has begun: not ready, no new sockets.
     draining: std::sync::atomic::AtomicBool,
 }
+
+/// Registrations of sockets and memberships made at once after a lease is granted.
+const REGISTRATIONS_IN_FLIGHT: usize = 64;
 
 /// A presence or membership write to try again (see `Node::store_retries`).
 enum StoreRetry {
@@ -241,6 +247,7 @@ impl Node {
             store_retries: parking_lot::Mutex::default(),
             lease_grants: std::sync::atomic::AtomicU64::new(0),
             lease_renewal: tokio::sync::Mutex::new(()),
+            registration_in_doubt: std::sync::atomic::AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
@@ -580,6 +587,9 @@ impl Node {
             ));
         }
         let member = self.member_of(session);
+        // A lease granted between the store's join and the hub's add would re-register the
+        // hub's memberships without this one: checked after the add.
+        let grants_before = self.lease_grants.load(Ordering::Acquire);
         let outcome = match self
             .backends
             .rooms
@@ -631,8 +641,23 @@ impl Node {
         if let Err(error) = subscribed {
             handle.end_recovery(&room, None);
             // Undo the membership so capacity is not held by a socket that gets nothing.
-            let _ = self.backends.rooms.leave(&room, &member).await;
+            if self.backends.rooms.leave(&room, &member).await.is_err() {
+                self.store_retries
+                    .lock()
+                    .push(StoreRetry::Leave(room.clone(), member));
+            }
             return Err(unavailable(error));
+        }
+        if self.lease_grants.load(Ordering::Acquire) != grants_before {
+            // Idempotent: `AlreadyMember` when the re-registration saw this membership.
+            if let Err(error) = self
+                .backends
+                .rooms
+                .join(&room, &member, room_type.capacity)
+                .await
+            {
+                tracing::warn!(%error, %room, "membership not registered under the new lease");
+            }
         }
         session.rooms.insert(room.clone());
         metrics::counter!(names::JOINS).increment(1);
@@ -933,19 +958,29 @@ impl Node {
         let lease = match self.backends.presence.announce_node(&status, ttl).await {
             Ok(lease) => lease,
             Err(error) => {
+                // The call may have reached the store and been granted a lease there.
+                self.registration_in_doubt.store(true, Ordering::Release);
                 self.store_retries.lock().extend(retries);
                 return Err(error);
             }
         };
+        let in_doubt = self.registration_in_doubt.swap(false, Ordering::AcqRel);
         match lease {
             Lease::Granted => {
-                let earlier_grants = self.lease_grants.fetch_add(1, Ordering::Relaxed);
+                let earlier_grants = self.lease_grants.fetch_add(1, Ordering::AcqRel);
                 if earlier_grants > 0 {
                     metrics::counter!(names::LEASE_LAPSES).increment(1);
                     tracing::warn!(
                         "this node's lease had lapsed; registering its sockets and memberships again"
                     );
                 }
+                self.register_everything_again().await;
+            }
+            // Registering again is idempotent (`AlreadyOnline`, `AlreadyMember`); the pending
+            // writes go first, since a registration cannot undo a failed disconnect or leave.
+            Lease::Held if in_doubt => {
+                self.lease_grants.fetch_add(1, Ordering::AcqRel);
+                self.retry_store_writes(retries).await;
                 self.register_everything_again().await;
             }
             Lease::Held => self.retry_store_writes(retries).await,
@@ -959,63 +994,77 @@ impl Node {
     /// subscription until it leaves. Members saw the users join before: nothing is announced.
     /// A socket or membership that ends meanwhile is removed again right after.
     async fn register_everything_again(&self) {
-        for handle in self.hub.local_sockets() {
-            let entry = SocketEntry {
-                user_id: handle.user_id.clone(),
-                socket_id: handle.socket_id.clone(),
-                node_id: self.node_id.clone(),
-            };
-            match self.backends.presence.connect(&entry).await {
-                Ok(arrival) => self.note_arrival(&entry, arrival),
-                Err(error) => {
-                    tracing::warn!(%error, "presence connect failed; retried with the next announcement");
-                    self.store_retries
-                        .lock()
-                        .push(StoreRetry::Connect(entry.clone()));
-                    continue;
-                }
-            }
-            if !self.hub.holds_socket(&handle) {
-                self.retry_store_writes(vec![StoreRetry::Disconnect(entry)])
-                    .await;
+        use futures_util::StreamExt;
+        // Many at once: the connects share batched calls, and a node's thousands of sockets
+        // are registered in a fraction of its lease rather than one round trip at a time.
+        futures_util::stream::iter(self.hub.local_sockets())
+            .for_each_concurrent(REGISTRATIONS_IN_FLIGHT, |handle| async move {
+                self.register_socket_again(&handle).await;
+            })
+            .await;
+        futures_util::stream::iter(self.hub.local_memberships())
+            .for_each_concurrent(REGISTRATIONS_IN_FLIGHT, |(room, handle)| async move {
+                self.register_membership_again(room, &handle).await;
+            })
+            .await;
+    }
+
+    async fn register_socket_again(&self, handle: &SocketHandle) {
+        let entry = SocketEntry {
+            user_id: handle.user_id.clone(),
+            socket_id: handle.socket_id.clone(),
+            node_id: self.node_id.clone(),
+        };
+        match self.backends.presence.connect(&entry).await {
+            Ok(arrival) => self.note_arrival(&entry, arrival),
+            Err(error) => {
+                tracing::warn!(%error, "presence connect failed; retried with the next announcement");
+                self.store_retries.lock().push(StoreRetry::Connect(entry));
+                return;
             }
         }
-        for (room, handle) in self.hub.local_memberships() {
-            let Ok(room_type) = self.room_type(&room) else {
-                continue;
-            };
-            let member = Member {
-                user_id: handle.user_id.clone(),
-                socket_id: handle.socket_id.clone(),
-                node_id: self.node_id.clone(),
-            };
-            match self
-                .backends
-                .rooms
-                .join(&room, &member, room_type.capacity)
-                .await
-            {
-                Ok(JoinOutcome::Full | JoinOutcome::Blocked) => {
-                    metrics::counter!(names::MEMBERSHIPS_LOST).increment(1);
-                    tracing::warn!(%room, user_id = %member.user_id, "membership lost with the lease and the room is now full");
+        if !self.hub.holds_socket(handle) {
+            self.retry_store_writes(vec![StoreRetry::Disconnect(entry)])
+                .await;
+        }
+    }
+
+    async fn register_membership_again(&self, room: RoomId, handle: &SocketHandle) {
+        let Ok(room_type) = self.room_type(&room) else {
+            return;
+        };
+        let member = Member {
+            user_id: handle.user_id.clone(),
+            socket_id: handle.socket_id.clone(),
+            node_id: self.node_id.clone(),
+        };
+        match self
+            .backends
+            .rooms
+            .join(&room, &member, room_type.capacity)
+            .await
+        {
+            Ok(JoinOutcome::Full | JoinOutcome::Blocked) => {
+                metrics::counter!(names::MEMBERSHIPS_LOST).increment(1);
+                tracing::warn!(%room, user_id = %member.user_id, "membership lost with the lease and the room is now full");
+            }
+            Ok(_) => {
+                metrics::counter!(names::MEMBERSHIPS_RESTORED).increment(1);
+                if !self.hub.holds_membership(&room, &handle.socket_id) {
+                    self.retry_store_writes(vec![StoreRetry::Leave(room, member)])
+                        .await;
                 }
-                Ok(_) => {
-                    metrics::counter!(names::MEMBERSHIPS_RESTORED).increment(1);
-                    if !self.hub.holds_membership(&room, &handle.socket_id) {
-                        self.retry_store_writes(vec![StoreRetry::Leave(room, member)])
-                            .await;
-                    }
-                }
-                Err(error) => {
-                    // The next grant tries again; until then the room does not count it.
-                    tracing::warn!(%error, %room, "membership could not be registered again");
-                }
+            }
+            Err(error) => {
+                // The next grant tries again; until then the room does not count it.
+                tracing::warn!(%error, %room, "membership could not be registered again");
             }
         }
     }
 
     /// Tries failed writes again; those that fail again wait for the next announcement. A
-    /// connect whose socket closed meanwhile is not retried.
+    /// connect whose socket closed meanwhile, and a leave of a room the socket joined again
+    /// meanwhile, are dropped.
     async fn retry_store_writes(&self, retries: Vec<StoreRetry>) {
         let linger = self.settings.presence.ttl();
         for retry in retries {
@@ -1027,6 +1076,12 @@ impl Node {
                     match self.backends.presence.connect(entry).await {
                         Ok(arrival) => {
                             self.note_arrival(entry, arrival);
+                            // Closed meanwhile: its disconnect may have run before the connect.
+                            if !self.hub.holds_socket_id(&entry.user_id, &entry.socket_id) {
+                                self.store_retries
+                                    .lock()
+                                    .push(StoreRetry::Disconnect(entry.clone()));
+                            }
                             None
                         }
                         Err(error) => Some(error),
@@ -1034,6 +1089,11 @@ impl Node {
                 }
                 StoreRetry::Disconnect(entry) => {
                     self.backends.presence.disconnect(entry, linger).await.err()
+                }
+                StoreRetry::Leave(room, member)
+                    if self.hub.holds_membership(room, &member.socket_id) =>
+                {
+                    continue;
                 }
                 StoreRetry::Leave(room, member) => {
                     self.backends.rooms.leave(room, member).await.err()
@@ -1101,7 +1161,8 @@ impl Node {
             return false;
         }
         if let Err(error) = self.leave_room(session, room, "removed").await {
-            // The local subscription is gone either way; the membership lapses after its TTL.
+            // The local subscription is gone either way; a failed store leave is retried with the
+            // next lease renewal.
             tracing::warn!(message = %error.message, %room, "evicted socket's leave failed");
         }
         true

@@ -611,7 +611,10 @@ fn interest_report(
         vec![Default::default(); distinct.len()];
     for number in 0..args.connections {
         let node = args.nodes[number as usize % args.nodes.len()];
-        let index = distinct.iter().position(|known| *known == node).expect("listed");
+        let index = distinct
+            .iter()
+            .position(|known| *known == node)
+            .expect("listed");
         rooms_of_node[index].insert(number % args.rooms);
     }
     let per_node: Vec<Value> = distinct

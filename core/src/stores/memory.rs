@@ -264,10 +264,13 @@ impl PresenceStore for MemoryPresenceStore {
     }
 
     async fn disconnect(&self, socket: &SocketEntry, linger: Duration) -> Result<(), StoreError> {
+        let is_live = self.leases.liveness();
         if let Some(user) = self.users.lock().get_mut(&socket.user_id) {
             let removed = user.sockets.remove_where(|(id, _)| *id == socket.socket_id);
-            // Like the Redis store: the linger starts with the last socket's disconnect; a
-            // user whose other sockets die with their node goes when that lease lapses.
+            // Like the Redis store: the linger starts with the last live socket's disconnect;
+            // a user whose sockets all die with their node goes when that lease lapses.
+            user.sockets
+                .retain(|(_, registration)| is_live(registration));
             if removed.is_some() && user.sockets.is_empty() {
                 user.lingers_until = Some(Instant::now() + linger);
             }

@@ -62,7 +62,9 @@ pub enum Lease {
 /// - A node's lease lapses `ttl` after its last `announce_node`; its sockets are then gone:
 ///   not listed, and their users (with no other socket) go offline at once.
 /// - `announce_node` answers `Lease::Granted` when the node held no live lease, and then
-///   nothing it registered before is held; `Lease::Held` otherwise.
+///   nothing it registered before is held; `Lease::Held` otherwise. (The Redis store also
+///   grants afresh, sweeping the old registrations, when the live lease was taken by another
+///   process under the same node id: a node restarted with a fixed id.)
 /// - `take_offline` returns each user with no socket under a live lease and no linger left,
 ///   and removes them: across all nodes calling it concurrently, each such user is returned
 ///   exactly once.

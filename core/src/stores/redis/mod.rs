@@ -18,6 +18,7 @@
 //! | key | type | content |
 //! | --- | --- | --- |
 //! | `nodes:until` / `nodes` | ZSET / HASH | node -> lease until (ms) / status JSON |
+//! | `nodes:token` | HASH | node -> token of the process holding the lease (random per process) |
 //! | `node:<node>:sockets` | HASH | socket -> user: the node's sockets, swept with its lease |
 //! | `node:<node>:memberships` | SET | `<socket> <room>`: the node's memberships, swept with its lease |
 //! | `presence:online` | ZSET | user -> online until (ms; `+inf` while the user has a socket) |

@@ -15,6 +15,10 @@ use crate::stores::presence::{Arrival, Lease, NodeStatus, PresenceStore, SocketE
 /// Offline users one sweep takes at most; the next sweep takes the rest.
 const OFFLINE_BATCH: usize = 1000;
 
+/// Script calls one `take_offline` or `announce_node` makes at most while a dead node is swept
+/// (500 registrations per call: 100,000 sockets and memberships); the next one goes on.
+const MAX_SWEEP_CALLS: usize = 200;
+
 /// Registers several sockets (see the script's header).
 const CONNECT_SCRIPT: &str = include_str!("scripts/connect.lua");
 const DISCONNECT_SCRIPT: &str = include_str!("scripts/disconnect.lua");
@@ -33,6 +37,10 @@ const TAKE_OFFLINE_SCRIPT: &str = include_str!("scripts/take_offline.lua");
 /// call was out (a node connecting 1,000 sockets a second writes them in a few calls).
 pub struct RedisPresenceStore {
     redis: Arc<RedisConnector>,
+    /// Sent with every announcement: a process restarted under the same node id (say a pod
+    /// with a fixed name) holds another token, so it is granted a fresh lease and what the
+    /// crashed process registered is swept, instead of being held forever by the new one.
+    process_token: String,
     connects: Coalescer<SocketEntry, Result<Arrival, StoreError>>,
     disconnect: Script,
     sockets: Script,
@@ -55,6 +63,7 @@ impl RedisPresenceStore {
             take_offline: script(TAKE_OFFLINE_SCRIPT, &[NOW_MS, LEASES]),
             announce_node: script(ANNOUNCE_NODE_SCRIPT, &[NOW_MS, LEASES]),
             nodes: script(NODES_SCRIPT, &[NOW_MS, LEASES]),
+            process_token: format!("{:016x}", rand::random::<u64>()),
             redis,
         }
     }
@@ -127,14 +136,26 @@ impl PresenceStore for RedisPresenceStore {
         let json = serde_json::to_string(status)
             .map_err(|error| StoreError::Unavailable(format!("node status: {error}")))?;
         let ttl_ms = ttl.as_millis().to_string();
-        let answer: String = self
-            .run(&self.announce_node, &[&status.node_id, &json, &ttl_ms])
-            .await?;
-        Ok(if answer == "held" {
-            Lease::Held
-        } else {
-            Lease::Granted
-        })
+        let mut answer = String::new();
+        // 'sweeping': the node's earlier registrations are removed a bounded slice per call.
+        for _ in 0..MAX_SWEEP_CALLS {
+            answer = self
+                .run(
+                    &self.announce_node,
+                    &[&status.node_id, &json, &ttl_ms, &self.process_token],
+                )
+                .await?;
+            if answer != "sweeping" {
+                break;
+            }
+        }
+        match answer.as_str() {
+            "held" => Ok(Lease::Held),
+            "granted" => Ok(Lease::Granted),
+            _ => Err(StoreError::Unavailable(
+                "the node's earlier registrations are still being swept".into(),
+            )),
+        }
     }
 
     async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
@@ -149,7 +170,16 @@ impl PresenceStore for RedisPresenceStore {
 
     async fn take_offline(&self) -> Result<Vec<String>, StoreError> {
         let batch = OFFLINE_BATCH.to_string();
-        let mut gone: Vec<String> = self.run(&self.take_offline, &[&batch]).await?;
+        let mut gone = Vec::new();
+        // A dead node is swept a bounded slice per call: call again until it is done.
+        for _ in 0..MAX_SWEEP_CALLS {
+            let mut answer: Vec<String> = self.run(&self.take_offline, &[&batch]).await?;
+            let more_to_sweep = !answer.is_empty() && answer.remove(0) == "1";
+            gone.append(&mut answer);
+            if !more_to_sweep {
+                break;
+            }
+        }
         gone.sort();
         Ok(gone)
     }
