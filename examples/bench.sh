@@ -295,18 +295,37 @@ case "$scenario" in
         ;;
     churn)
         one_node
-        for cycle in $(seq 1 "${BENCH_CYCLES:-10}"); do
-            line=$(loadgen --connections 8000 --workers 2 --rate 2000 --rooms 20 --messages 0 \
-                --drain-seconds 1 --leave-rate 4000 "$@")
-            # Longer than the allocator trimmer's check interval (10 s), so a trim shows.
-            sleep 12
+        # Cycle 0: the fresh node, before any connection.
+        for cycle in $(seq 0 "${BENCH_CYCLES:-10}"); do
+            if [ "$cycle" = 0 ]; then
+                line='{"connections":{"held":0,"dropped":0},"server":{"rss_before":0,"rss_after":0}}'
+            else
+                # Not stopped by a dropped connection (the load tool exits non-zero on one):
+                # the cycle's line says how many, and memory is what this scenario is about.
+                line=$(loadgen --connections 8000 --workers 2 --rate 2000 --rooms 20 \
+                    --messages 0 --drain-seconds 1 --leave-rate 4000 "$@") || true
+                # Longer than the allocator trimmer's check interval (10 s), so a trim shows.
+                sleep 12
+            fi
             rss_after_leave=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/${server_pids[0]}/status")
-            python3 -c 'import json, sys
+            # Where the resident memory is after the leave: anonymous (heap, stacks) or file
+            # (the binary), and the allocator's own account (realtime_allocator_bytes).
+            rollup=$(awk '/^(Anonymous|Rss):/ {printf "%s=%d ", $1, $2 * 1024}' \
+                "/proc/${server_pids[0]}/smaps_rollup")
+            allocator=$(curl -s "http://127.0.0.1:$base_port/metrics" |
+                awk '/^realtime_allocator_bytes/ {printf "%s ", $0}')
+            python3 -c 'import json, re, sys
 run = json.loads(sys.argv[1])
+rollup = dict(item.rstrip(":").split("=") for item in sys.argv[4].replace(":=", "=").split())
+heap = {m.group(1): int(float(m.group(2))) for m in re.finditer(r"state=\"(\w+)\"\} (\S+)", sys.argv[5])}
 print(json.dumps({"cycle": int(sys.argv[2]), "held": run["connections"]["held"],
     "dropped": run["connections"]["dropped"], "rss_before": run["server"]["rss_before"],
-    "rss_peak": run["server"]["rss_after"], "rss_after_leave": int(sys.argv[3])}))' \
-                "$line" "$cycle" "$rss_after_leave"
+    "rss_peak": run["server"]["rss_after"], "rss_after_leave": int(sys.argv[3]),
+    "after_leave": {"anonymous": int(rollup.get("Anonymous", 0)),
+        "file_backed": int(rollup.get("Rss", 0)) - int(rollup.get("Anonymous", 0)),
+        "allocator_in_use": heap.get("in_use"), "allocator_free": heap.get("free"),
+        "allocator_mapped": heap.get("mapped")}}))' \
+                "$line" "$cycle" "$rss_after_leave" "$rollup" "$allocator"
         done
         ;;
     join-storm)

@@ -56,6 +56,35 @@ pub fn spawn_trimmer(
     })
 }
 
+/// What the allocator holds, in bytes: what the program uses, what it freed and the allocator
+/// keeps for reuse, and what sits in separately mapped large blocks (glibc's `mallinfo2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapUsage {
+    /// Handed out and not freed (heap blocks and mapped blocks).
+    pub in_use: u64,
+    /// Freed and kept in the heaps for reuse (resident where it was touched and not trimmed).
+    pub free: u64,
+    /// Of `in_use`, the large blocks mapped apart from the heaps (returned at once when freed).
+    pub mapped: u64,
+}
+
+/// The allocator's own account (every arena); `None` with allocators that do not give one.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap_usage() -> Option<HeapUsage> {
+    // SAFETY: mallinfo2 has no preconditions; it takes each arena's lock to sum its bins.
+    let info = unsafe { libc::mallinfo2() };
+    Some(HeapUsage {
+        in_use: (info.uordblks + info.hblkhd) as u64,
+        free: info.fordblks as u64,
+        mapped: info.hblkhd as u64,
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap_usage() -> Option<HeapUsage> {
+    None
+}
+
 /// Returns free memory at the top and inside the allocator's heaps to the system; true when
 /// some was released.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -73,6 +102,19 @@ fn trim() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn heap_usage_counts_a_live_allocation_as_in_use() {
+        let before = heap_usage().expect("glibc gives an account");
+        let block = vec![7u8; 4 << 20];
+        let during = heap_usage().expect("glibc gives an account");
+        assert!(
+            during.in_use >= before.in_use + (4 << 20),
+            "{before:?} -> {during:?}"
+        );
+        drop(block);
+    }
 
     #[test]
     fn only_a_large_fall_is_worth_a_trim() {

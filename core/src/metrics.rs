@@ -82,6 +82,10 @@ pub const MEMBERSHIPS_LOST: &str = "realtime_memberships_lost_total";
 /// per-room interest it follows the rooms this node holds members of, not the cluster's traffic.
 /// Read from the hub when `/metrics` is scraped.
 pub const BROKER_FRAMES_IN: &str = "realtime_broker_frames_in_total";
+/// Gauge: what the memory allocator holds, label `state`: `in_use` (allocated and not freed),
+/// `free` (freed, kept in its heaps for reuse), `mapped` (the part of `in_use` in large blocks
+/// mapped apart). Read when `/metrics` is scraped (glibc only).
+pub const ALLOCATOR_BYTES: &str = "realtime_allocator_bytes";
 /// Counter: leases granted to a node that had held one before: its lease lapsed (the store lost its
 /// data, or the node could not reach it for longer than the lease), and it registered its
 /// sockets and memberships again.

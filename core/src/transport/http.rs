@@ -226,6 +226,11 @@ impl Handler for MetricsEndpoint {
         metrics::gauge!(names::OUTBOX_FRAMES).set(queued as f64);
         metrics::gauge!(names::OUTBOX_FRAMES_MAX).set(fullest as f64);
         metrics::counter!(names::BROKER_FRAMES_IN).absolute(hub.broker_deliveries());
+        if let Some(heap) = crate::allocator::heap_usage() {
+            metrics::gauge!(names::ALLOCATOR_BYTES, "state" => "in_use").set(heap.in_use as f64);
+            metrics::gauge!(names::ALLOCATOR_BYTES, "state" => "free").set(heap.free as f64);
+            metrics::gauge!(names::ALLOCATOR_BYTES, "state" => "mapped").set(heap.mapped as f64);
+        }
         res.add_header("content-type", "text/plain; version=0.0.4", true)
             .ok();
         res.render(self.handle.render());
