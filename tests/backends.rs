@@ -98,11 +98,7 @@ async fn a_node_restarted_under_its_id_sweeps_what_the_old_process_registered() 
         node_id: Arc::from(node_id.as_str()),
     };
     crashed.presence.connect(&socket).await.unwrap();
-    let member = Member {
-        user_id: socket.user_id.clone(),
-        socket_id: socket.socket_id.clone(),
-        node_id: socket.node_id.clone(),
-    };
+    let member = Member::of_socket(&socket);
     crashed.rooms.join(&room, &member, 10).await.unwrap();
     assert_eq!(
         crashed
@@ -267,11 +263,7 @@ async fn a_large_lapsed_node_is_swept_in_slices_by_one_take_offline() {
                 node_id: Arc::from(node_id.as_str()),
             };
             dying.presence.connect(&socket).await.unwrap();
-            let member = Member {
-                user_id: socket.user_id.clone(),
-                socket_id: socket.socket_id.clone(),
-                node_id: socket.node_id.clone(),
-            };
+            let member = Member::of_socket(&socket);
             dying.rooms.join(&room, &member, 10_000).await.unwrap();
         }
     });

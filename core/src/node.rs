@@ -503,9 +503,14 @@ impl Node {
     }
 
     fn member_of(&self, session: &SocketSession) -> Member {
-        Member {
-            user_id: session.entry.user_id.clone(),
-            socket_id: session.entry.socket_id.clone(),
+        Member::of_socket(&session.entry)
+    }
+
+    /// A local socket as presence knows it.
+    fn entry_of(&self, handle: &SocketHandle) -> SocketEntry {
+        SocketEntry {
+            user_id: handle.user_id.clone(),
+            socket_id: handle.socket_id.clone(),
             node_id: self.node_id.clone(),
         }
     }
@@ -1010,11 +1015,7 @@ impl Node {
     }
 
     async fn register_socket_again(&self, handle: &SocketHandle) {
-        let entry = SocketEntry {
-            user_id: handle.user_id.clone(),
-            socket_id: handle.socket_id.clone(),
-            node_id: self.node_id.clone(),
-        };
+        let entry = self.entry_of(handle);
         match self.backends.presence.connect(&entry).await {
             Ok(arrival) => self.note_arrival(&entry, arrival),
             Err(error) => {
@@ -1033,11 +1034,7 @@ impl Node {
         let Ok(room_type) = self.room_type(&room) else {
             return;
         };
-        let member = Member {
-            user_id: handle.user_id.clone(),
-            socket_id: handle.socket_id.clone(),
-            node_id: self.node_id.clone(),
-        };
+        let member = Member::of_socket(&self.entry_of(handle));
         match self
             .backends
             .rooms

@@ -369,10 +369,12 @@ impl RoomStore for MemoryRoomStore {
             node_id: member.node_id.clone(),
             generation,
         };
-        let is_live = self.leases.liveness();
         let mut rooms = self.rooms.lock();
         let members = rooms.entry(room.clone()).or_default();
         if let Some(sockets) = members.get_mut(&member.user_id) {
+            // The leases are looked at only where a lapsed membership would change the answer
+            // (the user's own sockets, a full room), not on every join.
+            let is_live = self.leases.liveness();
             sockets.retain(|(_, registration)| is_live(registration));
             if !sockets.is_empty() {
                 let previous = set_for_socket(sockets, &member.socket_id, registration);
@@ -386,7 +388,7 @@ impl RoomStore for MemoryRoomStore {
             members.remove(&member.user_id);
         }
         if members.len() >= capacity as usize {
-            purge_lapsed(members, &is_live);
+            purge_lapsed(members, &self.leases.liveness());
         }
         if members.len() >= capacity as usize {
             if members.is_empty() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::StoreError;
+use super::presence::SocketEntry;
 use crate::room::RoomId;
 
 /// A socket in a room, on behalf of a user.
@@ -15,6 +16,17 @@ pub struct Member {
     pub socket_id: Arc<str>,
     /// The node holding the socket: the membership lives while that node's lease lives.
     pub node_id: Arc<str>,
+}
+
+impl Member {
+    /// The membership of a socket as presence knows it: same user, socket and node.
+    pub fn of_socket(socket: &SocketEntry) -> Member {
+        Member {
+            user_id: socket.user_id.clone(),
+            socket_id: socket.socket_id.clone(),
+            node_id: socket.node_id.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
