@@ -6,6 +6,8 @@
 //! cargo build --profile plugin --target wasm32-unknown-unknown -p match-score-guard -p misbehaving-plugin
 //! cargo run --release -p realtime-examples --bin plugin-bench
 //! ```
+//!
+//! `examples/plugin_cost.sh` runs it per case under callgrind too (instructions per event).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,11 +25,23 @@ struct Args {
     /// Events per measurement.
     #[arg(long, default_value_t = 20_000)]
     iterations: u32,
+    /// Only the measurements whose label contains this (e.g. `one plugin`, `16KiB`), for
+    /// profiling one case under callgrind or perf.
+    #[arg(long, default_value = "")]
+    only: String,
+    /// `plugins.max_instances` (the pool's size). Under valgrind, 4 lets plugin memories
+    /// reserve the whole wasm32 address space as in a server (no bounds checks); the default
+    /// pool does not fit valgrind's address space, and the plugins then run with bounds checks.
+    #[arg(long)]
+    max_instances: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut settings = Settings::defaults();
+    if let Some(max_instances) = args.max_instances {
+        settings.plugin_runtime.max_instances = max_instances;
+    }
     let guard = args.plugin_dir.join("match_score_guard.wasm");
     let tagger = args.plugin_dir.join("misbehaving_plugin.wasm");
     anyhow::ensure!(
@@ -61,6 +75,10 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for (payload_label, payload) in [("small", small.to_string()), ("16KiB", large.to_string())] {
         for (chain_label, chain) in [("one plugin", &one), ("chain of three", &three)] {
+            let label = format!("{chain_label}, {payload_label}");
+            if !label.contains(&args.only) {
+                continue;
+            }
             let event = ChainEvent {
                 name: "match.update",
                 room_id: "competition:1",

@@ -295,7 +295,9 @@ impl PluginHost {
             plugins = chain.len()
         )
         .entered();
-        let mut payload: Option<String> = None;
+        // Built once per chain, not per plugin: a replacement moves into it for the next plugin.
+        let mut wasm_event: Option<WasmEvent> = None;
+        let mut replaced = false;
         for name in chain {
             let Some(plugin) = self.loaded.read().get(name).cloned() else {
                 continue;
@@ -303,10 +305,20 @@ impl PluginHost {
             if !plugin.wants(event.name) {
                 continue;
             }
-            let current_payload = payload.as_deref().unwrap_or(event.payload);
-            match self.call_guarded(&plugin, event, current_payload) {
+            let wasm_event = wasm_event.get_or_insert_with(|| WasmEvent {
+                name: event.name.to_owned(),
+                room_id: event.room_id.to_owned(),
+                room_type: event.room_type.to_owned(),
+                sender: event.sender.map(str::to_owned),
+                timestamp_ms: event.timestamp_ms,
+                payload: event.payload.to_owned(),
+            });
+            match self.call_guarded(&plugin, wasm_event) {
                 Ok(WasmOutcome::Pass) => {}
-                Ok(WasmOutcome::Replace(replacement)) => payload = Some(replacement),
+                Ok(WasmOutcome::Replace(replacement)) => {
+                    wasm_event.payload = replacement;
+                    replaced = true;
+                }
                 Ok(WasmOutcome::Drop(reason)) => {
                     tracing::debug!(plugin = %name, %reason, event = event.name, "event dropped by plugin");
                     return ChainResult::Dropped {
@@ -328,7 +340,11 @@ impl PluginHost {
                 Err(()) => {}
             }
         }
-        ChainResult::Deliver(payload)
+        ChainResult::Deliver(
+            wasm_event
+                .filter(|_| replaced)
+                .map(|wasm_event| wasm_event.payload),
+        )
     }
 
     /// One call with the breaker, limits, metrics and output checks. `Err` = the plugin failed
@@ -336,12 +352,12 @@ impl PluginHost {
     fn call_guarded(
         &self,
         plugin: &LoadedPlugin,
-        event: &ChainEvent<'_>,
-        payload: &str,
+        wasm_event: &WasmEvent,
     ) -> Result<WasmOutcome, ()> {
         let name: &str = &plugin.name;
+        let breaker = self.breaker(name);
         {
-            let breaker = self.breaker(name).lock();
+            let breaker = breaker.lock();
             if breaker
                 .open_until
                 .is_some_and(|until| Instant::now() < until)
@@ -350,16 +366,8 @@ impl PluginHost {
                 return Err(());
             }
         }
-        let wasm_event = WasmEvent {
-            name: event.name.to_owned(),
-            room_id: event.room_id.to_owned(),
-            room_type: event.room_type.to_owned(),
-            sender: event.sender.map(str::to_owned),
-            timestamp_ms: event.timestamp_ms,
-            payload: payload.to_owned(),
-        };
         let started = Instant::now();
-        let result = plugin.call(&self.runtime, &wasm_event);
+        let result = plugin.call(&self.runtime, wasm_event);
         plugin
             .metrics
             .call_seconds
@@ -379,7 +387,7 @@ impl PluginHost {
                 });
         match result {
             Ok(outcome) => {
-                self.breaker(name).lock().consecutive_failures = 0;
+                breaker.lock().consecutive_failures = 0;
                 plugin.metrics.outcome(&outcome).increment(1);
                 Ok(outcome)
             }

@@ -69,6 +69,11 @@ impl Plugin for ChatModeration {
     }
 
     fn on_event(&mut self, event: &Event) -> Outcome {
+        self.on_owned_event(event.clone())
+    }
+
+    /// Owns the event, so a masked text replaces the original in place, without a copy.
+    fn on_owned_event(&mut self, mut event: Event) -> Outcome {
         let Some(text) = event.payload["text"].as_str() else {
             return Outcome::Reject("a chat message needs a `text` string".to_owned());
         };
@@ -82,9 +87,8 @@ impl Plugin for ChatModeration {
         if masked == text {
             return Outcome::Pass;
         }
-        let mut payload = event.payload.clone();
-        payload["text"] = Value::String(masked);
-        Outcome::Replace(payload)
+        event.payload["text"] = Value::String(masked);
+        Outcome::Replace(event.payload)
     }
 }
 

@@ -71,12 +71,16 @@ impl Plugin for MatchScoreGuard {
     }
 
     fn on_event(&mut self, event: &Event) -> Outcome {
+        self.on_owned_event(event.clone())
+    }
+
+    /// Owns the event, so the leader is added to the payload in place, without a copy.
+    fn on_owned_event(&mut self, mut event: Event) -> Outcome {
         match self.scores(&event.payload) {
             Err(reason) => Outcome::Drop(reason),
             Ok(scores) => {
-                let mut payload = event.payload.clone();
-                payload["leader"] = json!(leader(&scores));
-                Outcome::Replace(payload)
+                event.payload["leader"] = json!(leader(&scores));
+                Outcome::Replace(event.payload)
             }
         }
     }

@@ -76,14 +76,19 @@ impl Plugin for TournamentStartEnricher {
     }
 
     fn on_event(&mut self, event: &Event) -> Outcome {
+        self.on_owned_event(event.clone())
+    }
+
+    /// Owns the event, so the start time is added to the payload in place, without a copy.
+    fn on_owned_event(&mut self, event: Event) -> Outcome {
         if !event.payload.is_object() {
             return Outcome::Drop("tournament.start data must be an object".to_owned());
         }
-        match self.starts_at_ms(event) {
+        match self.starts_at_ms(&event) {
             Err(reason) => Outcome::Drop(reason),
             Ok(starts_at) => {
                 let countdown_ms = (starts_at - event.timestamp_ms as i64).max(0);
-                let mut payload = event.payload.clone();
+                let mut payload = event.payload;
                 payload["startsAt"] = json!(format_rfc3339(starts_at));
                 payload["countdownSecs"] = json!((countdown_ms + 999) / 1000);
                 Outcome::Replace(payload)
