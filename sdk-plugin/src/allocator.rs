@@ -46,9 +46,10 @@ pub struct SizeClassAllocator {
     state: UnsafeCell<State>,
 }
 
-// SAFETY: plugin instances run on one thread (wasm32-unknown-unknown without the atomics
-// feature, which is the only build that installs this allocator), so the state is never
-// touched concurrently.
+// SAFETY: only where the program has one thread (wasm without the atomics feature, which is
+// what plugin instances are), so the state is never touched concurrently. Elsewhere the type is
+// not `Sync`, so it cannot become a multi-threaded program's global allocator.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
 unsafe impl Sync for SizeClassAllocator {}
 
 impl SizeClassAllocator {
