@@ -12,7 +12,7 @@ pub mod cache;
 pub mod runtime;
 pub mod trial;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -91,8 +91,9 @@ struct LoadedPlugin {
     name: Arc<str>,
     prepared: Prepared,
     config_json: String,
-    /// Event names the plugin asked for; `None` = every event.
-    subscription: Option<HashSet<String>>,
+    /// Event names the plugin asked for; `None` = every event. Ordered, like the host's maps:
+    /// a few names compared cost less than one hashed on every event.
+    subscription: Option<BTreeSet<String>>,
     idle: Mutex<Vec<Instance>>,
     metrics: PluginMetrics,
 }
@@ -166,9 +167,11 @@ impl LoadedPlugin {
 pub struct PluginHost {
     runtime: PluginRuntime,
     entries: BTreeMap<String, PluginEntry>,
-    loaded: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
+    // Ordered maps for the two looked up on every call: a node has a handful of plugins, and
+    // comparing a few short names costs less than hashing one with the default hasher.
+    loaded: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     stamps: Mutex<HashMap<String, FileStamp>>,
-    breakers: HashMap<String, Mutex<Breaker>>,
+    breakers: BTreeMap<String, Mutex<Breaker>>,
     settings: PluginRuntimeSettings,
 }
 

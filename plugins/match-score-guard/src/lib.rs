@@ -13,8 +13,9 @@ pub struct MatchScoreGuard {
 }
 
 impl MatchScoreGuard {
-    /// The validated scores in player order, or why the update is dropped.
-    fn scores(&self, payload: &Value) -> Result<Vec<(String, u64)>, String> {
+    /// The validated scores in player order, or why the update is dropped. The names are
+    /// borrowed from the payload: only the leader's is copied, into the payload.
+    fn scores<'a>(&self, payload: &'a Value) -> Result<Vec<(&'a str, u64)>, String> {
         let players = payload["players"]
             .as_array()
             .filter(|players| !players.is_empty())
@@ -40,18 +41,18 @@ impl MatchScoreGuard {
                         self.max_score.unwrap_or_default()
                     ));
                 }
-                Ok((name.to_owned(), score))
+                Ok((name, score))
             })
             .collect()
     }
 }
 
 /// The single highest scorer, if there is one.
-fn leader(scores: &[(String, u64)]) -> Option<&str> {
+fn leader<'a>(scores: &[(&'a str, u64)]) -> Option<&'a str> {
     let best = scores.iter().map(|(_, score)| *score).max()?;
     let mut leaders = scores.iter().filter(|(_, score)| *score == best);
     let first = leaders.next()?;
-    leaders.next().is_none().then_some(first.0.as_str())
+    leaders.next().is_none().then_some(first.0)
 }
 
 impl Plugin for MatchScoreGuard {
@@ -76,13 +77,12 @@ impl Plugin for MatchScoreGuard {
 
     /// Owns the event, so the leader is added to the payload in place, without a copy.
     fn on_owned_event(&mut self, mut event: Event) -> Outcome {
-        match self.scores(&event.payload) {
-            Err(reason) => Outcome::Drop(reason),
-            Ok(scores) => {
-                event.payload["leader"] = json!(leader(&scores));
-                Outcome::Replace(event.payload)
-            }
-        }
+        let leader = match self.scores(&event.payload) {
+            Err(reason) => return Outcome::Drop(reason),
+            Ok(scores) => json!(leader(&scores)),
+        };
+        event.payload["leader"] = leader;
+        Outcome::Replace(event.payload)
     }
 }
 
