@@ -1436,10 +1436,7 @@ impl Node {
             }
             _ => None,
         };
-        let replaced = replaced
-            .map(RawValue::from_string)
-            .transpose()
-            .map_err(|_| WireError::new(ErrorCode::InternalError, "plugin output was not JSON"))?;
+        // A replacement was checked to be JSON when the plugin returned it.
         let data = replaced.as_deref().unwrap_or(data);
         let push = |position: Option<&Position>| {
             Frame::event(&EventPush::new(event, Some(room.as_str()), from, data, ts).at(position))

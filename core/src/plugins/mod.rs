@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
+use serde_json::value::RawValue;
 
 use crate::config::{FailurePolicy, PluginEntry, PluginRuntimeSettings, Settings};
 use crate::metrics as names;
@@ -46,10 +47,11 @@ pub struct ChainEvent<'a> {
 }
 
 /// What a chain decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ChainResult {
-    /// Deliver; `Some` is the replaced payload (JSON text), `None` the original.
-    Deliver(Option<String>),
+    /// Deliver; `Some` is the replaced payload, already checked to be JSON (once, by the host,
+    /// when the plugin returned it), `None` the original.
+    Deliver(Option<Box<RawValue>>),
     Dropped {
         plugin: String,
         reason: String,
@@ -123,14 +125,22 @@ impl PluginMetrics {
         }
     }
 
-    fn outcome(&self, outcome: &WasmOutcome) -> &metrics::Counter {
+    fn outcome(&self, outcome: &CheckedOutcome) -> &metrics::Counter {
         match outcome {
-            WasmOutcome::Pass => &self.pass,
-            WasmOutcome::Drop(_) => &self.drop,
-            WasmOutcome::Replace(_) => &self.replace,
-            WasmOutcome::Reject(_) => &self.reject,
+            CheckedOutcome::Pass => &self.pass,
+            CheckedOutcome::Drop(_) => &self.drop,
+            CheckedOutcome::Replace(_) => &self.replace,
+            CheckedOutcome::Reject(_) => &self.reject,
         }
     }
+}
+
+/// A plugin's answer after the host's checks: a replacement is known to be JSON.
+enum CheckedOutcome {
+    Pass,
+    Drop(String),
+    Replace(Box<RawValue>),
+    Reject(String),
 }
 
 impl LoadedPlugin {
@@ -298,9 +308,13 @@ impl PluginHost {
             plugins = chain.len()
         )
         .entered();
-        // Built once per chain, not per plugin: a replacement moves into it for the next plugin.
+        // Built once per chain, not per plugin.
         let mut wasm_event: Option<WasmEvent> = None;
-        let mut replaced = false;
+        // The latest replacement, checked. The event's payload is brought up to date from it
+        // only when another plugin is to see it (a copy), so the replacement reaches fan-out
+        // without being checked a second time.
+        let mut replacement: Option<Box<RawValue>> = None;
+        let mut event_behind_replacement = false;
         for name in chain {
             let Some(plugin) = self.loaded.read().get(name).cloned() else {
                 continue;
@@ -316,20 +330,25 @@ impl PluginHost {
                 timestamp_ms: event.timestamp_ms,
                 payload: event.payload.to_owned(),
             });
+            if event_behind_replacement && let Some(replacement) = &replacement {
+                wasm_event.payload.clear();
+                wasm_event.payload.push_str(replacement.get());
+                event_behind_replacement = false;
+            }
             match self.call_guarded(&plugin, wasm_event) {
-                Ok(WasmOutcome::Pass) => {}
-                Ok(WasmOutcome::Replace(replacement)) => {
-                    wasm_event.payload = replacement;
-                    replaced = true;
+                Ok(CheckedOutcome::Pass) => {}
+                Ok(CheckedOutcome::Replace(checked)) => {
+                    replacement = Some(checked);
+                    event_behind_replacement = true;
                 }
-                Ok(WasmOutcome::Drop(reason)) => {
+                Ok(CheckedOutcome::Drop(reason)) => {
                     tracing::debug!(plugin = %name, %reason, event = event.name, "event dropped by plugin");
                     return ChainResult::Dropped {
                         plugin: name.clone(),
                         reason,
                     };
                 }
-                Ok(WasmOutcome::Reject(message)) => {
+                Ok(CheckedOutcome::Reject(message)) => {
                     return ChainResult::Rejected {
                         plugin: name.clone(),
                         message,
@@ -343,11 +362,7 @@ impl PluginHost {
                 Err(()) => {}
             }
         }
-        ChainResult::Deliver(
-            wasm_event
-                .filter(|_| replaced)
-                .map(|wasm_event| wasm_event.payload),
-        )
+        ChainResult::Deliver(replacement)
     }
 
     /// One call with the breaker, limits, metrics and output checks. `Err` = the plugin failed
@@ -356,7 +371,7 @@ impl PluginHost {
         &self,
         plugin: &LoadedPlugin,
         wasm_event: &WasmEvent,
-    ) -> Result<WasmOutcome, ()> {
+    ) -> Result<CheckedOutcome, ()> {
         let name: &str = &plugin.name;
         let breaker = self.breaker(name);
         {
@@ -380,13 +395,14 @@ impl PluginHost {
             result
                 .map_err(|failure| failure.to_string())
                 .and_then(|outcome| match outcome {
-                    // A replacement must be JSON: anything else would reach clients as broken frames.
-                    WasmOutcome::Replace(text)
-                        if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() =>
-                    {
-                        Err("replaced the payload with text that is not JSON".to_owned())
-                    }
-                    outcome => Ok(outcome),
+                    WasmOutcome::Pass => Ok(CheckedOutcome::Pass),
+                    WasmOutcome::Drop(reason) => Ok(CheckedOutcome::Drop(reason)),
+                    WasmOutcome::Reject(message) => Ok(CheckedOutcome::Reject(message)),
+                    // A replacement must be JSON: anything else would reach clients as broken
+                    // frames. Checked here once; the checked text is what fan-out sends.
+                    WasmOutcome::Replace(text) => RawValue::from_string(text)
+                        .map(CheckedOutcome::Replace)
+                        .map_err(|_| "replaced the payload with text that is not JSON".to_owned()),
                 });
         match result {
             Ok(outcome) => {

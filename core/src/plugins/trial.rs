@@ -46,7 +46,7 @@ impl TrialReport {
             ChainResult::Deliver(None) => json!({"outcome": "pass", "micros": micros}),
             ChainResult::Deliver(Some(payload)) => json!({
                 "outcome": "replace",
-                "payload": serde_json::from_str::<Value>(payload).unwrap_or(Value::String(payload.clone())),
+                "payload": serde_json::from_str::<Value>(payload.get()).unwrap_or_else(|_| Value::String(payload.get().to_owned())),
                 "micros": micros
             }),
             ChainResult::Dropped { reason, .. } => {
