@@ -39,7 +39,8 @@
 #!                with the CPU Redis and NATS spent, per connection and per delivered message
 #!   churn        1 node, memory backends, announcements on: BENCH_CYCLES (default 10) cycles of
 #!                8,000 connections joining 20 rooms at 2,000/s and leaving at 4,000/s; prints
-#!                the server's RSS at each cycle's peak and after its leave (memory churn leaves)
+#!                the server's RSS at each cycle's peak and 12 s after its leave, then once more
+#!                after the presence linger (about 80 s; memory churn leaves)
 #!   lease-sweep  no server: the one Redis script call that sweeps a dead node of 16,700 sockets
 #!                (one membership each), and how long Redis served nobody else meanwhile
 #!                (examples/lease_sweep.sh; [SOCKETS] as an extra argument)
@@ -295,21 +296,11 @@ case "$scenario" in
         ;;
     churn)
         one_node
-        # Cycle 0: the fresh node, before any connection.
-        for cycle in $(seq 0 "${BENCH_CYCLES:-10}"); do
-            if [ "$cycle" = 0 ]; then
-                line='{"connections":{"held":0,"dropped":0},"server":{"rss_before":0,"rss_after":0}}'
-            else
-                # Not stopped by a dropped connection (the load tool exits non-zero on one):
-                # the cycle's line says how many, and memory is what this scenario is about.
-                line=$(loadgen --connections 8000 --workers 2 --rate 2000 --rooms 20 \
-                    --messages 0 --drain-seconds 1 --leave-rate 4000 "$@") || true
-                # Longer than the allocator trimmer's check interval (10 s), so a trim shows.
-                sleep 12
-            fi
-            rss_after_leave=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/${server_pids[0]}/status")
-            # Where the resident memory is after the leave: anonymous (heap, stacks) or file
-            # (the binary), and the allocator's own account (realtime_allocator_bytes).
+        # measure_memory CYCLE WHEN LOADGEN_LINE: the node's memory as one JSON line.
+        measure_memory() {
+            rss_now=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/${server_pids[0]}/status")
+            # Where the resident memory is: anonymous (heap, stacks) or file (the binary), and
+            # the allocator's own account (realtime_allocator_bytes).
             rollup=$(awk '/^(Anonymous|Rss):/ {printf "%s=%d ", $1, $2 * 1024}' \
                 "/proc/${server_pids[0]}/smaps_rollup")
             allocator=$(curl -s "http://127.0.0.1:$base_port/metrics" |
@@ -318,15 +309,32 @@ case "$scenario" in
 run = json.loads(sys.argv[1])
 rollup = dict(item.rstrip(":").split("=") for item in sys.argv[4].replace(":=", "=").split())
 heap = {m.group(1): int(float(m.group(2))) for m in re.finditer(r"state=\"(\w+)\"\} (\S+)", sys.argv[5])}
-print(json.dumps({"cycle": int(sys.argv[2]), "held": run["connections"]["held"],
+print(json.dumps({"cycle": int(sys.argv[2]), "when": sys.argv[6], "held": run["connections"]["held"],
     "dropped": run["connections"]["dropped"], "rss_before": run["server"]["rss_before"],
     "rss_peak": run["server"]["rss_after"], "rss_after_leave": int(sys.argv[3]),
     "after_leave": {"anonymous": int(rollup.get("Anonymous", 0)),
         "file_backed": int(rollup.get("Rss", 0)) - int(rollup.get("Anonymous", 0)),
         "allocator_in_use": heap.get("in_use"), "allocator_free": heap.get("free"),
         "allocator_mapped": heap.get("mapped")}}))' \
-                "$line" "$cycle" "$rss_after_leave" "$rollup" "$allocator"
+                "$3" "$1" "$rss_now" "$rollup" "$allocator" "$2"
+        }
+        idle='{"connections":{"held":0,"dropped":0},"server":{"rss_before":0,"rss_after":0}}'
+        # Cycle 0: the fresh node, before any connection.
+        measure_memory 0 fresh "$idle"
+        cycles="${BENCH_CYCLES:-10}"
+        for cycle in $(seq 1 "$cycles"); do
+            # Not stopped by a dropped connection (the load tool exits non-zero on one):
+            # the cycle's line says how many, and memory is what this scenario is about.
+            line=$(loadgen --connections 8000 --workers 2 --rate 2000 --rooms 20 \
+                --messages 0 --drain-seconds 1 --leave-rate 4000 "$@") || true
+            # Longer than the allocator trimmer's check interval (10 s), so a trim shows.
+            sleep 12
+            measure_memory "$cycle" "12 s after the leave" "$line"
         done
+        # The users who left linger in presence for its TTL (60 s by default) before going
+        # offline, and the trimmer trims once more after that (TTL + a sweep + its 10 s check).
+        sleep 65
+        measure_memory "$cycles" "after the presence linger" "$idle"
         ;;
     join-storm)
         # The leave phase's own closes are not drops, so --assert-clean still holds.

@@ -7,8 +7,14 @@
 //! interleaved with live ones, so they are never at the top of a heap where glibc trims by
 //! itself. `malloc_trim` releases the free pages inside the heaps too. It walks every arena, so
 //! it runs only after the node's connection count fell by a good share, not on a timer alone.
+//!
+//! And once more when the users who left have gone offline: presence keeps a user who left for
+//! `presence.ttl_secs` (the linger before `user.offline`). Those entries were allocated among
+//! the connections' memory, one or two small blocks per user, and until they are freed nearly
+//! every page the connections used still holds one, so little of it can be released at the
+//! first trim (docs/benchmarks.md, "Churn": 48 MB after the first trim, 26 MB after the second).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,13 +31,60 @@ pub fn worth_trimming(peak: usize, now: usize) -> bool {
     fall >= MIN_FALL && fall * 4 >= peak
 }
 
-/// Watches `connections()` and trims the allocator after a large fall, until `shutdown`.
+/// When to trim, from the connection count looked at every [`CHECK_EVERY`]: after a large
+/// fall, and once more when the users who left have stopped lingering in presence.
+#[derive(Debug)]
+pub struct TrimSchedule {
+    /// The highest count since the last trim for a fall.
+    peak: usize,
+    /// How long presence keeps a user who left (its linger and one sweep).
+    linger: Duration,
+    /// When the follow-up trim for the last fall is due.
+    follow_up_at: Option<Instant>,
+}
+
+/// Why a trim is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrimReason {
+    ConnectionsFell,
+    LeaversWentOffline,
+}
+
+impl TrimSchedule {
+    pub fn new(connections: usize, linger: Duration) -> TrimSchedule {
+        TrimSchedule {
+            peak: connections,
+            linger,
+            follow_up_at: None,
+        }
+    }
+
+    /// Whether to trim, given the count at `now`.
+    pub fn due(&mut self, connections: usize, now: Instant) -> Option<TrimReason> {
+        if worth_trimming(self.peak, connections) {
+            self.peak = connections;
+            // A later fall moves the follow-up: one trim after the last leavers went offline.
+            self.follow_up_at = Some(now + self.linger);
+            return Some(TrimReason::ConnectionsFell);
+        }
+        self.peak = self.peak.max(connections);
+        if self.follow_up_at.is_some_and(|at| now >= at) {
+            self.follow_up_at = None;
+            return Some(TrimReason::LeaversWentOffline);
+        }
+        None
+    }
+}
+
+/// Watches `connections()` and trims the allocator when [`TrimSchedule`] says so, until
+/// `shutdown`. `presence_linger`: how long presence keeps a user who left (its TTL and a sweep).
 pub fn spawn_trimmer(
     connections: impl Fn() -> usize + Send + 'static,
+    presence_linger: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut peak = connections();
+        let mut schedule = TrimSchedule::new(connections(), presence_linger);
         let mut ticks = tokio::time::interval(CHECK_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -40,18 +93,11 @@ pub fn spawn_trimmer(
                 _ = ticks.tick() => {}
             }
             let now = connections();
-            if worth_trimming(peak, now) {
+            if let Some(reason) = schedule.due(now, Instant::now()) {
                 // Blocking for milliseconds on a large heap: off the runtime's workers.
                 let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
-                tracing::debug!(
-                    peak,
-                    now,
-                    released,
-                    "allocator trimmed after connections ended"
-                );
-                peak = now;
+                tracing::debug!(now, released, ?reason, "allocator trimmed");
             }
-            peak = peak.max(now);
         }
     })
 }
@@ -114,6 +160,46 @@ mod tests {
             "{before:?} -> {during:?}"
         );
         drop(block);
+    }
+
+    #[test]
+    fn a_fall_is_trimmed_at_once_and_again_when_the_leavers_went_offline() {
+        let linger = Duration::from_secs(62);
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut schedule = TrimSchedule::new(0, linger);
+        assert_eq!(schedule.due(8_000, at(10)), None, "connections grew");
+        assert_eq!(schedule.due(0, at(20)), Some(TrimReason::ConnectionsFell));
+        assert_eq!(schedule.due(0, at(30)), None);
+        assert_eq!(schedule.due(0, at(81)), None, "still lingering");
+        assert_eq!(
+            schedule.due(0, at(82)),
+            Some(TrimReason::LeaversWentOffline)
+        );
+        assert_eq!(schedule.due(0, at(92)), None, "one follow-up per fall");
+        assert_eq!(schedule.due(0, at(500)), None);
+    }
+
+    #[test]
+    fn a_second_fall_moves_the_follow_up_after_its_own_leavers() {
+        let linger = Duration::from_secs(62);
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut schedule = TrimSchedule::new(8_000, linger);
+        assert_eq!(
+            schedule.due(4_000, at(10)),
+            Some(TrimReason::ConnectionsFell)
+        );
+        assert_eq!(schedule.due(0, at(40)), Some(TrimReason::ConnectionsFell));
+        assert_eq!(
+            schedule.due(0, at(72)),
+            None,
+            "the first fall's deadline passed"
+        );
+        assert_eq!(
+            schedule.due(0, at(102)),
+            Some(TrimReason::LeaversWentOffline)
+        );
     }
 
     #[test]

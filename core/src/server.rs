@@ -347,6 +347,7 @@ impl Server {
                     let node = node.clone();
                     move || node.hub().connection_count()
                 },
+                node.settings().presence.ttl() + node.settings().presence.sweep_interval(),
                 node.shutdown_token().clone(),
             ),
         ];
