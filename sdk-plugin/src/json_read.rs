@@ -7,11 +7,11 @@
 //! Here a plain recursive reader takes the JSON that payloads are made of (objects, arrays,
 //! strings without escapes, integers, `true`, `false`, `null`) and builds the value directly.
 //!
-//! Anything else makes it give up, and serde_json reads the payload from the start: a string with
-//! an escape or a control character, a fraction or an exponent, an integer of twenty digits or
-//! more or `-0` (serde_json makes some of those floats), deep nesting, and every error. So values, numbers and
-//! error messages are always serde_json's own; the tests compare the two on every case they
-//! generate.
+//! Anything else makes it give up, and serde_json reads the payload from the start: a string
+//! with an escape or a control character, a fraction or an exponent, an integer of twenty digits
+//! or more, `-0` (serde_json makes some of those floats), deep nesting, and every error. So
+//! values, numbers and error messages are always serde_json's own; the tests compare the two on
+//! every case they generate.
 
 use serde_json::{Map, Number, Value};
 

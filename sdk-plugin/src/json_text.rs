@@ -125,10 +125,10 @@ unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
 const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
 
-/// The bytes of `word` (little-endian) that JSON escapes (control characters, `"` and `\\`),
+/// The bytes of `word` (little-endian) that JSON escapes (control characters, `"` and `\`),
 /// as their high bits; the lowest set bit marks the first such byte exactly. (The classic
 /// test for a zero byte, `(x - 0x01..) & !x & 0x80..`, applied to the word itself for bytes below
-/// 0x20 and to the word xor-ed with `"` and `\\` for those. It can also flag a byte above a
+/// 0x20 and to the word xor-ed with `"` and `\` for those. It can also flag a byte above a
 /// flagged one, never one below, so "any" and "the first" are exact.)
 pub(crate) fn escape_bytes(word: u64) -> u64 {
     let below_space = word.wrapping_sub(ONES * 0x20) & !word;
