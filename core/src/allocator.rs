@@ -162,12 +162,19 @@ mod tests {
         drop(block);
     }
 
+    /// A schedule with the default linger (60 s TTL and a 2 s sweep) that starts at
+    /// `connections`, and the instant `seconds` after its start.
+    fn schedule_from(connections: usize) -> (TrimSchedule, impl Fn(u64) -> Instant) {
+        let start = Instant::now();
+        let schedule = TrimSchedule::new(connections, Duration::from_secs(62));
+        (schedule, move |seconds| {
+            start + Duration::from_secs(seconds)
+        })
+    }
+
     #[test]
     fn a_fall_is_trimmed_at_once_and_again_when_the_leavers_went_offline() {
-        let linger = Duration::from_secs(62);
-        let start = Instant::now();
-        let at = |seconds: u64| start + Duration::from_secs(seconds);
-        let mut schedule = TrimSchedule::new(0, linger);
+        let (mut schedule, at) = schedule_from(0);
         assert_eq!(schedule.due(8_000, at(10)), None, "connections grew");
         assert_eq!(schedule.due(0, at(20)), Some(TrimReason::ConnectionsFell));
         assert_eq!(schedule.due(0, at(30)), None);
@@ -182,10 +189,7 @@ mod tests {
 
     #[test]
     fn a_second_fall_moves_the_follow_up_after_its_own_leavers() {
-        let linger = Duration::from_secs(62);
-        let start = Instant::now();
-        let at = |seconds: u64| start + Duration::from_secs(seconds);
-        let mut schedule = TrimSchedule::new(8_000, linger);
+        let (mut schedule, at) = schedule_from(8_000);
         assert_eq!(
             schedule.due(4_000, at(10)),
             Some(TrimReason::ConnectionsFell)

@@ -163,23 +163,36 @@ impl<'a> Reader<'a> {
         (self.depth < DEPTH_LIMIT).then_some(())
     }
 
+    /// Skips whitespace and then `byte` if it comes next; whether it did.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_whitespace();
+        let next = self.peek() == Some(byte);
+        if next {
+            self.at += 1;
+        }
+        next
+    }
+
+    /// After an item of a container closed by `close`: `Some(true)` after a comma (another
+    /// item follows), `Some(false)` after `close`.
+    fn another_item(&mut self, close: u8) -> Option<bool> {
+        self.skip_whitespace();
+        let next = self.peek()?;
+        self.at += 1;
+        match next {
+            b',' => Some(true),
+            _ => (next == close).then_some(false),
+        }
+    }
+
     fn array(&mut self) -> Option<Value> {
         self.enter()?;
         let mut items = Vec::new();
-        self.skip_whitespace();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-        } else {
+        if !self.eat(b']') {
             loop {
                 items.push(self.value()?);
-                self.skip_whitespace();
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b']' => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return None,
+                if !self.another_item(b']')? {
+                    break;
                 }
             }
         }
@@ -190,10 +203,7 @@ impl<'a> Reader<'a> {
     fn object(&mut self) -> Option<Value> {
         self.enter()?;
         let mut fields = Map::new();
-        self.skip_whitespace();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-        } else {
+        if !self.eat(b'}') {
             loop {
                 self.skip_whitespace();
                 if self.peek()? != b'"' {
@@ -203,22 +213,14 @@ impl<'a> Reader<'a> {
                 if fields.is_empty() && key == RAW_VALUE_TOKEN {
                     return None;
                 }
-                self.skip_whitespace();
-                if self.peek()? != b':' {
+                if !self.eat(b':') {
                     return None;
                 }
-                self.at += 1;
                 let value = self.value()?;
                 // A repeated key keeps its last value, as with serde_json.
                 fields.insert(key, value);
-                self.skip_whitespace();
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b'}' => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return None,
+                if !self.another_item(b'}')? {
+                    break;
                 }
             }
         }

@@ -7,8 +7,7 @@
 //! it needs no escape (almost always), written with one copy. Short copies are a few word moves:
 //! in wasm a copy of unknown length is a call out of the sandbox into the engine
 //! (`memory.copy`), which costs more than the copy itself for the short keys and values most
-//! payloads are made of. Numbers are written by `serde_json::Number` itself, except unsigned
-//! integers (counts, scores, ids), which are written here.
+//! payloads are made of. Numbers are written by serde_json's own formatter.
 
 use serde_json::Value;
 
@@ -29,11 +28,10 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => match number.as_u64() {
-            Some(unsigned) => write_unsigned(unsigned, out),
-            // `Number`'s Display is the serializer's own output (itoa and the float formatter).
-            None => out.extend_from_slice(number.to_string().as_bytes()),
-        },
+        // serde_json's own formatter (itoa and ryu), straight into the text.
+        Value::Number(number) => {
+            serde_json::to_writer(&mut *out, number).expect("writing into a Vec cannot fail")
+        }
         Value::String(text) => write_string(text, out),
         Value::Array(items) => {
             out.push(b'[');
@@ -58,21 +56,6 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
             out.push(b'}');
         }
     }
-}
-
-/// Counts, scores and ids: most numbers in payloads are small non-negative integers.
-fn write_unsigned(mut number: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (number % 10) as u8;
-        number /= 10;
-        if number == 0 {
-            break;
-        }
-    }
-    append(out, &digits[start..]);
 }
 
 /// Appends `bytes`.
