@@ -71,18 +71,34 @@ async fn nodes_reconnect_and_resubscribe_after_a_nats_restart() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200, "the node stays up without NATS");
+    let (status, readiness) = node_a.ready().await.unwrap();
+    assert_eq!(
+        (status, readiness["failing"][0]["backend"].as_str()),
+        (503, Some("nats")),
+        "a node without NATS is not ready: {readiness}"
+    );
 
     let _restarted = ServiceProcess::nats(nats.port).await.unwrap();
-    let recovered = eventually(Duration::from_secs(20), || async {
-        matches!(
-            node_b
-                .publish(json!({"room":room,"event":"after","data":{"n":1}}))
-                .await,
-            Ok((200, _))
-        )
+    // Ready means the node's subscriptions are back on the server (the probe's round trip
+    // follows them), so one publish once both are ready must reach the members of both. The
+    // nodes reconnect independently: an event published while one of them is still
+    // reconnecting does not reach its members (core NATS delivers at most once).
+    let both_ready = eventually(Duration::from_secs(20), || async {
+        node_a.ready().await.unwrap().0 == 200 && node_b.ready().await.unwrap().0 == 200
     })
     .await;
-    assert!(recovered, "publishing resumes after NATS comes back");
+    assert!(
+        both_ready,
+        "both nodes are ready again after NATS comes back"
+    );
+    let (status, body) = node_b
+        .publish(json!({"room":room,"event":"after","data":{"n":1}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 200,
+        "publishing resumes after NATS comes back: {body}"
+    );
     for client in [&mut on_a, &mut on_b] {
         let event = client.next_event_named("after").await.unwrap();
         assert_eq!(

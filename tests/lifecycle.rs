@@ -352,14 +352,6 @@ async fn metrics_and_health_are_served() {
     }
 }
 
-async fn ready_status(server: &TestServer) -> (u16, serde_json::Value) {
-    let response = reqwest::get(format!("http://{}/ready", server.addr))
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn shutdown_turns_readiness_off_then_spreads_the_closes_over_the_drain_window() {
     const SOCKETS: usize = 40;
@@ -367,7 +359,7 @@ async fn shutdown_turns_readiness_off_then_spreads_the_closes_over_the_drain_win
     let server = TestServer::start_with(|settings| settings.server.drain_window_secs = 2)
         .await
         .unwrap();
-    assert_eq!(ready_status(&server).await.0, 200);
+    assert_eq!(server.ready().await.unwrap().0, 200);
     let mut closes = Vec::new();
     for number in 0..SOCKETS {
         let mut client = server.connect(&format!("drained-{number}")).await.unwrap();
@@ -442,7 +434,7 @@ async fn readiness_names_a_backend_that_is_down_and_recovers_with_it() {
     })
     .await
     .unwrap();
-    let (status, body) = ready_status(&server).await;
+    let (status, body) = server.ready().await.unwrap();
     assert_eq!(
         (status, body["status"].as_str()),
         (200, Some("ready")),
@@ -450,7 +442,7 @@ async fn readiness_names_a_backend_that_is_down_and_recovers_with_it() {
     );
 
     redis.kill();
-    let (status, body) = ready_status(&server).await;
+    let (status, body) = server.ready().await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["failing"][0]["backend"], "redis", "{body}");
     assert_eq!(body["draining"], false);
@@ -468,7 +460,7 @@ async fn readiness_names_a_backend_that_is_down_and_recovers_with_it() {
         .unwrap();
     let mut recovered = false;
     for _ in 0..40 {
-        if ready_status(&server).await.0 == 200 {
+        if server.ready().await.unwrap().0 == 200 {
             recovered = true;
             break;
         }

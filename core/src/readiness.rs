@@ -2,7 +2,8 @@
 //! (`GET /health`, the process answers at all).
 //!
 //! Not ready while the node drains (shutdown has begun), or while a backend it was configured with
-//! is unreachable: Redis (a PING), NATS (the client's connection state) and the notifications
+//! is unreachable: Redis (a PING), NATS (connected, and a round trip through the server, which
+//! also proves the node's subscriptions are live again after a reconnect) and the notifications
 //! database (a trivial query). Each check is bounded, so a hung backend makes the probe say so
 //! instead of hanging it.
 
@@ -11,7 +12,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use async_nats::connection::State;
+
 use crate::notifications::NotificationStore;
+use crate::stores::StoreError;
+use crate::stores::nats::server_round_trip;
 use crate::stores::redis::RedisConnector;
 
 /// How long one backend check may take before it counts as failing.
@@ -84,9 +89,16 @@ impl Readiness {
 
     async fn check_nats(&self) -> Option<Failing> {
         let nats = self.nats.as_ref()?;
-        match nats.connection_state() {
-            async_nats::connection::State::Connected => None,
-            state => failing("nats", format!("connection {state}")),
+        let state = nats.connection_state();
+        if state != State::Connected {
+            return failing("nats", format!("connection {state}"));
+        }
+        // Connected is not yet enough: right after a reconnect the node's subscriptions may still
+        // be on their way to the server, and an event published now would miss this node.
+        match server_round_trip(nats, CHECK_TIMEOUT).await {
+            Ok(()) => None,
+            Err(StoreError::Unavailable(problem)) => failing("nats", problem),
+            Err(other) => failing("nats", other.to_string()),
         }
     }
 

@@ -119,6 +119,13 @@ impl TestServer {
         self.server.events().subscribe()
     }
 
+    /// `GET /ready`: status and JSON body (what fails, whether the node drains).
+    pub async fn ready(&self) -> Result<(u16, Value)> {
+        let response = reqwest::get(format!("http://{}/ready", self.addr)).await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
     /// `POST /api/publish` with the test key; returns status and JSON body.
     pub async fn publish(&self, body: Value) -> Result<(u16, Value)> {
         self.publish_with_key(body, Some(API_KEY)).await

@@ -37,6 +37,25 @@ pub async fn connect(url: &str, node_id: &str) -> Result<async_nats::Client, Sto
         .map_err(|error| StoreError::Unavailable(format!("nats: {error}")))
 }
 
+/// Returns once the server has processed every command `client` sent before, within `timeout`.
+///
+/// `Client::flush` only writes the socket; the server answers a request to a subject nobody
+/// listens on with "no responders" itself, after the commands queued ahead of it, so the answer
+/// proves an earlier SUB is live. After a reconnect async-nats queues the SUBs of every
+/// subscription before any later command, so an answer also proves they are all restored.
+pub async fn server_round_trip(
+    client: &async_nats::Client,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let unanswered_subject = client.new_inbox();
+    let request = async_nats::Request::new().timeout(Some(timeout));
+    match client.send_request(unanswered_subject, request).await {
+        Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(error) => Err(nats_error(error)),
+        Ok(_) => Err(nats_error("an unanswered inbox got a reply")),
+    }
+}
+
 fn subject_safe(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b':')
 }
@@ -131,20 +150,9 @@ impl NatsBroker {
         Ok(subscriber)
     }
 
-    /// Returns once the server has processed every command this connection sent before.
-    /// `Client::flush` only writes the socket; the server answers a request to a subject nobody
-    /// listens on with "no responders" itself, after the commands queued ahead of it, so the
-    /// answer proves an earlier SUB is live.
     async fn wait_for_server_round_trip(&self) -> Result<(), StoreError> {
         // Bounded so an unresponsive server turns into `unavailable`, not a hung join.
-        const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
-        let unanswered_subject = self.client.new_inbox();
-        let request = async_nats::Request::new().timeout(Some(ROUND_TRIP_TIMEOUT));
-        match self.client.send_request(unanswered_subject, request).await {
-            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-            Err(error) => Err(nats_error(error)),
-            Ok(_) => Err(nats_error("an unanswered inbox got a reply")),
-        }
+        server_round_trip(&self.client, Duration::from_secs(3)).await
     }
 
     /// The node's one subscription to every user topic, made on first need.
