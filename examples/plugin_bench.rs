@@ -94,6 +94,18 @@ fn main() -> anyhow::Result<()> {
                     "{result:?}"
                 );
             };
+            // Once, untimed: the plugins did their work (the guard added the leader; the rest of
+            // the payload came through).
+            let ChainResult::Deliver(Some(replacement)) =
+                host.run_chain(chain, FailurePolicy::FailOpen, &event)
+            else {
+                anyhow::bail!("{label}: the chain replaced nothing");
+            };
+            let delivered: serde_json::Value = serde_json::from_str(replacement.get())?;
+            anyhow::ensure!(
+                delivered["leader"] == "ana" && delivered["scores"] == small["scores"],
+                "{label}: {delivered}"
+            );
             for _ in 0..1_000 {
                 run();
             }

@@ -58,7 +58,7 @@ async fn match_score_guard_drops_bad_scores_and_adds_the_leader() {
         "{reply}"
     );
     assert!(reply["reason"].as_str().unwrap().contains("ana"));
-    let good = json!({"room": room, "event": "match.update", "data": {"players":["ana","ben"],"scores":{"ana":3,"ben":1}}});
+    let good = json!({"room": room, "event": "match.update", "data": {"matchId":"m1","players":["ana","ben"],"scores":{"ana":3,"ben":1}}});
     let (_, reply) = server.publish(good).await.unwrap();
     assert_eq!(reply["delivered"], true);
     let event = fan.next_event_named("match.update").await.unwrap();
@@ -67,6 +67,10 @@ async fn match_score_guard_drops_bad_scores_and_adds_the_leader() {
         "the dropped update never arrived; this is the good one"
     );
     assert_eq!(event["data"]["leader"], "ana");
+    assert_eq!(
+        event["data"]["matchId"], "m1",
+        "the rest of the payload is kept"
+    );
     // Other events of the room type are not the plugin's business.
     server
         .publish(json!({"room": room, "event": "match.comment", "data": {"text": "x"}}))

@@ -27,8 +27,7 @@
 extern crate self as realtime_sdk_plugin;
 
 pub mod allocator;
-// Used by the wasm build's glue (and their own tests).
-#[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
+// The payload reader serves `EventText::into_event` in every build.
 mod json_read;
 #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]
 mod json_text;
@@ -85,6 +84,64 @@ impl Event {
     }
 }
 
+/// One event with its payload still the JSON text the server passed, for
+/// [`Plugin::on_event_text`]: a plugin that reads the payload into its own types with
+/// [`EventText::payload_as`] (borrowing its strings) skips building a `serde_json::Value`, which is
+/// most of what a small event costs a plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventText {
+    /// Event name, e.g. `match.update`.
+    pub name: String,
+    /// The room, e.g. `competition:42`.
+    pub room_id: String,
+    /// The room's type, e.g. `competition`.
+    pub room_type: String,
+    /// The publishing user for client publishes; `None` for internal services.
+    pub sender: Option<String>,
+    /// When the server accepted the event, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The event's `data` as JSON text (the server checked it is JSON).
+    pub payload: String,
+}
+
+impl EventText {
+    /// The payload read into any `serde::Deserialize` type, which may borrow from the text
+    /// (`&str`, or `Cow<str>` with `#[serde(borrow)]` for strings that may hold escapes); the
+    /// error says what did not fit.
+    pub fn payload_as<'text, T: serde::Deserialize<'text>>(&'text self) -> Result<T, String> {
+        serde_json::from_str(&self.payload).map_err(|error| format!("unexpected payload: {error}"))
+    }
+
+    /// The event with its payload read into a `serde_json::Value`, as [`Plugin::on_event`] gets
+    /// it.
+    pub fn into_event(self) -> Result<Event, String> {
+        // Read by `json_read`, which builds the common kinds of JSON directly and leaves the
+        // rest to serde_json: the same value, in about half the work.
+        let payload = json_read::parse(&self.payload)
+            .map_err(|error| format!("payload is not JSON: {error}"))?;
+        Ok(Event {
+            name: self.name,
+            room_id: self.room_id,
+            room_type: self.room_type,
+            sender: self.sender,
+            timestamp_ms: self.timestamp_ms,
+            payload,
+        })
+    }
+
+    /// A test helper: an event with a payload text and neutral other fields.
+    pub fn new(name: &str, room_id: &str, payload: &str) -> EventText {
+        EventText {
+            name: name.to_owned(),
+            room_id: room_id.to_owned(),
+            room_type: room_id.split(':').next().unwrap_or_default().to_owned(),
+            sender: None,
+            timestamp_ms: 0,
+            payload: payload.to_owned(),
+        }
+    }
+}
+
 /// What happens to an event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -94,6 +151,10 @@ pub enum Outcome {
     Drop(String),
     /// Deliver this payload instead.
     Replace(serde_json::Value),
+    /// Deliver this JSON text as the payload instead: for plugins that write it themselves
+    /// (see [`Plugin::on_event_text`]). The server checks it is JSON; if it is not, the call
+    /// counts as a failure of the plugin.
+    ReplaceText(String),
     /// Do not deliver; a client publisher gets an error with this message.
     Reject(String),
 }
@@ -149,6 +210,28 @@ pub trait Plugin: Sized + 'static {
     fn on_owned_event(&mut self, event: Event) -> Outcome {
         self.on_event(&event)
     }
+
+    /// The same decision from the payload's JSON text, before the SDK reads it into a
+    /// `serde_json::Value`. The server calls this one; by default it reads the payload and calls
+    /// [`Plugin::on_owned_event`]. Reading a small payload into a `Value` (a map, a string per
+    /// key) and writing it back is most of what a plugin costs per event: a plugin on a busy
+    /// room type can override this, read the payload into its own types with
+    /// [`EventText::payload_as`], and answer [`Outcome::Pass`], or [`Outcome::ReplaceText`] with
+    /// text it wrote; for any event its fast path does not cover it falls back to
+    /// [`on_event_text_default`], what this method does when not overridden.
+    fn on_event_text(&mut self, event: EventText) -> Outcome {
+        on_event_text_default(self, event)
+    }
+}
+
+/// What [`Plugin::on_event_text`] does unless overridden: reads the payload into a
+/// `serde_json::Value` and calls [`Plugin::on_owned_event`]. An override calls it for the events
+/// its own path does not cover.
+pub fn on_event_text_default<P: Plugin>(plugin: &mut P, event: EventText) -> Outcome {
+    match event.into_event() {
+        Ok(event) => plugin.on_owned_event(event),
+        Err(problem) => Outcome::Reject(problem),
+    }
 }
 
 /// Levels for [`log`].
@@ -203,7 +286,7 @@ pub mod __private {
     pub use wit_bindgen;
 
     use crate::bindings::realtime::plugin::types;
-    use crate::{Event, Level, Outcome, Plugin, log};
+    use crate::{EventText, Level, Outcome, Plugin, log};
 
     thread_local! {
         /// The plugin value of this instance (wasm instances are single-threaded).
@@ -226,19 +309,13 @@ pub mod __private {
 
     pub fn on_event<P: Plugin>(event: types::Event) -> types::Outcome {
         let incoming_length = event.payload.len();
-        // Read by `json_read`, which builds the common kinds of JSON directly and leaves the
-        // rest to serde_json: the same value, in about half the work.
-        let payload = match crate::json_read::parse(&event.payload) {
-            Ok(payload) => payload,
-            Err(error) => return types::Outcome::Reject(format!("payload is not JSON: {error}")),
-        };
-        let event = Event {
+        let event = EventText {
             name: event.name,
             room_id: event.room_id,
             room_type: event.room_type,
             sender: event.sender,
             timestamp_ms: event.timestamp_ms,
-            payload,
+            payload: event.payload,
         };
         let outcome = INSTANCE.with(|instance| {
             let mut instance = instance.borrow_mut();
@@ -246,7 +323,7 @@ pub mod __private {
                 .as_mut()
                 .and_then(|plugin| plugin.downcast_mut::<P>())
                 .expect("init ran before on-event");
-            plugin.on_owned_event(event)
+            plugin.on_event_text(event)
         });
         match outcome {
             Outcome::Pass => types::Outcome::Pass,
@@ -258,6 +335,7 @@ pub mod __private {
                 &payload,
                 incoming_length + 64,
             )),
+            Outcome::ReplaceText(text) => types::Outcome::Replace(text),
             Outcome::Reject(message) => types::Outcome::Reject(message),
         }
     }
@@ -322,6 +400,75 @@ mod tests {
         assert_eq!(
             Outcome::replace_with(&score),
             Outcome::Replace(json!({"home": 2, "away": 1}))
+        );
+    }
+
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct Borrowed<'text> {
+        player: &'text str,
+        score: u32,
+    }
+
+    #[test]
+    fn event_text_reads_into_borrowing_types_and_into_a_value() {
+        let text = EventText::new(
+            "match.update",
+            "competition:1",
+            r#"{"player":"ana","score":3}"#,
+        );
+        let borrowed: Borrowed = text.payload_as().unwrap();
+        assert_eq!(
+            borrowed,
+            Borrowed {
+                player: "ana",
+                score: 3
+            }
+        );
+        assert!(
+            text.payload_as::<Score>()
+                .unwrap_err()
+                .contains("unexpected payload")
+        );
+        let event = text.clone().into_event().unwrap();
+        assert_eq!(
+            (
+                event.name.as_str(),
+                event.room_type.as_str(),
+                &event.payload
+            ),
+            (
+                "match.update",
+                "competition",
+                &json!({"player": "ana", "score": 3})
+            )
+        );
+        let broken = EventText::new("match.update", "competition:1", "{");
+        assert!(broken.into_event().unwrap_err().contains("not JSON"));
+    }
+
+    /// A plugin that only implements `on_event`: what the server calls reaches it, payload read.
+    struct Echo;
+
+    impl Plugin for Echo {
+        fn init(_config: serde_json::Value) -> Result<(Self, Subscription), String> {
+            Ok((Echo, Subscription::all()))
+        }
+        fn on_event(&mut self, event: &Event) -> Outcome {
+            Outcome::Replace(json!({ "seen": event.payload, "room": event.room_id }))
+        }
+    }
+
+    #[test]
+    fn on_event_text_by_default_reads_the_payload_and_calls_on_event() {
+        let (mut plugin, _) = Echo::init(json!({})).unwrap();
+        let text = EventText::new("chat.message", "chat:1", r#"{"text":"hi"}"#);
+        assert_eq!(
+            plugin.on_event_text(text),
+            Outcome::Replace(json!({"seen": {"text": "hi"}, "room": "chat:1"}))
+        );
+        let broken = EventText::new("chat.message", "chat:1", "[1,");
+        assert!(
+            matches!(plugin.on_event_text(broken), Outcome::Reject(problem) if problem.contains("not JSON"))
         );
     }
 }
