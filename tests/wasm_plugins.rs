@@ -325,6 +325,62 @@ async fn runaway_plugins_are_cut_and_policies_apply_while_the_server_keeps_servi
     );
 }
 
+/// A plugin may write its replacement as text (`Outcome::ReplaceText`); text that is not JSON
+/// never reaches a member: it counts as a failure of the plugin and the policy applies.
+#[tokio::test]
+async fn a_replacement_that_is_not_json_is_a_failure_and_never_reaches_members() {
+    let wasm = plugin_wasm("misbehaving-plugin");
+    let server = TestServer::start_with(|settings| {
+        add_plugin(settings, "scribbler", wasm, json!({"mode": "broken_text"}));
+        with_chain(settings, "chat", &["scribbler"], FailurePolicy::FailOpen);
+        with_chain(
+            settings,
+            "lesson",
+            &["scribbler"],
+            FailurePolicy::FailClosed,
+        );
+    })
+    .await
+    .unwrap();
+    let chat = unique("chat:scribbled");
+    let lesson = unique("lesson:scribbled");
+    let mut reader = server
+        .connect_with_rooms("reader", &["lesson:*"])
+        .await
+        .unwrap();
+    reader.join(&chat).await.unwrap();
+    reader.join(&lesson).await.unwrap();
+
+    let (status, reply) = server
+        .publish(json!({"room": chat, "event": "trigger", "data": {"n": 7}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &reply["delivered"]),
+        (200, &json!(true)),
+        "fail_open delivers the original: {reply}"
+    );
+    assert_eq!(
+        reader.next_event_named("trigger").await.unwrap()["data"],
+        json!({"n": 7}),
+        "the member gets the original payload, not the broken text"
+    );
+    let (status, reply) = server
+        .publish(json!({"room": lesson, "event": "trigger", "data": {"n": 8}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (503, Some("plugin_failed")),
+        "fail_closed drops and says so: {reply}"
+    );
+    assert_eq!(
+        metric(&server, "realtime_plugin_traps_total{plugin=\"scribbler\"}").await,
+        2.0,
+        "each broken replacement counts as a failure"
+    );
+}
+
 #[tokio::test]
 async fn a_plugin_that_keeps_failing_is_disabled_for_a_cool_down() {
     let server = TestServer::start_with(|settings| {

@@ -1,5 +1,6 @@
 //! A test-only plugin that misbehaves on purpose: on events named `trigger` it does what
-//! `mode` says (`loop`, `alloc`, `panic`, `reject`); every other event gets `tag` added to its
+//! `mode` says (`loop`, `alloc`, `panic`, `reject`, `broken_text`: a replacement that is not
+//! JSON); every other event gets `tag` added to its
 //! payload under `"tags"` (to check chain order), or passes when no tag is configured.
 
 use realtime_sdk_plugin::serde_json::{Value, json};
@@ -41,6 +42,7 @@ impl Plugin for Misbehaving {
                 }
                 "panic" => panic!("misbehaving on purpose"),
                 "reject" => return Outcome::Reject("rejected on purpose".to_owned()),
+                "broken_text" => return Outcome::ReplaceText(r#"{"n": 1"#.to_owned()),
                 _ => {}
             }
         }
