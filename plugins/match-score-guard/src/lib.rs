@@ -98,12 +98,12 @@ impl MatchScoreGuard {
         let players = update.players.iter().map(|name| Ok(*name));
         let score_of = |name: &str| update.scores.get(name).copied().ok_or_else(String::new);
         let scores = self.scores(players, update.scores.len(), score_of).ok()?;
-        // The payload is an object with at least `players`, so the field goes before its
-        // closing brace, after a comma. A borrowed name held no escape in the payload, so its
-        // bytes between quotes are valid JSON as they are.
         if !payload.trim_start().starts_with('{') {
             return None; // serde reads a struct from an array too
         }
+        // The payload is an object with at least `players`, so the field goes before its
+        // closing brace, after a comma. A borrowed name held no escape in the payload, so its
+        // bytes between quotes are valid JSON as they are.
         let body = payload.trim_end().strip_suffix('}')?;
         let mut text = String::with_capacity(payload.len() + 16);
         text.push_str(body);
