@@ -120,6 +120,63 @@ async fn nodes_reconnect_and_resubscribe_after_a_nats_restart() {
     }
 }
 
+/// An operator's `nats sub '>'` (or an auditing service) receives every message on the server,
+/// the nodes' own round-trip probes included. Joins and readiness must not depend on such a
+/// probe going unanswered: with a wildcard subscriber attached, members on two nodes join, the
+/// nodes stay ready, and a publish reaches both.
+#[tokio::test]
+async fn a_wildcard_subscriber_on_nats_stalls_neither_joins_nor_readiness() {
+    let nats = ServiceProcess::nats(0).await.unwrap();
+    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
+    let settings = cluster_settings(REDIS_URL, &nats_url);
+    let node_a = TestServer::start_node(&settings).await.unwrap();
+    let node_b = TestServer::start_node(&settings).await.unwrap();
+    let operator = async_nats::connect(&nats_url).await.unwrap();
+    let mut everything = operator.subscribe(">").await.unwrap();
+    operator.flush().await.unwrap();
+    let seen_by_the_operator = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut subjects = Vec::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(3), everything.next()).await
+        {
+            subjects.push(message.subject.to_string());
+        }
+        subjects
+    });
+
+    let room = unique("chat:watched");
+    let mut on_a = node_a.connect("alice").await.unwrap();
+    let mut on_b = node_b.connect("bob").await.unwrap();
+    let started = std::time::Instant::now();
+    on_a.join(&room).await.unwrap();
+    on_b.join(&room).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "joins waited {:?} for an answer the wildcard subscriber swallowed",
+        started.elapsed()
+    );
+    for node in [&node_a, &node_b] {
+        let (status, body) = node.ready().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = node_a
+        .publish(json!({"room":room,"event":"watched","data":{}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    for client in [&mut on_a, &mut on_b] {
+        client.next_event_named("watched").await.unwrap();
+    }
+    let subjects = seen_by_the_operator.await.unwrap();
+    assert!(
+        subjects
+            .iter()
+            .any(|subject| subject.starts_with("_INBOX.")),
+        "the wildcard subscriber saw the nodes' probes: {subjects:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_redis_outage_gives_unavailable_and_heals_by_itself() {
     let mut redis = ServiceProcess::redis(0, None).await.unwrap();

@@ -15,8 +15,7 @@ use serde::Serialize;
 use async_nats::connection::State;
 
 use crate::notifications::NotificationStore;
-use crate::stores::StoreError;
-use crate::stores::nats::server_round_trip;
+use crate::stores::nats_round_trip::ServerRoundTrip;
 use crate::stores::redis::RedisConnector;
 
 /// How long one backend check may take before it counts as failing.
@@ -25,7 +24,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// The backends a node checks.
 pub struct Readiness {
     redis: Option<Arc<RedisConnector>>,
-    nats: Option<async_nats::Client>,
+    nats: Option<(async_nats::Client, ServerRoundTrip)>,
     database: Arc<dyn NotificationStore>,
 }
 
@@ -52,7 +51,7 @@ impl Readiness {
     ) -> Readiness {
         Readiness {
             redis,
-            nats,
+            nats: nats.map(|client| (client.clone(), ServerRoundTrip::new(client))),
             database,
         }
     }
@@ -88,17 +87,16 @@ impl Readiness {
     }
 
     async fn check_nats(&self) -> Option<Failing> {
-        let nats = self.nats.as_ref()?;
-        let state = nats.connection_state();
+        let (client, round_trip) = self.nats.as_ref()?;
+        let state = client.connection_state();
         if state != State::Connected {
             return failing("nats", format!("connection {state}"));
         }
         // Connected is not yet enough: right after a reconnect the node's subscriptions may still
         // be on their way to the server, and an event published now would miss this node.
-        match server_round_trip(nats, CHECK_TIMEOUT).await {
+        match round_trip.wait(CHECK_TIMEOUT).await {
             Ok(()) => None,
-            Err(StoreError::Unavailable(problem)) => failing("nats", problem),
-            Err(other) => failing("nats", other.to_string()),
+            Err(error) => failing("nats", error.to_string()),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod history;
 pub mod history_jetstream;
 pub mod memory;
 pub mod nats;
+pub mod nats_round_trip;
 pub mod presence;
 pub mod rate_limit;
 pub mod redis;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::StoreError;
 use super::broker::{Broker, DeliveryHandler, Topic, deliver_checked};
+use super::nats_round_trip::ServerRoundTrip;
 use crate::protocol::Frame;
 
 /// Connects to NATS with fast reconnects that never give up: an outage heals by itself.
@@ -35,25 +36,6 @@ pub async fn connect(url: &str, node_id: &str) -> Result<async_nats::Client, Sto
         .connect(url)
         .await
         .map_err(|error| StoreError::Unavailable(format!("nats: {error}")))
-}
-
-/// Returns once the server has processed every command `client` sent before, within `timeout`.
-///
-/// `Client::flush` only writes the socket; the server answers a request to a subject nobody
-/// listens on with "no responders" itself, after the commands queued ahead of it, so the answer
-/// proves an earlier SUB is live. After a reconnect async-nats queues the SUBs of every
-/// subscription before any later command, so an answer also proves they are all restored.
-pub async fn server_round_trip(
-    client: &async_nats::Client,
-    timeout: Duration,
-) -> Result<(), StoreError> {
-    let unanswered_subject = client.new_inbox();
-    let request = async_nats::Request::new().timeout(Some(timeout));
-    match client.send_request(unanswered_subject, request).await {
-        Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Err(error) => Err(nats_error(error)),
-        Ok(_) => Err(nats_error("an unanswered inbox got a reply")),
-    }
 }
 
 fn subject_safe(byte: u8) -> bool {
@@ -101,6 +83,8 @@ pub struct NatsBroker {
     /// for users not listed here are dropped before the delivery handler.
     users: Arc<Mutex<HashSet<Arc<str>>>>,
     user_wildcard: Mutex<Option<JoinHandle<()>>>,
+    /// Proves a new subscription is live on the server before a join is answered.
+    round_trip: ServerRoundTrip,
 }
 
 /// The user id a user-topic token stands for (the inverse of [`user_token`]).
@@ -122,6 +106,7 @@ impl NatsBroker {
         deliver: DeliveryHandler,
     ) -> NatsBroker {
         NatsBroker {
+            round_trip: ServerRoundTrip::new(client.clone()),
             client,
             subject_prefix: subject_prefix.to_owned(),
             deliver,
@@ -152,7 +137,7 @@ impl NatsBroker {
 
     async fn wait_for_server_round_trip(&self) -> Result<(), StoreError> {
         // Bounded so an unresponsive server turns into `unavailable`, not a hung join.
-        server_round_trip(&self.client, Duration::from_secs(3)).await
+        self.round_trip.wait(Duration::from_secs(3)).await
     }
 
     /// The node's one subscription to every user topic, made on first need.
