@@ -204,16 +204,16 @@ pub trait Plugin: Sized + 'static {
 
     /// The same decision with the event handed over: a plugin that changes the payload can
     /// change it in place and return `Outcome::Replace(event.payload)` instead of copying it
-    /// (a copy was a tenth of a small event's cost). The server calls this one; by default it
-    /// calls [`Plugin::on_event`]. A plugin that overrides it usually implements `on_event` as
+    /// (a copy was a tenth of a small event's cost). The default `on_event_text` calls this one;
+    /// by default it calls [`Plugin::on_event`]. A plugin that overrides it usually implements `on_event` as
     /// `self.on_owned_event(event.clone())`, so both give the same answer.
     fn on_owned_event(&mut self, event: Event) -> Outcome {
         self.on_event(&event)
     }
 
     /// The same decision from the payload's JSON text, before the SDK reads it into a
-    /// `serde_json::Value`. The server calls this one; by default it reads the payload and calls
-    /// [`Plugin::on_owned_event`]. Reading a small payload into a `Value` (a map, a string per
+    /// `serde_json::Value`. This is the method the server calls; by default it reads the payload
+    /// and calls [`Plugin::on_owned_event`]. Reading a small payload into a `Value` (a map, a string per
     /// key) and writing it back is most of what a plugin costs per event: a plugin on a busy
     /// room type can override this, read the payload into its own types with
     /// [`EventText::payload_as`], and answer [`Outcome::Pass`], or [`Outcome::ReplaceText`] with

@@ -19,8 +19,8 @@ pub struct MatchScoreGuard {
 
 /// A well-formed update, read straight from the payload text: names borrowed from it, scores as
 /// the non-negative integers they must be, other fields skipped. Anything else (a wrong type, a
-/// name with an escape, a duplicate field, a `leader` already there) fails to read, and the
-/// event takes the general path, which says what is wrong.
+/// name with an escape, `players` or `scores` given twice, a `leader` already there) fails to
+/// read, and the event takes the general path, which says what is wrong.
 #[derive(Deserialize)]
 struct WellFormedUpdate<'text> {
     #[serde(borrow)]
@@ -73,6 +73,7 @@ impl MatchScoreGuard {
     fn scores_of_value<'a>(&self, payload: &'a Value) -> Result<Vec<(&'a str, u64)>, String> {
         let players = payload["players"]
             .as_array()
+            .filter(|players| !players.is_empty())
             .ok_or("`players` must be a non-empty list")?;
         let scores = payload["scores"]
             .as_object()

@@ -1,7 +1,7 @@
-//! A test-only plugin that misbehaves on purpose: on events named `trigger` it does what
-//! `mode` says (`loop`, `alloc`, `panic`, `reject`, `broken_text`: a replacement that is not
-//! JSON); every other event gets `tag` added to its
-//! payload under `"tags"` (to check chain order), or passes when no tag is configured.
+//! A test-only plugin that misbehaves on purpose: on events named `trigger` it does what `mode`
+//! says (`loop`, `alloc`, `panic`, `reject`, `broken_text`: a replacement that is not JSON);
+//! every other event gets `tag` added to its payload under `"tags"` (to check chain order), or
+//! passes when no tag is configured.
 
 use realtime_sdk_plugin::serde_json::{Value, json};
 use realtime_sdk_plugin::{Event, Outcome, Plugin, Subscription, export_plugin};
