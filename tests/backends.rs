@@ -12,6 +12,7 @@ use realtime_core::conformance::rooms::RoomNode;
 use realtime_core::notifications::NotificationStore;
 use realtime_core::stores::history_jetstream::JetStreamHistory;
 use realtime_core::stores::nats::{NatsBroker, connect};
+use realtime_core::stores::nats_round_trip::ServerRoundTrip;
 use realtime_core::stores::redis::{
     RedisBroker, RedisConnector, RedisPresenceStore, RedisRateLimiter, RedisRoomStore,
 };
@@ -163,7 +164,8 @@ fn nats_broker_nodes() -> impl Fn(DeliveryHandler) -> Node<Arc<dyn Broker>> {
             let client = connect(NATS_URL, "conformance")
                 .await
                 .expect("nats at 127.0.0.1:4222");
-            Arc::new(NatsBroker::new(client, &prefix, deliver)) as Arc<dyn Broker>
+            let round_trip = Arc::new(ServerRoundTrip::new(client.clone()));
+            Arc::new(NatsBroker::new(client, &prefix, deliver, round_trip)) as Arc<dyn Broker>
         })
     }
 }

@@ -13,6 +13,69 @@ fn with_chain(settings: &mut Settings, room_type: &str, chain: &[&str], policy: 
     room_type.plugin_failure = policy;
 }
 
+/// The chain `open` on `chat` with `fail_open`, and `closed` on `lesson` with `fail_closed`.
+fn with_open_and_closed_chains(settings: &mut Settings, open: &[&str], closed: &[&str]) {
+    with_chain(settings, "chat", open, FailurePolicy::FailOpen);
+    with_chain(settings, "lesson", closed, FailurePolicy::FailClosed);
+}
+
+/// A reader in a new `chat` room and a new `lesson` room of `server`: (reader, chat, lesson).
+async fn reader_in_open_and_closed_rooms(
+    server: &TestServer,
+    label: &str,
+) -> (realtime_tests::Client, String, String) {
+    let chat = unique(&format!("chat:{label}"));
+    let lesson = unique(&format!("lesson:{label}"));
+    let mut reader = server
+        .connect_with_rooms("reader", &["lesson:*"])
+        .await
+        .unwrap();
+    reader.join(&chat).await.unwrap();
+    reader.join(&lesson).await.unwrap();
+    (reader, chat, lesson)
+}
+
+/// Publishes a `trigger` with `data` into the `fail_open` room `chat`: it is delivered, and the
+/// reader gets the original payload. Returns how long the publish took to answer.
+async fn fail_open_delivers_the_original(
+    server: &TestServer,
+    reader: &mut realtime_tests::Client,
+    chat: &str,
+    data: serde_json::Value,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let (status, reply) = server
+        .publish(json!({"room": chat, "event": "trigger", "data": data}))
+        .await
+        .unwrap();
+    let answered_after = started.elapsed();
+    assert_eq!(
+        (status, &reply["delivered"]),
+        (200, &json!(true)),
+        "fail_open delivers the original: {reply}"
+    );
+    assert_eq!(
+        reader.next_event_named("trigger").await.unwrap()["data"],
+        data,
+        "the member gets the original payload"
+    );
+    answered_after
+}
+
+/// Publishes a `trigger` into the `fail_closed` room `lesson`: it is refused with
+/// `plugin_failed`.
+async fn fail_closed_refuses(server: &TestServer, lesson: &str, data: serde_json::Value) {
+    let (status, reply) = server
+        .publish(json!({"room": lesson, "event": "trigger", "data": data}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (503, Some("plugin_failed")),
+        "fail_closed drops and says so: {reply}"
+    );
+}
+
 async fn metric(server: &TestServer, line_start: &str) -> f64 {
     let text = reqwest::get(format!("http://{}/metrics", server.addr))
         .await
@@ -211,59 +274,23 @@ async fn runaway_plugins_are_cut_and_policies_apply_while_the_server_keeps_servi
             wasm.clone(),
             json!({"mode": "panic"}),
         );
-        with_chain(
+        with_open_and_closed_chains(
             settings,
-            "chat",
             &["looping", "hoarding", "panicking"],
-            FailurePolicy::FailOpen,
-        );
-        with_chain(
-            settings,
-            "lesson",
             &["panicking"],
-            FailurePolicy::FailClosed,
         );
     })
     .await
     .unwrap();
-    let chat = unique("chat:fail");
-    let lesson = unique("lesson:fail");
-    let mut reader = server
-        .connect_with_rooms("reader", &["lesson:*"])
-        .await
-        .unwrap();
-    reader.join(&chat).await.unwrap();
-    reader.join(&lesson).await.unwrap();
+    let (mut reader, chat, lesson) = reader_in_open_and_closed_rooms(&server, "fail").await;
 
-    let started = std::time::Instant::now();
-    let (status, reply) = server
-        .publish(json!({"room": chat, "event": "trigger", "data": {"n": 1}}))
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, &reply["delivered"]),
-        (200, &json!(true)),
-        "fail_open delivers the original: {reply}"
-    );
+    let answered_after =
+        fail_open_delivers_the_original(&server, &mut reader, &chat, json!({"n": 1})).await;
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "the loop was cut: {:?}",
-        started.elapsed()
+        answered_after < Duration::from_secs(2),
+        "the loop was cut: {answered_after:?}"
     );
-    assert_eq!(
-        reader.next_event_named("trigger").await.unwrap()["data"],
-        json!({"n": 1})
-    );
-
-    let (status, reply) = server
-        .publish(json!({"room": lesson, "event": "trigger", "data": {}}))
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, reply["error"]["code"].as_str()),
-        (503, Some("plugin_failed")),
-        "fail_closed drops and says so"
-    );
+    fail_closed_refuses(&server, &lesson, json!({})).await;
 
     // The failed instances were discarded; the next calls work on fresh ones.
     for n in 2..5 {
@@ -332,48 +359,14 @@ async fn a_replacement_that_is_not_json_is_a_failure_and_never_reaches_members()
     let wasm = plugin_wasm("misbehaving-plugin");
     let server = TestServer::start_with(|settings| {
         add_plugin(settings, "scribbler", wasm, json!({"mode": "broken_text"}));
-        with_chain(settings, "chat", &["scribbler"], FailurePolicy::FailOpen);
-        with_chain(
-            settings,
-            "lesson",
-            &["scribbler"],
-            FailurePolicy::FailClosed,
-        );
+        with_open_and_closed_chains(settings, &["scribbler"], &["scribbler"]);
     })
     .await
     .unwrap();
-    let chat = unique("chat:scribbled");
-    let lesson = unique("lesson:scribbled");
-    let mut reader = server
-        .connect_with_rooms("reader", &["lesson:*"])
-        .await
-        .unwrap();
-    reader.join(&chat).await.unwrap();
-    reader.join(&lesson).await.unwrap();
+    let (mut reader, chat, lesson) = reader_in_open_and_closed_rooms(&server, "scribbled").await;
 
-    let (status, reply) = server
-        .publish(json!({"room": chat, "event": "trigger", "data": {"n": 7}}))
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, &reply["delivered"]),
-        (200, &json!(true)),
-        "fail_open delivers the original: {reply}"
-    );
-    assert_eq!(
-        reader.next_event_named("trigger").await.unwrap()["data"],
-        json!({"n": 7}),
-        "the member gets the original payload, not the broken text"
-    );
-    let (status, reply) = server
-        .publish(json!({"room": lesson, "event": "trigger", "data": {"n": 8}}))
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, reply["error"]["code"].as_str()),
-        (503, Some("plugin_failed")),
-        "fail_closed drops and says so: {reply}"
-    );
+    fail_open_delivers_the_original(&server, &mut reader, &chat, json!({"n": 7})).await;
+    fail_closed_refuses(&server, &lesson, json!({"n": 8})).await;
     assert_eq!(
         metric(&server, "realtime_plugin_traps_total{plugin=\"scribbler\"}").await,
         2.0,

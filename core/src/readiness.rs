@@ -24,7 +24,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// The backends a node checks.
 pub struct Readiness {
     redis: Option<Arc<RedisConnector>>,
-    nats: Option<(async_nats::Client, ServerRoundTrip)>,
+    nats: Option<(async_nats::Client, Arc<ServerRoundTrip>)>,
     database: Arc<dyn NotificationStore>,
 }
 
@@ -46,12 +46,12 @@ pub struct ReadinessReport {
 impl Readiness {
     pub fn new(
         redis: Option<Arc<RedisConnector>>,
-        nats: Option<async_nats::Client>,
+        nats: Option<(async_nats::Client, Arc<ServerRoundTrip>)>,
         database: Arc<dyn NotificationStore>,
     ) -> Readiness {
         Readiness {
             redis,
-            nats: nats.map(|client| (client.clone(), ServerRoundTrip::new(client))),
+            nats,
             database,
         }
     }

@@ -29,6 +29,7 @@ use crate::stores::memory::{
 };
 use crate::stores::memory::{MemoryHistory, MemoryRateLimiter};
 use crate::stores::nats::{self as nats_store, NatsBroker};
+use crate::stores::nats_round_trip::ServerRoundTrip;
 use crate::stores::redis::RedisRateLimiter;
 use crate::stores::redis::{RedisBroker, RedisConnector, RedisPresenceStore, RedisRoomStore};
 use crate::stores::{
@@ -136,11 +137,17 @@ impl Connections {
                 )
             }
         };
+        // One echo per NATS connection, for the broker's joins and for readiness.
+        let nats_round_trip = self
+            .nats
+            .as_ref()
+            .map(|nats| Arc::new(ServerRoundTrip::new(nats.clone())));
         let broker: Arc<dyn Broker> = match (settings.effective_broker(), &self.nats, &self.redis) {
             (BrokerChoice::Nats, Some(nats), _) => Arc::new(NatsBroker::new(
                 nats.clone(),
                 &settings.nats.subject_prefix,
                 deliver,
+                nats_round_trip.clone().expect("made with the connection"),
             )),
             (BrokerChoice::Redis, _, Some(redis)) => Arc::new(
                 RedisBroker::connect(&settings.redis, redis.clone(), deliver)
@@ -156,7 +163,7 @@ impl Connections {
         let history = history_store(settings, self.nats.as_ref());
         let readiness = crate::readiness::Readiness::new(
             self.redis.clone(),
-            self.nats.clone(),
+            self.nats.clone().zip(nats_round_trip),
             notifications.store().clone(),
         );
         Ok(Backends {

@@ -364,30 +364,8 @@ mod tests {
             '{', '}', '[', ']', '"', ':', ',', ' ', '\n', '\\', '-', '0', '1', '9', '.', 'e', 'E',
             't', 'r', 'u', 'n', 'l', 'f', 'a', 's', '$', 'é', '\u{1}',
         ];
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut random = |below: usize| {
-            // xorshift64*: deterministic, so a failure reproduces.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % below
-        };
         let mut read_by_the_reader = 0;
-        for round in 0..20_000 {
-            let mut text: Vec<char> = SEEDS[round % SEEDS.len()].chars().collect();
-            for _ in 0..=random(3) {
-                let position = random(text.len() + 1);
-                let character = ALPHABET[random(ALPHABET.len())];
-                match random(3) {
-                    0 => text.insert(position, character),
-                    1 if position < text.len() => {
-                        text.remove(position);
-                    }
-                    _ if position < text.len() => text[position] = character,
-                    _ => text.push(character),
-                }
-            }
-            let text: String = text.into_iter().collect();
+        for text in crate::testing::mutations(&SEEDS, ALPHABET, 20_000) {
             if read_alone(&text).is_some() {
                 read_by_the_reader += 1;
             }

@@ -27,6 +27,7 @@
 extern crate self as realtime_sdk_plugin;
 
 pub mod allocator;
+pub mod testing;
 // The payload reader serves `EventText::into_event` in every build.
 mod json_read;
 #[cfg_attr(not(target_family = "wasm"), allow(dead_code))]

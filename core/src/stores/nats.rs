@@ -83,8 +83,9 @@ pub struct NatsBroker {
     /// for users not listed here are dropped before the delivery handler.
     users: Arc<Mutex<HashSet<Arc<str>>>>,
     user_wildcard: Mutex<Option<JoinHandle<()>>>,
-    /// Proves a new subscription is live on the server before a join is answered.
-    round_trip: ServerRoundTrip,
+    /// Proves a new subscription is live on the server before a join is answered (the
+    /// connection's one echo, shared with readiness).
+    round_trip: Arc<ServerRoundTrip>,
 }
 
 /// The user id a user-topic token stands for (the inverse of [`user_token`]).
@@ -104,9 +105,10 @@ impl NatsBroker {
         client: async_nats::Client,
         subject_prefix: &str,
         deliver: DeliveryHandler,
+        round_trip: Arc<ServerRoundTrip>,
     ) -> NatsBroker {
         NatsBroker {
-            round_trip: ServerRoundTrip::new(client.clone()),
+            round_trip,
             client,
             subject_prefix: subject_prefix.to_owned(),
             deliver,

@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 
 use super::StoreError;
 
-/// The echo of one NATS connection; made once per connection and shared.
+/// The echo of one NATS connection; made once per connection and shared (`server.rs` hands the
+/// same one to the broker and to readiness).
 pub struct ServerRoundTrip {
     client: async_nats::Client,
     echo_subject: String,

@@ -95,13 +95,13 @@ impl MatchScoreGuard {
     /// The payload text with `"leader"` added, when it reads as a [`WellFormedUpdate`] whose
     /// scores pass; `None` sends the event down the general path.
     fn leader_added_to_text(&self, payload: &str) -> Option<String> {
+        if !payload.trim_start().starts_with('{') {
+            return None; // serde reads a struct from an array too
+        }
         let update: WellFormedUpdate = realtime_sdk_plugin::serde_json::from_str(payload).ok()?;
         let players = update.players.iter().map(|name| Ok(*name));
         let score_of = |name: &str| update.scores.get(name).copied().ok_or_else(String::new);
         let scores = self.scores(players, update.scores.len(), score_of).ok()?;
-        if !payload.trim_start().starts_with('{') {
-            return None; // serde reads a struct from an array too
-        }
         // The payload is an object with at least `players`, so the field goes before its
         // closing brace, after a comma. A borrowed name held no escape in the payload, so its
         // bytes between quotes are valid JSON as they are.
@@ -304,29 +304,8 @@ mod tests {
             '{', '}', '[', ']', '"', ':', ',', ' ', '\\', '-', '0', '1', '9', '.', 'a', 'n', 'l',
             'e', 'é',
         ];
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut random = |below: usize| {
-            // xorshift64*: deterministic, so a failure reproduces.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % below
-        };
         let (mut written_from_text, mut compared) = (0, 0);
-        for _ in 0..20_000 {
-            let mut text: Vec<char> = SEED.chars().collect();
-            for _ in 0..=random(2) {
-                let position = random(text.len());
-                let character = ALPHABET[random(ALPHABET.len())];
-                match random(3) {
-                    0 => text.insert(position, character),
-                    1 => {
-                        text.remove(position);
-                    }
-                    _ => text[position] = character,
-                }
-            }
-            let text: String = text.into_iter().collect();
+        for text in realtime_sdk_plugin::testing::mutations(&[SEED], ALPHABET, 20_000) {
             // The server passes plugins JSON only.
             if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
                 continue;
